@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install everything uvm, its tests, demos and benchmarks need on Debian 12,
+# then uvm itself (with its C extension) into ./.venv.  Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SYSTEM_PACKAGES=(
+    python3-venv python3-dev build-essential pkg-config
+    zlib1g-dev libssl-dev libffi-dev            # native/ links zlib and libcrypto
+    gcc-multilib libc6-dev-i386                 # 32-bit guest roots for the sandbox tests
+    squid nginx-light                           # real proxy and web server in the tests
+    debootstrap strace file util-linux passwd   # Debian roots, test user
+)
+
+missing=()
+for pkg in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    # Packaged services must not start on their own: the tests start their own.
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    $sudo rm -f /usr/sbin/policy-rc.d
+fi
+
+# Debian's interpreter, not a per-user one: the sandbox tests run uvm as an
+# unprivileged user too, who must be able to execute it.
+[ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'

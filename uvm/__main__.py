@@ -1,0 +1,5 @@
+import sys
+
+from uvm.cli.main import main
+
+sys.exit(main())

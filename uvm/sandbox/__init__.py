@@ -1,0 +1,1 @@
+"""The ptrace sandbox: run programs with another directory tree as their root."""
