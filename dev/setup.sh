@@ -10,17 +10,30 @@ SYSTEM_PACKAGES=(
     gcc-multilib libc6-dev-i386                 # 32-bit guest roots for the sandbox tests
     squid nginx-light                           # real proxy and web server in the tests
     debootstrap strace file util-linux passwd   # Debian roots, test user
+    libpython3.11-testsuite                     # CPython's regression tests (sandbox conformance)
 )
+
+# The 32-bit guest root of the sandbox tests is unpacked from Debian i386
+# packages (apt-get download, no install): apt must know the architecture.
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+need_update=0
+if ! dpkg --print-foreign-architectures | grep -qx i386; then
+    $sudo dpkg --add-architecture i386
+    need_update=1
+fi
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+if [ ${#missing[@]} -gt 0 ] || [ "$need_update" -eq 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
+    # A mirror in mid-sync fails one index (seen with bookworm-security i386);
+    # the others are still usable, so go on and let the install decide.
+    $sudo apt-get update -qq || echo "setup.sh: apt-get update reported errors, continuing" >&2
+fi
+if [ ${#missing[@]} -gt 0 ]; then
     # Packaged services must not start on their own: the tests start their own.
     printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
     $sudo chmod +x /usr/sbin/policy-rc.d
