@@ -7,9 +7,10 @@ the native one, errors included; the test suite runs the same tests on both.
 from __future__ import annotations
 
 import os
+import tempfile
 import zlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Iterable, Optional, Union
 
 from uvm.cvmfs.hashing import Algorithm, ContentHash, new_hasher
 from uvm.errors import DecodeError, DecodeFailure
@@ -132,6 +133,10 @@ class Decoder:
             )
         return result
 
+    def abort(self) -> None:
+        """Give up on this object (the native decoder frees its C state here)."""
+        self._inflater = None
+
 
 class Encoder:
     """Deflate pieces, hash the compressed bytes and write them to ``out_fd``."""
@@ -161,3 +166,91 @@ class Encoder:
             self._compressed_size,
             self._size,
         )
+
+    def abort(self) -> None:
+        """Give up on this object (the native encoder frees its C state here)."""
+
+
+def decode_bytes(
+    data: bytes,
+    algorithm: Algorithm,
+    out_fd: int,
+    expected_hash: Optional[ContentHash] = None,
+    expected_size: Optional[int] = None,
+    compressed: bool = True,
+) -> DecodeResult:
+    """Decode a whole object held in memory (``Decoder``, one ``feed``, ``finish``)."""
+    decoder = Decoder(algorithm, out_fd, expected_hash, expected_size, compressed)
+    decoder.feed(data)
+    return decoder.finish()
+
+
+def encode_bytes(data: bytes, algorithm: Algorithm, out_fd: int, level: int = 6) -> EncodeResult:
+    """Compress a whole object held in memory to ``out_fd``."""
+    encoder = Encoder(algorithm, out_fd, level)
+    encoder.feed(data)
+    return encoder.finish()
+
+
+def decode_to_path_with(
+    decoder_class: Callable[..., "Decoder"],
+    decode_one: Callable[..., DecodeResult],
+    pieces: Union[bytes, Iterable[bytes]],
+    path: "os.PathLike[str] | str",
+    algorithm: Algorithm,
+    expected_hash: Optional[ContentHash],
+    expected_size: Optional[int],
+    compressed: bool,
+    mode: int,
+) -> DecodeResult:
+    """``decode_to_path`` for either backend (they pass their own classes).
+
+    The output goes to a temporary file beside ``path`` (same file system),
+    which is renamed onto ``path`` only after ``finish()`` verified hash and
+    size; on any failure it is unlinked, so ``path`` never holds a partial or
+    unverified object.
+    """
+    path = os.fspath(path)
+    directory, name = os.path.split(path)
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory or ".")
+    try:
+        try:
+            if isinstance(pieces, (bytes, bytearray, memoryview)):
+                result = decode_one(
+                    pieces, algorithm, fd, expected_hash, expected_size, compressed
+                )
+            else:
+                decoder = decoder_class(algorithm, fd, expected_hash, expected_size, compressed)
+                try:
+                    for piece in pieces:
+                        decoder.feed(piece)
+                    result = decoder.finish()
+                finally:
+                    decoder.abort()
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        os.replace(tmp_path, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_path)
+        except FileNotFoundError:
+            pass
+        raise
+    return result
+
+
+def decode_to_path(
+    pieces: Union[bytes, Iterable[bytes]],
+    path: "os.PathLike[str] | str",
+    algorithm: Algorithm,
+    expected_hash: Optional[ContentHash] = None,
+    expected_size: Optional[int] = None,
+    compressed: bool = True,
+    mode: int = 0o644,
+) -> DecodeResult:
+    """Decode into ``path``, which appears only once the object verified."""
+    return decode_to_path_with(
+        Decoder, decode_bytes, pieces, path, algorithm, expected_hash,
+        expected_size, compressed, mode,
+    )

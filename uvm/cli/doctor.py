@@ -8,7 +8,9 @@ from uvm import __version__
 
 
 def version_line() -> str:
-    return f"uvm {__version__}"
+    from uvm._native import BACKEND  # lazy: loading the codec is not free
+
+    return f"uvm {__version__} (codec: {BACKEND})"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,60 @@
+"""cffi builder for ``uvm._native_codec`` (API mode).
+
+``setup.py`` names ``native/build.py:ffibuilder`` in ``cffi_modules``, so
+``pip install .`` (or ``-e .``) compiles the extension; there is no manual
+step.  It links the system zlib and OpenSSL libcrypto, and libdeflate when
+its headers are installed (``UVM_NO_LIBDEFLATE=1`` builds without it).
+Run this file directly to build in place for a quick try.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+
+
+def _have_libdeflate() -> bool:
+    if os.environ.get("UVM_NO_LIBDEFLATE"):
+        return False
+    if shutil.which("pkg-config"):
+        ok = subprocess.run(
+            ["pkg-config", "--exists", "libdeflate"], check=False
+        ).returncode == 0
+        if ok:
+            return True
+    return any(Path(d, "libdeflate.h").exists() for d in ("/usr/include", "/usr/local/include"))
+
+
+def _cdef() -> str:
+    """The header minus preprocessor lines cffi cannot read (comments are fine)."""
+    lines = []
+    for line in (HERE / "uvm_codec.h").read_text().splitlines():
+        if line.startswith("#") and not line.startswith("#define"):
+            continue
+        lines.append(line)
+    return "\n".join(lines)
+
+
+LIBDEFLATE = _have_libdeflate()
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef())
+ffibuilder.set_source(
+    "uvm._native_codec",
+    '#include "uvm_codec.h"\n',
+    # setuptools wants sources relative to the project (setup.py's cwd).
+    sources=[os.path.relpath(HERE / "uvm_codec.c")],
+    include_dirs=[str(HERE)],
+    libraries=["z", "crypto"] + (["deflate"] if LIBDEFLATE else []),
+    define_macros=[("UVM_HAVE_LIBDEFLATE", "1")] if LIBDEFLATE else [],
+    extra_compile_args=["-O2", "-Wall", "-Wextra"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir=str(HERE.parent), verbose=True)
