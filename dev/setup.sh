@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 SYSTEM_PACKAGES=(
     python3-venv python3-dev build-essential pkg-config
     zlib1g-dev libssl-dev libffi-dev            # native/ links zlib and libcrypto
+    libdeflate-dev                              # native/: one-shot inflate, ~2x zlib
     gcc-multilib libc6-dev-i386                 # 32-bit guest roots for the sandbox tests
     squid nginx-light                           # real proxy and web server in the tests
     debootstrap strace file util-linux passwd   # Debian roots, test user
