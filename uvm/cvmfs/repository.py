@@ -1,0 +1,421 @@
+"""The reader façade: open a repository revision with everything verified, then browse it.
+
+``Repository.open`` wires the pieces in a fixed order and names the stage
+that fails: manifest (syntax, name, root path), certificate object and
+manifest signature, whitelist (master-key signature, name, expiry,
+certificate fingerprint), rollback state, then the revision to show (head,
+``tag``, ``date`` or a pinned ``root_hash``) and its catalog tree.  All I/O
+goes through an ``ObjectSource``; by default a :class:`SimpleSource` over
+``servers``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import logging
+import os
+import posixpath
+import stat as _stat
+from typing import Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+from uvm.cvmfs import manifest as manifest_mod
+from uvm.cvmfs import signature, variant
+from uvm.cvmfs import whitelist as whitelist_mod
+from uvm.cvmfs.catalog import DirEntry
+from uvm.cvmfs.catalog_tree import CatalogTree
+from uvm.cvmfs.hashing import Algorithm, ContentHash, Suffix
+from uvm.cvmfs.history import History, Tag, parse_date
+from uvm.cvmfs.source import ObjectSource
+from uvm.errors import CvmfsError, ManifestError, PathNotFoundError, RollbackError
+
+log = logging.getLogger(__name__)
+
+Keys = Union[None, str, Sequence[str]]
+
+
+def default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "uvm")
+
+
+def normalize(path: str) -> str:
+    """A user path (``/a/b/``, ``a/b``, ``/``) as a catalog path (``/a/b``, root ``''``)."""
+    clean = posixpath.normpath("/" + path.lstrip("/"))
+    if clean.startswith("//"):
+        clean = "/" + clean.lstrip("/")
+    return "" if clean == "/" else clean
+
+
+def display(path: str) -> str:
+    return path or "/"
+
+
+class RollbackState:
+    """Newest accepted manifest per repository, kept in ``state_dir/manifests``."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.directory = os.path.join(state_dir, "manifests")
+
+    def _path(self, fqrn: str) -> str:
+        return os.path.join(self.directory, fqrn.replace("/", "_") + ".json")
+
+    def check_and_record(self, fqrn: str, manifest: manifest_mod.Manifest) -> None:
+        path = self._path(fqrn)
+        try:
+            with open(path) as handle:
+                seen = json.load(handle)
+        except (OSError, ValueError):
+            seen = None
+        if seen:
+            newest_ts, newest_rev = int(seen.get("timestamp", 0)), int(seen.get("revision", 0))
+            if manifest.timestamp is not None and manifest.timestamp < newest_ts:
+                raise RollbackError(
+                    f"manifest of {fqrn} (revision {manifest.revision}, published "
+                    f"{_when(manifest.timestamp)}) is older than revision {newest_rev} seen before "
+                    f"(published {_when(newest_ts)})",
+                    hint="a mirror serves stale or replayed data",
+                )
+            if manifest.timestamp is None and manifest.revision < newest_rev:
+                raise RollbackError(
+                    f"manifest of {fqrn} has revision {manifest.revision}, older than {newest_rev}"
+                )
+            if (manifest.timestamp or 0) <= newest_ts and manifest.revision <= newest_rev:
+                return
+        record = {"timestamp": manifest.timestamp or 0, "revision": manifest.revision,
+                  "root_hash": str(manifest.root_hash)}
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as handle:
+                json.dump(record, handle)
+            os.replace(tmp, path)
+        except OSError as err:
+            log.warning("cannot record the manifest state of %s in %s: %s", fqrn, path, err)
+
+
+def _when(timestamp: int) -> str:
+    return _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _ChunkedReader(io.RawIOBase):
+    """A chunked file read chunk by chunk; only the current chunk is open."""
+
+    def __init__(self, source: ObjectSource, entry: DirEntry, chunks) -> None:
+        self._source = source
+        self._entry = entry
+        self._chunks = chunks
+        self._pos = 0
+        self._current = -1
+        self._handle = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._entry.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def _open_chunk(self, index: int) -> None:
+        if self._current == index:
+            return
+        if self._handle is not None:
+            self._handle.close()
+        chunk = self._chunks[index]
+        path = self._source.fetch_object(chunk.content_hash, Suffix.PARTIAL,
+                                         expected_size=chunk.size,
+                                         compressed=self._entry.compressed)
+        self._handle = open(path, "rb")
+        self._current = index
+
+    def readinto(self, buffer) -> int:
+        if self._pos >= self._entry.size:
+            return 0
+        index = self._find(self._pos)
+        chunk = self._chunks[index]
+        self._open_chunk(index)
+        assert self._handle is not None
+        self._handle.seek(self._pos - chunk.offset)
+        want = min(len(buffer), chunk.offset + chunk.size - self._pos)
+        data = self._handle.read(want)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def _find(self, position: int) -> int:
+        low, high = 0, len(self._chunks) - 1
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self._chunks[mid].offset <= position:
+                low = mid
+            else:
+                high = mid - 1
+        return low
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        super().close()
+
+
+class _ClassOrInstance:
+    """``Repository.open(fqrn, ...)`` opens a repository; ``repo.open(path)`` opens a file.
+
+    Both names are what callers expect (the issue's API), so the attribute
+    dispatches on whether it is reached through the class or an instance.
+    """
+
+    def __init__(self, for_class, for_instance) -> None:
+        self._for_class = for_class
+        self._for_instance = for_instance
+        self.__doc__ = for_class.__doc__
+
+    def __get__(self, instance, owner):
+        if instance is None:
+            return self._for_class.__get__(owner, owner)
+        return self._for_instance.__get__(instance, owner)
+
+
+class Repository:
+    """One verified revision of a repository; a context manager."""
+
+    def __init__(self, fqrn: str, source: ObjectSource, manifest: manifest_mod.Manifest,
+                 tree: CatalogTree, environ: Optional[Mapping[str, str]] = None,
+                 selected: Optional[Tag] = None) -> None:
+        self.fqrn = fqrn
+        self.source = source
+        self.manifest = manifest
+        self.tree = tree
+        self.environ = os.environ if environ is None else environ
+        self.selected_tag = selected
+        self._history: Optional[History] = None
+
+    # --- opening -------------------------------------------------------------------
+
+    def _open_repository(
+        cls,
+        fqrn: str,
+        servers: Union[None, str, Sequence[str]] = None,
+        keys: Keys = None,
+        tag: Optional[str] = None,
+        date: Union[None, str, int] = None,
+        root_hash: Union[None, str, ContentHash] = None,
+        source: Optional[ObjectSource] = None,
+        state_dir: Optional[str] = None,
+        environ: Optional[Mapping[str, str]] = None,
+        now: Optional[_dt.datetime] = None,
+    ) -> "Repository":
+        """Verify the repository's manifest and whitelist and open the chosen revision.
+
+        ``keys``: a directory of ``*.pub`` master keys, a ``.pub`` file, a
+        colon list of them (``CVMFS_PUBLIC_KEY`` style) or a list of paths;
+        None means ``/etc/cvmfs/keys``.
+        """
+        if sum(x is not None for x in (tag, date, root_hash)) > 1:
+            raise CvmfsError("choose at most one of tag, date and root hash")
+        if source is None:
+            from uvm.cvmfs.http_source import SimpleSource, expand_servers
+
+            if isinstance(servers, str):
+                servers = expand_servers(servers, fqrn)
+            source = SimpleSource(list(servers or []))
+        try:
+            return cls._open(fqrn, source, keys, tag, date, root_hash, state_dir, environ, now)
+        except BaseException:
+            source.close()
+            raise
+
+    @classmethod
+    def _open(cls, fqrn, source, keys, tag, date, root_hash, state_dir, environ, now) -> "Repository":
+        master_keys = signature.load_master_keys(_key_paths(keys))
+        data = source.fetch_file(".cvmfspublished")
+        manifest = manifest_mod.parse_manifest(data)
+        manifest_mod.check_identity(manifest, fqrn)
+        assert manifest.certificate is not None
+        cert_path = source.fetch_object(manifest.certificate, Suffix.CERTIFICATE)
+        with open(cert_path, "rb") as handle:
+            certificate = signature.load_certificate(handle.read())
+        manifest_mod.verify_signature(data, signature.certificate_public_key(certificate))
+        from cryptography.hazmat.primitives import serialization
+
+        whitelist_mod.verify(
+            source.fetch_file(".cvmfswhitelist"), master_keys, fqrn,
+            certificate.public_bytes(serialization.Encoding.DER), now=now,
+        )
+        RollbackState(state_dir or default_state_dir()).check_and_record(fqrn, manifest)
+
+        selected = None
+        history = None
+        if tag is not None or date is not None:
+            history = _open_history(source, manifest)
+            if tag is not None:
+                selected = history.find(tag)
+            else:
+                timestamp = date if isinstance(date, int) else parse_date(str(date))
+                selected = history.find_by_date(timestamp)
+            root, size = selected.root_hash, selected.size or None
+        elif root_hash is not None:
+            root = root_hash if isinstance(root_hash, ContentHash) else ContentHash.parse(
+                str(root_hash).strip().rstrip("C") if len(str(root_hash).strip()) in (41, 50)
+                else str(root_hash))
+            size = manifest.catalog_size if root == manifest.root_hash else None
+        else:
+            root, size = manifest.root_hash, manifest.catalog_size or None
+        tree = CatalogTree(source, root, size)
+        repo = cls(fqrn, source, manifest, tree, environ, selected)
+        repo._history = history
+        return repo
+
+    # --- revision facts -----------------------------------------------------------
+
+    @property
+    def root_hash(self) -> ContentHash:
+        return self.tree.root_hash
+
+    @property
+    def revision(self) -> int:
+        return self.tree.root.revision
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return self.manifest.algorithm
+
+    @property
+    def ttl(self) -> int:
+        return self.tree.root.ttl or self.manifest.ttl
+
+    @property
+    def published(self) -> Optional[int]:
+        """Publish time of the revision shown (tag time, else the manifest's ``T``)."""
+        if self.selected_tag is not None:
+            return self.selected_tag.timestamp
+        if self.root_hash == self.manifest.root_hash:
+            return self.manifest.timestamp
+        return int(self.tree.root.properties.get("last_modified", "0")) or None
+
+    @property
+    def history(self) -> History:
+        if self._history is None:
+            self._history = _open_history(self.source, self.manifest)
+        return self._history
+
+    def tags(self) -> List[Tag]:
+        if self.manifest.history is None:
+            return []
+        return self.history.tags()
+
+    # --- browsing -------------------------------------------------------------------
+
+    def stat(self, path: str) -> DirEntry:
+        """The entry at ``path``; raises ``PathNotFoundError``."""
+        clean = normalize(path)
+        entry = self.tree.lookup(clean)
+        if entry is None:
+            raise PathNotFoundError(f"{self.fqrn}:{display(clean)} does not exist")
+        return entry
+
+    def exists(self, path: str) -> bool:
+        return self.tree.lookup(normalize(path)) is not None
+
+    def scandir(self, path: str) -> List[DirEntry]:
+        entry = self.stat(path)
+        if not entry.is_dir:
+            raise CvmfsError(f"{self.fqrn}:{display(entry.path)} is not a directory")
+        return [e for e in self.tree.listing(entry.path) if not e.is_hidden]
+
+    def listdir(self, path: str) -> List[str]:
+        return [entry.name for entry in self.scandir(path)]
+
+    def readlink(self, path: str, expand: bool = True) -> str:
+        """The link target; variant symlinks expanded from ``environ`` unless ``expand`` is off."""
+        entry = self.stat(path)
+        if not entry.is_symlink:
+            raise CvmfsError(f"{self.fqrn}:{display(entry.path)} is not a symbolic link")
+        return variant.expand(entry.symlink, self.environ) if expand else entry.symlink
+
+    def open_file(self, path: str) -> io.BufferedIOBase:
+        """A binary, seekable file object; chunked files are fetched chunk by chunk."""
+        entry = self.stat(path)
+        if not entry.is_regular:
+            raise CvmfsError(f"{self.fqrn}:{display(entry.path)} is not a regular file")
+        if entry.is_external:
+            raise CvmfsError(f"{self.fqrn}:{display(entry.path)} is an external file, "
+                             "which uvm does not fetch")
+        if entry.is_chunked:
+            chunks = self.tree.chunks(entry)
+            if sum(chunk.size for chunk in chunks) != entry.size:
+                raise CvmfsError(f"chunk list of {self.fqrn}:{display(entry.path)} "
+                                 "does not add up to the file size")
+            return io.BufferedReader(_ChunkedReader(self.source, entry, chunks), 1 << 20)
+        if entry.content_hash is None:
+            raise CvmfsError(f"{self.fqrn}:{display(entry.path)} has no content hash")
+        local = self.source.fetch_object(entry.content_hash, Suffix.NONE,
+                                         expected_size=entry.size, compressed=entry.compressed)
+        return open(local, "rb")
+
+    open = _ClassOrInstance(classmethod(_open_repository), open_file)
+
+    def read(self, path: str) -> bytes:
+        with self.open_file(path) as handle:
+            return handle.read()
+
+    def walk(self, path: str = "/") -> Iterator[Tuple[str, List[DirEntry], List[DirEntry]]]:
+        """Like ``os.walk`` (top-down): ``(dirpath, dir entries, other entries)``."""
+        pending = [self.stat(path)]
+        while pending:
+            directory = pending.pop()
+            entries = self.scandir(directory.path or "/")
+            dirs = [e for e in entries if e.is_dir]
+            others = [e for e in entries if not e.is_dir]
+            yield display(directory.path), dirs, others
+            pending.extend(reversed(dirs))
+
+    # --- lifetime -------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._history is not None:
+            self._history.close()
+            self._history = None
+        self.tree.close()
+        self.source.close()
+
+    def __enter__(self) -> "Repository":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _key_paths(keys: Keys) -> List[str]:
+    if keys is None:
+        return signature.master_key_paths()
+    if isinstance(keys, str):
+        if ":" in keys or keys.endswith(".pub"):
+            return signature.master_key_paths(public_key=keys)
+        return signature.master_key_paths(keys_dir=keys)
+    return list(keys)
+
+
+def _open_history(source: ObjectSource, manifest: manifest_mod.Manifest) -> History:
+    if manifest.history is None:
+        raise CvmfsError("repository has no history database, so no tags or dates",
+                         hint="publish with a history (uvm publish always writes one)")
+    path = source.fetch_object(manifest.history, Suffix.HISTORY)
+    return History(path)
+
+
+def mode_string(entry: DirEntry) -> str:
+    """``ls -l`` style mode text, e.g. ``drwxr-xr-x``."""
+    return _stat.filemode(entry.mode)
+
+
+__all__ = ["Repository", "normalize", "mode_string", "default_state_dir"]
