@@ -15,6 +15,9 @@ from uvm.errors import UvmError
 # and sets ``handler`` on the parsers it adds.
 COMMAND_MODULES = [
     "uvm.cli.doctor",
+    "uvm.cli.keys",
+    "uvm.cli.publish",
+    "uvm.cli.repo",
 ]
 
 
