@@ -1,0 +1,399 @@
+"""The on-disk, content-addressed object cache shared by every uvm process.
+
+Layout (the stock client's POSIX cache, ``cvmfs-format.md`` §6.5), below
+``<base>/shared``:
+
+``00/`` … ``ff/``
+    objects, decompressed, named ``XX/<rest of hash><algorithm id>`` without
+    the type suffix; catalogs are opened in place as SQLite files.
+``txn/``
+    downloads in progress, named ``<pid>.<random>``; renamed into place only
+    after the decoder verified hash and size.  Files of dead processes are
+    removed when a cache is opened, so ``kill -9`` leaves nothing behind that
+    could ever be served.
+``quarantaine/``
+    objects whose size contradicted the catalog, kept for inspection.
+``locks/``
+    per-object download locks (``fcntl.flock``): one process downloads, the
+    others wait and then find the object.  The kernel drops a dead process's
+    lock, so nobody waits for ever.
+``manifests/``
+    the last verified ``.cvmfspublished`` / ``.cvmfswhitelist`` per
+    repository, for offline runs.
+``cachedb``
+    the quota database (:mod:`uvm.cvmfs.quota`).
+
+Sharing between users: if the base directory already exists and is group-
+or other-writable (an administrator's ``mkdir -m 2775`` or ``1777``), new
+directories get the same permission bits and files are world-readable, so
+every user whose group allows it shares one cache.  Otherwise directories are
+created for the current user only (the default under ``$XDG_CACHE_HOME``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from uvm._native import Decoder
+from uvm.cvmfs.hashing import ContentHash
+from uvm.cvmfs.quota import CATALOG, REGULAR, Quota, pid_alive
+from uvm.errors import CacheError, DecodeError, DecodeFailure
+
+log = logging.getLogger(__name__)
+
+_MB = 1 << 20
+
+
+def _no_space(err: BaseException) -> bool:
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left" in str(err) or "quota exceeded" in str(err).lower():
+            return True
+        err = err.__cause__  # type: ignore[assignment]
+    return False
+
+
+class Cache:
+    """One cache directory: lookups, locked verified inserts, quota, information."""
+
+    def __init__(self, base: str, quota_limit_mb: int = 4000) -> None:
+        self.base = os.path.abspath(os.path.expanduser(base))
+        self.root = os.path.join(self.base, "shared")
+        self.txn_dir = os.path.join(self.root, "txn")
+        self.lock_dir = os.path.join(self.root, "locks")
+        self.quarantine_dir = os.path.join(self.root, "quarantaine")
+        self.manifest_dir = os.path.join(self.root, "manifests")
+        self._dir_mode, self._file_mode = self._modes()
+        self._make_dirs()
+        self.clean_transactions()
+        self.quota = Quota(os.path.join(self.root, "cachedb"),
+                           quota_limit_mb * _MB if quota_limit_mb > 0 else 0,
+                           self._remove, self._file_mode if self.shared else None)
+
+    # -- set-up -------------------------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        return self._dir_mode & 0o022 != 0
+
+    def _modes(self) -> Tuple[int, int]:
+        try:
+            mode = stat.S_IMODE(os.stat(self.base).st_mode)
+        except FileNotFoundError:
+            return 0o700, 0o644
+        except OSError as err:
+            raise self._io_error("inspect", self.base, err) from None
+        if mode & 0o022:  # an administrator made it shared: keep that for subdirectories
+            return mode & 0o7777 & ~stat.S_ISVTX | 0o700, 0o666 if mode & 0o002 else 0o664
+        return 0o700 | (mode & 0o055), 0o644
+
+    def _mkdir(self, path: str) -> None:
+        try:
+            os.mkdir(path, self._dir_mode)
+        except FileExistsError:
+            return
+        os.chmod(path, self._dir_mode)  # not subject to the umask
+
+    def _make_dirs(self) -> None:
+        try:
+            os.makedirs(self.base, exist_ok=True)
+            self._mkdir(self.root)
+            if os.path.isdir(os.path.join(self.root, "ff")):
+                return  # made before (the last directory is made last)
+            for name in ("txn", "locks", "quarantaine", "manifests"):
+                self._mkdir(os.path.join(self.root, name))
+            for i in range(256):
+                self._mkdir(os.path.join(self.root, f"{i:02x}"))
+        except OSError as err:
+            raise self._io_error("create", self.root, err) from None
+
+    def _io_error(self, action: str, path: str, err: OSError) -> CacheError:
+        if _no_space(err):
+            return self.full_error()
+        return CacheError(f"cannot {action} {path}: {err.strerror or err}",
+                          hint="set CVMFS_CACHE_BASE to a writable directory")
+
+    def full_error(self) -> CacheError:
+        return CacheError(
+            f"cache directory {self.root} is full (no space left on device)",
+            hint="set CVMFS_QUOTA_LIMIT (MB) below the free space, or run `uvm cache clean`")
+
+    # -- lookups ------------------------------------------------------------
+
+    def path_of(self, content_hash: ContentHash) -> str:
+        return os.path.join(self.root, content_hash.cache_path())
+
+    def lookup(self, content_hash: ContentHash, expected_size: Optional[int] = None
+               ) -> Optional[str]:
+        """Path of the cached object, or None.  A size that contradicts the
+        catalog sends the file to quarantine (and counts as a miss)."""
+        path = self.path_of(content_hash)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            return None
+        if expected_size is not None and size != expected_size:
+            log.warning("cached %s has %d bytes, the catalog says %d: quarantined",
+                        content_hash, size, expected_size)
+            self._quarantine(path, str(content_hash))
+            self.quota.forget([str(content_hash)])
+            return None
+        return path
+
+    def contains(self, content_hash: ContentHash) -> bool:
+        return os.path.exists(self.path_of(content_hash))
+
+    # -- locking ------------------------------------------------------------
+
+    @contextmanager
+    def locked(self, content_hash: ContentHash) -> Iterator[None]:
+        """Hold the download lock of one object (blocks; a dead holder's lock is freed)."""
+        path = os.path.join(self.lock_dir, str(content_hash))
+        while True:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            except OSError as err:
+                raise self._io_error("create the lock", path, err) from None
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the previous holder removed this file: lock the new one
+        try:
+            yield
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            os.close(fd)
+
+    # -- transactions -------------------------------------------------------
+
+    def begin(self, content_hash: ContentHash, expected_size: Optional[int] = None,
+              compressed: bool = True, catalog: bool = False) -> "Transaction":
+        """A new download of ``content_hash``: a sink for the transport."""
+        return Transaction(self, content_hash, expected_size, compressed, catalog)
+
+    def _commit(self, txn_path: str, content_hash: ContentHash, size: int, kind: int) -> str:
+        final = self.path_of(content_hash)
+        try:
+            os.rename(txn_path, final)
+        except OSError as err:
+            raise self._io_error("store", final, err) from None
+        try:
+            self.quota.insert(str(content_hash), size, kind)
+        except CacheError as err:  # the object is verified and in place; only accounting failed
+            log.warning("%s", err.one_line())
+        return final
+
+    def _quarantine(self, path: str, name: str) -> None:
+        try:
+            os.replace(path, os.path.join(self.quarantine_dir, name))
+        except OSError:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _remove(self, key: str) -> bool:
+        try:
+            os.unlink(os.path.join(self.root, key[:2], key[2:]))
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    def clean_transactions(self) -> int:
+        """Remove downloads left by dead processes (after ``kill -9``); return the count."""
+        removed = 0
+        try:
+            names = os.listdir(self.txn_dir)
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            pid_text = name.split(".", 1)[0]
+            if pid_text.isdigit() and pid_alive(int(pid_text)):
+                continue
+            try:
+                os.unlink(os.path.join(self.txn_dir, name))
+                removed += 1
+            except OSError:
+                pass
+        if removed:
+            log.info("removed %d unfinished downloads from %s", removed, self.txn_dir)
+        return removed
+
+    # -- manifests ----------------------------------------------------------
+
+    def save_file(self, fqrn: str, name: str, data: bytes) -> None:
+        """Keep a verified bootstrap file (manifest, whitelist) for offline use."""
+        path = os.path.join(self.manifest_dir, f"{fqrn}{name}")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f"{os.getpid()}.", dir=self.txn_dir)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.chmod(tmp, self._file_mode)
+                os.replace(tmp, path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+        except OSError as err:
+            raise self._io_error("store", path, err) from None
+
+    def load_file(self, fqrn: str, name: str) -> Optional[bytes]:
+        try:
+            with open(os.path.join(self.manifest_dir, f"{fqrn}{name}"), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    # -- maintenance --------------------------------------------------------
+
+    def scan(self) -> List[Tuple[str, int]]:
+        """Every object on disk as (hash text, size)."""
+        found = []
+        for i in range(256):
+            prefix = f"{i:02x}"
+            directory = os.path.join(self.root, prefix)
+            try:
+                with os.scandir(directory) as entries:
+                    for entry in entries:
+                        found.append((prefix + entry.name, entry.stat().st_size))
+            except FileNotFoundError:
+                continue
+        return found
+
+    def info(self) -> Dict[str, object]:
+        """Size, quota, object count, hit rate and housekeeping figures."""
+        stats = self.quota.stats()
+        lookups = stats["hits"] + stats["misses"]
+        usage = os.statvfs(self.root)
+        return {
+            "directory": self.root,
+            "shared": self.shared,
+            "objects": stats["objects"],
+            "size": stats["usage"],
+            "quota_limit": self.quota.limit,
+            "pinned": stats["pinned"],
+            "hits": stats["hits"],
+            "misses": stats["misses"],
+            "hit_rate": stats["hits"] / lookups if lookups else None,
+            "downloads": stats["downloads"],
+            "bytes_downloaded": stats["bytes_downloaded"],
+            "evictions": stats["evictions"],
+            "in_progress": len(os.listdir(self.txn_dir)),
+            "quarantined": len(os.listdir(self.quarantine_dir)),
+            "free": usage.f_bavail * usage.f_frsize,
+        }
+
+    def clean(self) -> int:
+        """Remove every unpinned object, quarantined files and stale leftovers."""
+        self.clean_transactions()
+        pinned = set(self.quota.pinned())
+        removed = 0
+        for key, _size in self.scan():
+            if key not in pinned and self._remove(key):
+                removed += 1
+        self.quota.rebuild([(k, s) for k, s in self.scan()])
+        shutil.rmtree(self.quarantine_dir, ignore_errors=True)
+        self._mkdir(self.quarantine_dir)
+        for name in os.listdir(self.lock_dir):
+            path = os.path.join(self.lock_dir, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(path)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        return removed
+
+    def close(self) -> None:
+        self.quota.close()
+
+
+class Transaction:
+    """A download in progress: inflates and verifies into ``txn/``, then renames.
+
+    Implements the transport's sink protocol.  Nothing gets the object's final
+    name before the decoder has checked hash and size.
+    """
+
+    def __init__(self, cache: Cache, content_hash: ContentHash, expected_size: Optional[int],
+                 compressed: bool, catalog: bool) -> None:
+        self._cache = cache
+        self._hash = content_hash
+        self._kind = CATALOG if catalog else REGULAR
+        try:
+            self._fd, self.path = tempfile.mkstemp(prefix=f"{os.getpid()}.",
+                                                   dir=cache.txn_dir)
+            os.fchmod(self._fd, cache._file_mode)
+        except OSError as err:
+            raise cache._io_error("start a download in", cache.txn_dir, err) from None
+        self._decoder = Decoder(content_hash.algorithm, self._fd, content_hash,
+                                expected_size, compressed)
+        self._open = True
+
+    def _fail_locally(self, err: BaseException) -> CacheError:
+        self.discard()
+        if _no_space(err):
+            return self._cache.full_error()
+        return CacheError(f"cannot write {self.path}: {err}")
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._decoder.feed(data)
+        except DecodeError as err:
+            if err.failure is DecodeFailure.WRITE:
+                raise self._fail_locally(err) from None
+            raise
+
+    def finish(self) -> str:
+        try:
+            result = self._decoder.finish()
+        except DecodeError as err:
+            if err.failure is DecodeFailure.WRITE:
+                raise self._fail_locally(err) from None
+            if err.failure in (DecodeFailure.TOO_LARGE, DecodeFailure.TOO_SMALL):
+                self._close()
+                self._cache._quarantine(self.path, str(self._hash))
+            raise
+        self._close()
+        return self._cache._commit(self.path, self._hash, result.size, self._kind)
+
+    def _close(self) -> None:
+        if self._open:
+            self._open = False
+            os.close(self._fd)
+
+    def discard(self) -> None:
+        abort = getattr(self._decoder, "abort", None)
+        if abort is not None:
+            abort()
+        self._close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass

@@ -1,0 +1,269 @@
+"""The production object source: verified objects from the shared cache, else the network.
+
+This is the only module that combines the cache and the transport (as
+``Fetcher::Fetch`` in the stock client): a cache hit returns the file; a miss
+takes the object's download lock, looks again (another process may have just
+fetched it), then streams the object from the mirrors into a cache
+transaction that inflates and verifies it, and commits it.  Each object is
+therefore downloaded about once, however many threads and processes want it.
+
+Bootstrap files (``.cvmfspublished``, ``.cvmfswhitelist``) are not content
+addressed; the reader verifies their signatures.  Once it has, the caller
+calls :meth:`Fetcher.remember_verified` and the fetcher keeps them, so that
+with no server reachable later runs can start from the last verified state
+("offline"), saying so once, and name any object that is not cached.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from uvm.cvmfs import servers
+from uvm.cvmfs.cache import Cache
+from uvm.cvmfs.hashing import ContentHash, Suffix
+from uvm.errors import FetchError, FetchFailure
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_FILES = (".cvmfspublished", ".cvmfswhitelist")
+
+ObjectRequest = Tuple[ContentHash, Suffix, Optional[int], bool]
+"""(hash, suffix, expected decompressed size or None, compressed) for :meth:`Fetcher.prefetch`."""
+
+
+@dataclass
+class Progress:
+    """Prefetch progress as passed to a callback."""
+
+    done: int
+    total: int
+    bytes_done: int
+    bytes_total: int
+    failed: int
+    started: float
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Fetcher:
+    """An :class:`uvm.cvmfs.source.ObjectSource` backed by the shared cache and the mirrors.
+
+    ``transport_factory`` builds the transport on the first cache miss, so a
+    run served from a warm cache never imports ``requests``.
+    """
+
+    def __init__(
+        self,
+        fqrn: str,
+        cache: Cache,
+        transport_factory: Callable[[], Any],
+        parallel: int = 16,
+        own_cache: bool = False,
+    ) -> None:
+        self.fqrn = fqrn
+        self.cache = cache
+        self._transport_factory = transport_factory
+        self._transport: Any = None
+        self._parallel = max(1, parallel)
+        self._own_cache = own_cache
+        self._lock = threading.Lock()
+        self._fetched: Dict[str, bytes] = {}
+        self._offline_reason: Optional[str] = None
+        self._pinned: Dict[str, None] = {}
+
+    @classmethod
+    def from_settings(cls, fqrn: str, settings: Any, cache: Optional[Cache] = None) -> "Fetcher":
+        """Wire a fetcher from :meth:`uvm.config.Config.settings` for ``fqrn``."""
+        from uvm.cvmfs.transport import Transport, TransportSettings
+
+        transport_settings = TransportSettings.from_settings(settings, fqrn)
+        own = cache is None
+        if cache is None:
+            cache = Cache(settings.cache_base, settings.quota_limit)
+        return cls(fqrn, cache, lambda: Transport(transport_settings),
+                   settings.parallel_downloads, own_cache=own)
+
+    # -- state --------------------------------------------------------------
+
+    @property
+    def transport(self) -> Any:
+        with self._lock:
+            if self._transport is None:
+                self._transport = self._transport_factory()
+            return self._transport
+
+    @property
+    def offline(self) -> bool:
+        return self._offline_reason is not None
+
+    def _go_offline(self, reason: str) -> None:
+        with self._lock:
+            first = self._offline_reason is None
+            self._offline_reason = reason
+        if first:
+            log.warning("offline: no server reachable for %s; using the last verified "
+                        "state from the cache (%s)", self.fqrn, reason)
+
+    # -- bootstrap files ----------------------------------------------------
+
+    def fetch_file(self, name: str) -> bytes:
+        """Raw bytes of ``name`` from the mirrors, or the last verified copy when offline."""
+        from uvm.cvmfs.transport import BytesSink
+
+        try:
+            data = self.transport.download(name, BytesSink, what=f"{self.fqrn}/{name}")
+        except FetchError as err:
+            if servers.is_network_failure(err.failure):
+                stored = self.cache.load_file(self.fqrn, name)
+                if stored is not None:
+                    self._go_offline(str(err))
+                    return stored
+            raise
+        with self._lock:
+            self._fetched[name] = data
+        return data
+
+    def remember_verified(self, names: Sequence[str] = BOOTSTRAP_FILES) -> None:
+        """Keep the bootstrap files fetched so far; call once the reader verified them."""
+        with self._lock:
+            items = [(n, self._fetched[n]) for n in names if n in self._fetched]
+        for name, data in items:
+            self.cache.save_file(self.fqrn, name, data)
+
+    def last_verified(self, name: str = ".cvmfspublished") -> Optional[bytes]:
+        return self.cache.load_file(self.fqrn, name)
+
+    # -- objects ------------------------------------------------------------
+
+    def fetch_object(
+        self,
+        content_hash: ContentHash,
+        suffix: Suffix = Suffix.NONE,
+        expected_size: Optional[int] = None,
+        compressed: bool = True,
+    ) -> str:
+        """Local path of the verified, decompressed object (downloaded if need be).
+
+        Catalogs are pinned in the quota until :meth:`close`, as the stock
+        client pins loaded catalogs.
+        """
+        key = str(content_hash)
+        quota = self.cache.quota
+        path = self.cache.lookup(content_hash, expected_size)
+        if path is None:
+            with self.cache.locked(content_hash):
+                path = self.cache.lookup(content_hash, expected_size)
+                if path is None:
+                    quota.count("misses")
+                    path = self._download(content_hash, suffix, expected_size, compressed)
+                else:
+                    quota.touch(key)  # another process fetched it while we waited
+        else:
+            quota.touch(key)
+        if suffix is Suffix.CATALOG:
+            self.pin(content_hash)
+        return path
+
+    def _download(self, content_hash: ContentHash, suffix: Suffix,
+                  expected_size: Optional[int], compressed: bool) -> str:
+        what = f"object {content_hash}{suffix.value} of {self.fqrn}"
+        try:
+            return self.transport.download(
+                content_hash.object_path(suffix),
+                lambda: self.cache.begin(content_hash, expected_size, compressed,
+                                         catalog=suffix is Suffix.CATALOG),
+                what=what,
+            )
+        except FetchError as err:
+            if servers.is_network_failure(err.failure) and (
+                    self.offline or self.cache.load_file(self.fqrn, ".cvmfspublished")):
+                self._go_offline(str(err))
+                raise FetchError(
+                    f"{what} is not in the cache and no server is reachable (offline)",
+                    FetchFailure.OFFLINE,
+                    hint="reconnect, or preload it beforehand with `uvm cache preload`",
+                ) from err
+            raise
+
+    def pin(self, content_hash: ContentHash) -> None:
+        """Keep an object in the cache until :meth:`unpin` or :meth:`close`."""
+        key = str(content_hash)
+        if key not in self._pinned:
+            self._pinned[key] = None
+            self.cache.quota.pin(key)
+
+    def unpin(self, content_hash: ContentHash) -> None:
+        key = str(content_hash)
+        if self._pinned.pop(key, 1) is None:
+            self.cache.quota.unpin(key)
+
+    # -- bulk ---------------------------------------------------------------
+
+    def prefetch(
+        self,
+        requests: Iterable[ObjectRequest],
+        progress: Optional[ProgressCallback] = None,
+        parallel: Optional[int] = None,
+    ) -> List[str]:
+        """Fetch many objects with a bounded thread pool; return their paths in order.
+
+        The decoder releases the GIL, so threads overlap network waits and
+        inflation alike.  Every object is attempted; if some fail, a
+        :class:`FetchError` naming the first and counting the rest is raised
+        at the end.
+        """
+        items = list(dict.fromkeys(requests))
+        state = Progress(0, len(items), 0, sum(r[2] or 0 for r in items), 0, time.monotonic())
+        paths: List[Optional[str]] = [None] * len(items)
+        errors: List[FetchError] = []
+        if progress:
+            progress(state)
+        workers = max(1, min(parallel or self._parallel, len(items) or 1))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="uvm-fetch") as pool:
+            futures = {pool.submit(self.fetch_object, *item): i for i, item in enumerate(items)}
+            for future in as_completed(futures):
+                index = futures[future]
+                try:
+                    paths[index] = future.result()
+                except FetchError as err:
+                    errors.append(err)
+                    state.failed += 1
+                except BaseException:
+                    for pending in futures:
+                        pending.cancel()
+                    raise
+                state.done += 1
+                state.bytes_done += items[index][2] or 0
+                if progress:
+                    progress(state)
+        if errors:
+            first = errors[0]
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise FetchError(f"{len(errors)} of {len(items)} objects failed: {first}{more}",
+                             first.failure, first.hint)
+        return [p for p in paths if p is not None]
+
+    # -- lifetime -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Release pins, flush the quota's batched records, close connections."""
+        for key in list(self._pinned):
+            self.cache.quota.unpin(key)
+        self._pinned.clear()
+        self.cache.quota.flush()
+        if self._transport is not None:
+            self._transport.close()
+        if self._own_cache:
+            self.cache.close()
+
+    def __enter__(self) -> "Fetcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
