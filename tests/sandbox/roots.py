@@ -20,7 +20,8 @@ are world-readable: the tests run uvm as an unprivileged user too.
   make and python3, from the mirror that apt on this machine uses.
 
 Every root has ``/tmp`` and ``/w`` (mode 1777, scratch space shared by tests,
-which use unique names there) and empty ``/dev``, ``/proc`` and ``/sys``.
+which use unique names there), an empty ``/mnt`` (where tests bind their own
+host directories) and empty ``/dev``, ``/proc`` and ``/sys``.
 Run ``python tests/sandbox/roots.py host|i386|debian`` to build one by hand.
 """
 
@@ -50,7 +51,7 @@ COMPLETE = ".uvm-root-complete"
 # ids); every root knows it in /etc/passwd.
 TEST_USER, TEST_UID, TEST_GID = "uvmtest", 4242, 4242
 # Bump a builder's version when its output changes (part of the cache key).
-BUILDER_VERSION = {"host": 1, "i386": 1, "debian": 1}
+BUILDER_VERSION = {"host": 2, "i386": 2, "debian": 2}
 
 # Host packages whose files make up host_root (libraries they need are added
 # from the ELF closure).  The optional ones are copied when installed.
@@ -190,7 +191,7 @@ def _scratch_dirs(root: Path) -> None:
     for d in ("tmp", "w"):
         (root / d).mkdir(exist_ok=True)
         os.chmod(root / d, 0o1777)
-    for d in ("dev", "proc", "sys"):
+    for d in ("dev", "proc", "sys", "mnt"):
         (root / d).mkdir(exist_ok=True)
 
 

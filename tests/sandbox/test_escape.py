@@ -1,0 +1,369 @@
+"""A guest that tries to leave its root stays inside: one test per trick.
+
+A sentinel file with a random token lives on the host, outside every guest
+root, beside the per-test scratch directories (so that a ``..`` taken on the
+host side of a bind would find it).  The guest is told the sentinel's host
+path and tries to read it by each trick; the token must never appear in its
+output, except in the positive control where the sentinel's directory is
+bound into the guest.  Each trick is a bash snippet using coreutils (so that
+it runs in every root, the 32-bit one too) or, where it needs system calls
+the shell cannot make (openat on a directory descriptor, rename's errno), a
+Python program.
+
+Snippet conventions: ``refused CMD``: CMD must fail; ``expect WANT CMD``: CMD
+must print WANT; each prints ``OK[...]``, ``ESCAPE[...]`` or ``WRONG[...]``,
+and a snippet ends with ``DONE``.  Bound scratch: ``/mnt``; the root's own
+writable directory: ``/w``; a unique name: ``$T``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import pytest
+
+import roots
+from harness import SCRATCH_BASE
+
+needs_uvm = pytest.mark.usefixtures("uvm_available")
+
+HOSTNAME = roots.GUEST_HOSTNAME
+
+PRELUDE = r"""
+S=$1 T=$2
+refused() {
+    if out=$("$@" 2>&1); then echo "ESCAPE[$label] $*: $out"; else echo "OK[$label] $*"; fi
+}
+expect() {
+    want=$1; shift
+    out=$("$@" 2>&1)
+    if [ "$out" = "$want" ]; then echo "OK[$label] $*"; else echo "WRONG[$label] $*: got <$out> want <$want>"; fi
+}
+"""
+
+TRICKS = {
+    # `..` past the root, from the root and from below it.
+    "dotdot": r"""
+label=dotdot
+refused cat "$S"
+refused cat "/../../../../../..$S"
+refused cat "/tmp/../../../../../..$S"
+refused ls "$(dirname "$S")"
+expect uvm-guest cat /../../../etc/hostname
+expect uvm-guest cat /etc/../../../../etc/hostname
+cd / && cd .. && cd ../../.. && expect / /bin/pwd && expect "$(ls /)" ls
+cd /
+""",
+    # /proc/self/root, /proc/PID/root and /proc/self/cwd are magic links the
+    # kernel would follow to the host's root.
+    "proc-root": r"""
+label=proc-root
+expect / readlink /proc/self/root
+refused cat "/proc/self/root$S"
+refused cat "/proc/self/root/../../..$S"
+expect uvm-guest cat /proc/self/root/etc/hostname
+expect "$(ls /)" ls /proc/self/root/
+expect / readlink /proc/$$/root
+refused cat "/proc/$$/root$S"
+expect uvm-guest cat /proc/$$/root/etc/hostname
+cd /etc
+expect /etc readlink /proc/self/cwd
+refused cat "/proc/self/cwd/../../../..$S"
+expect uvm-guest cat /proc/self/cwd/../../etc/hostname
+cd /
+""",
+    # Absolute symlinks resolve inside the guest root, wherever they live: in
+    # the root itself (/w) and in a host directory bound into it (/mnt).
+    "abs-symlink": r"""
+label=abs-symlink
+for d in /w/abs-$T /mnt/abs-$T; do
+    mkdir -p $d
+    ln -s /etc/hostname $d/host; expect uvm-guest cat $d/host
+    ln -s /etc $d/etc; expect uvm-guest cat $d/etc/hostname
+    ln -s "$S" $d/sentinel; refused cat $d/sentinel
+    ln -s "$(dirname "$S")" $d/sdir; refused cat $d/sdir/token; refused ls $d/sdir/
+    ln -s / $d/top; refused cat "$d/top/../../..$S"; expect uvm-guest cat $d/top/../../etc/hostname
+    ln -s $d/top $d/chain; expect uvm-guest cat $d/chain/etc/hostname
+    expect / readlink $d/top
+done
+rm -rf /w/abs-$T
+""",
+    # Relative symlinks climbing far past the root stop at it.
+    "rel-symlink": r"""
+label=rel-symlink
+for d in /w/rel-$T/a/b /mnt/rel-$T/a/b; do
+    mkdir -p $d
+    ln -s ../../../../../../../../../..$S $d/up; refused cat $d/up
+    ln -s ../../../../../../../../../etc/hostname $d/host; expect uvm-guest cat $d/host
+    ln -s ../../../../../../../../.. $d/top; expect "$(ls /)" ls $d/top/; refused cat "$d/top$S"
+done
+rm -rf /w/rel-$T
+""",
+    # `..` out of a bind leads to the bind's guest parent, not its host one
+    # (the sentinel's directory is a host sibling of the bound scratch dir).
+    "bind-dotdot": r"""
+label=bind-dotdot
+expect uvm-guest cat /mnt/../etc/hostname
+refused cat "/mnt/../$(basename "$(dirname "$S")")/token"
+cd /mnt && cd .. && expect / /bin/pwd && expect "$(ls /)" ls
+cd /mnt && refused cat "../$(basename "$(dirname "$S")")/token"
+cd /
+""",
+    # A directory descriptor opened before a chdir, used through
+    # /proc/self/fd/N (which the kernel follows as a magic link).
+    "proc-fd": r"""
+label=proc-fd
+exec 3< /
+exec 4< /mnt
+cd /etc
+expect / readlink /proc/self/fd/3
+expect /mnt readlink /proc/self/fd/4
+expect uvm-guest cat /proc/self/fd/3/etc/hostname
+refused cat "/proc/self/fd/3/../../../..$S"
+refused cat "/proc/self/fd/3$S"
+expect uvm-guest cat /proc/self/fd/4/../etc/hostname
+refused cat "/proc/self/fd/4/../$(basename "$(dirname "$S")")/token"
+exec 3<&- 4<&-
+cd /
+""",
+    # mv across a bind: the kernel says EXDEV and mv copies; wherever the
+    # file lands, it is inside the root (checked from the host too).
+    "rename-bind": r"""
+label=rename-bind
+echo moved > /mnt/mv-$T
+mv /mnt/mv-$T /w/mv-$T && expect moved cat /w/mv-$T
+echo moved2 > /mnt/mv2-$T
+mv /mnt/mv2-$T /../../../w/mv2-$T && expect moved2 cat /w/mv2-$T
+ln -s /w /mnt/wlink-$T
+echo moved3 > /mnt/mv3-$T
+mv /mnt/mv3-$T /mnt/wlink-$T/mv3-$T && expect moved3 cat /w/mv3-$T
+""",
+}
+
+
+def _outcome(res, token):
+    out = res.stdout + res.stderr
+    assert token not in out, f"the guest read the sentinel:\n{out}"
+    bad = [line for line in res.stdout.splitlines() if line.startswith(("ESCAPE", "WRONG"))]
+    assert not bad, "\n".join(bad) + f"\n--- stderr:\n{res.stderr[-2000:]}"
+    assert res.stdout.rstrip().endswith("DONE"), (
+        f"the probe did not finish (exit {res.returncode}):\n{res.stdout}\n{res.stderr[-2000:]}")
+    return [line for line in res.stdout.splitlines() if line.startswith("OK[")]
+
+
+@pytest.fixture
+def sentinel():
+    """A host file outside every root, readable by everyone, with a random token."""
+    SCRATCH_BASE.mkdir(parents=True, exist_ok=True)
+    os.chmod(SCRATCH_BASE, 0o1777)
+    token = "uvm-sentinel-" + secrets.token_hex(16)
+    directory = SCRATCH_BASE / f"sentinel-{secrets.token_hex(4)}"
+    directory.mkdir()
+    os.chmod(directory, 0o755)
+    (directory / "token").write_text(token + "\n")
+    os.chmod(directory / "token", 0o644)
+    yield directory / "token", token
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run_tricks(uvm_runner, root, scratch, sentinel, names):
+    path, token = sentinel
+    unique = secrets.token_hex(4)
+    script = PRELUDE + "".join(TRICKS[n] for n in names) + "echo DONE\n"
+    res = uvm_runner.run(root, "/bin/bash", "-c", script, "escape", str(path), unique,
+                         binds=[(scratch, "/mnt")])
+    try:
+        oks = _outcome(res, token)
+    finally:
+        for leftover in root.joinpath("w").glob(f"*{unique}*"):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
+    return res, oks, unique
+
+
+@needs_uvm
+@pytest.mark.parametrize("trick", sorted(TRICKS))
+def test_trick_in_host_root(uvm_runner, host_root, scratch, sentinel, trick):
+    res, oks, unique = _run_tricks(uvm_runner, host_root, scratch, sentinel, [trick])
+    assert oks, res.stdout
+    if trick == "rename-bind":
+        # Nothing landed on the host outside the root and the bind.
+        assert not any(Path("/w").glob(f"*{unique}*"))
+        assert not list(Path("/tmp").glob(f"mv*-{unique}"))
+
+
+@needs_uvm
+@pytest.mark.parametrize("which", ["i386", "debian"])
+def test_all_tricks_in_other_roots(uvm_runner, request, scratch, sentinel, which):
+    """The same tricks in the 32-bit root and in the debootstrapped one."""
+    root = request.getfixturevalue(f"{which}_root")
+    _res, oks, _unique = _run_tricks(uvm_runner, root, scratch, sentinel, sorted(TRICKS))
+    assert len(oks) > 50
+
+
+@needs_uvm
+def test_bind_is_the_only_way_to_the_sentinel(uvm_runner, host_root, sentinel):
+    """Positive control: bound into the guest, the sentinel is readable."""
+    path, token = sentinel
+    res = uvm_runner.run(host_root, "/bin/cat", "/mnt/token", f"{path.parent}/token",
+                         binds=[(path.parent, "/mnt")])
+    assert res.stdout == token + "\n", res.stderr
+    assert res.returncode != 0          # ... and only at its guest path
+
+
+DIRFD_PROBE = r"""
+import errno, os, sys
+S = sys.argv[1]
+sdir = os.path.basename(os.path.dirname(S))
+results = []
+
+def refused(what, fn):
+    try:
+        fn()
+    except OSError as exc:
+        results.append(f"OK refused {what}: {errno.errorcode.get(exc.errno)}")
+    else:
+        results.append(f"ESCAPE {what}")
+
+def expect(what, want, fn):
+    got = fn()
+    results.append(f"OK {what}" if got == want else f"WRONG {what}: {got!r} != {want!r}")
+
+root_listing = sorted(os.listdir("/"))
+etc = os.open("/etc", os.O_RDONLY | os.O_DIRECTORY)
+mnt = os.open("/mnt", os.O_RDONLY | os.O_DIRECTORY)
+os.chdir("/tmp")
+up = os.open("../../../../..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=etc)
+expect("openat(etc, ../../..) is /", root_listing, lambda: sorted(os.listdir(up)))
+refused("openat(etc, ../../..S)", lambda: os.open("../../../../.." + S, os.O_RDONLY, dir_fd=etc))
+refused("openat(top, S[1:])", lambda: os.open(S.lstrip("/"), os.O_RDONLY, dir_fd=up))
+refused("stat(etc, ../..S)", lambda: os.stat("../../.." + S, dir_fd=etc))
+expect("openat(mnt, ../etc/hostname)", b"uvm-guest\n",
+       lambda: os.read(os.open("../etc/hostname", os.O_RDONLY, dir_fd=mnt), 100))
+refused("openat(mnt, ../sentinel dir)", lambda: os.open(f"../{sdir}/token", os.O_RDONLY, dir_fd=mnt))
+os.fchdir(etc)
+os.chdir("../../../..")
+expect("fchdir + chdir(..) stops at /", "/", os.getcwd)
+expect("listing after fchdir", root_listing, lambda: sorted(os.listdir(".")))
+os.fchdir(mnt)
+expect("getcwd in a bind", "/mnt", os.getcwd)
+os.chdir("..")
+expect("chdir(..) out of a bind", "/", os.getcwd)
+expect("listing above a bind", root_listing, lambda: sorted(os.listdir(".")))
+print("\n".join(results))
+print("DONE")
+"""
+
+RENAME_PROBE = r"""
+import errno, os, sys
+T = sys.argv[1]
+
+def attempt(what, src, dst, op=os.rename):
+    with open(src, "w") as f:
+        f.write(what)
+    try:
+        op(src, dst)
+    except OSError as exc:
+        print(f"{what} {errno.errorcode.get(exc.errno)}")
+    else:
+        print(f"{what} moved")
+
+attempt("rename", f"/mnt/a-{T}", f"/w/a-{T}")
+attempt("rename-dotdot", f"/mnt/b-{T}", f"/../../../w/b-{T}")
+os.symlink("/w", f"/mnt/wlink-{T}")
+attempt("rename-symlink", f"/mnt/c-{T}", f"/mnt/wlink-{T}/c-{T}")
+attempt("link", f"/mnt/d-{T}", f"/w/d-{T}", os.link)
+os.mkdir(f"/mnt/dir-{T}")
+try:
+    os.rename(f"/mnt/dir-{T}", f"/w/dir-{T}")
+    print("rename-dir moved")
+except OSError as exc:
+    print(f"rename-dir {errno.errorcode.get(exc.errno)}")
+print("DONE")
+"""
+
+
+@needs_uvm
+def test_directory_fd_opened_before_chdir(uvm_runner, host_root, scratch, sentinel):
+    path, token = sentinel
+    res = uvm_runner.run(host_root, "python3", "-c", DIRFD_PROBE, str(path),
+                         binds=[(scratch, "/mnt")])
+    assert token not in res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines and lines[-1] == "DONE", res.stdout + res.stderr
+    bad = [line for line in lines if not line.startswith("OK") and line != "DONE"]
+    assert not bad, "\n".join(bad)
+
+
+@needs_uvm
+def test_rename_and_link_across_a_bind(uvm_runner, host_root, scratch):
+    """EXDEV, as natively; a file that moves anyway must stay inside the root."""
+    unique = secrets.token_hex(4)
+    try:
+        res = uvm_runner.run(host_root, "python3", "-c", RENAME_PROBE, unique,
+                             binds=[(scratch, "/mnt")])
+        lines = res.stdout.splitlines()
+        assert lines and lines[-1] == "DONE", res.stdout + res.stderr
+        outcome = dict(line.split(" ", 1) for line in lines[:-1])
+        for what, result in outcome.items():
+            assert result in ("EXDEV", "moved"), f"{what}: {result}"
+        for letter, what in zip("abcd", ["rename", "rename-dotdot", "rename-symlink", "link"]):
+            landed = host_root / "w" / f"{letter}-{unique}"
+            assert landed.exists() == (outcome[what] == "moved"), what
+        # Under native chroot /mnt is a mount and every one is EXDEV; without
+        # mounts the host's rename may succeed, which is fine if it stays inside.
+        assert not list(Path("/w").glob(f"*{unique}")) if Path("/w").is_dir() else True
+        assert not list(Path("/tmp").glob(f"*-{unique}"))
+    finally:
+        for leftover in host_root.joinpath("w").glob(f"*-{unique}"):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+
+
+@pytest.mark.parametrize("which", ["i386", "debian"])
+def test_shell_tricks_hold_under_native_chroot_in_other_roots(request, sentinel, which):
+    """The snippets work with the other roots' tools (as root, natively)."""
+    from harness import UvmRunner
+    root = request.getfixturevalue(f"{which}_root")
+    runner = UvmRunner("root", 0, 0)
+    scratch = runner.make_scratch("native")
+    path, token = sentinel
+    unique = secrets.token_hex(4)
+    try:
+        script = PRELUDE + "".join(TRICKS[n] for n in sorted(TRICKS)) + "echo DONE\n"
+        res = runner.native(root, "/bin/bash", "-c", script, "escape", str(path), unique,
+                            binds=[(scratch, "/mnt")])
+        assert len(_outcome(res, token)) > 50
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        for leftover in root.joinpath("w").glob(f"*{unique}*"):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+
+
+@pytest.mark.parametrize("mode", ["root", "user"])
+def test_tricks_hold_under_native_chroot(host_root, test_user, sentinel, mode):
+    """The expectations above are right: native chroot passes every trick."""
+    from harness import UvmRunner
+    runner = UvmRunner(mode, *((0, 0) if mode == "root" else (test_user.uid, test_user.gid)))
+    scratch = runner.make_scratch("native")
+    path, token = sentinel
+    unique = secrets.token_hex(4)
+    try:
+        script = PRELUDE + "".join(TRICKS[n] for n in sorted(TRICKS)) + "echo DONE\n"
+        res = runner.native(host_root, "/bin/bash", "-c", script, "escape", str(path), unique,
+                            binds=[(scratch, "/mnt")])
+        assert len(_outcome(res, token)) > 50
+        res = runner.native(host_root, "python3", "-c", DIRFD_PROBE, str(path),
+                            binds=[(scratch, "/mnt")])
+        assert res.stdout.splitlines()[-1:] == ["DONE"], res.stdout + res.stderr
+        assert all(line.startswith("OK") for line in res.stdout.splitlines()[:-1]), res.stdout
+        res = runner.native(host_root, "python3", "-c", RENAME_PROBE, unique + "p",
+                            binds=[(scratch, "/mnt")])
+        assert res.stdout.split() == ["rename", "EXDEV", "rename-dotdot", "EXDEV",
+                                      "rename-symlink", "EXDEV", "link", "EXDEV",
+                                      "rename-dir", "EXDEV", "DONE"], res.stdout + res.stderr
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        for leftover in host_root.joinpath("w").glob(f"*{unique}*"):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
