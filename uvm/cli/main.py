@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "uvm.cli.keys",
     "uvm.cli.publish",
     "uvm.cli.repo",
+    "uvm.cli.run",
 ]
 
 

@@ -1,0 +1,89 @@
+"""``uvm run``: run a command with a directory as its root filesystem."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run a command inside a guest root (like proot -r)",
+        description="Run CMD with DIR as its root directory, without privileges: "
+        "a ptrace tracer translates every path the guest uses.",
+    )
+    parser.add_argument("--root", "-r", required=True, metavar="DIR",
+                        help="host directory to use as the guest's /")
+    parser.add_argument("-b", "--bind", action="append", default=[], metavar="HOST[:GUEST]",
+                        help="make host path HOST visible at GUEST (default: the same path); repeatable")
+    parser.add_argument("-w", "--cwd", metavar="DIR",
+                        help="guest working directory (default: the current directory "
+                        "if the guest can see it, else /)")
+    parser.add_argument("--clean-env", action="store_true",
+                        help="start from an empty environment (PATH, HOME and TERM get defaults)")
+    parser.add_argument("--env", action="append", default=[], metavar="K=V",
+                        help="set an environment variable in the guest; repeatable")
+    parser.add_argument("--no-default-binds", action="store_true",
+                        help="do not bind the host's /proc, /sys, /dev, /tmp when the root lacks them")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log every path translation (to stderr or --log)")
+    parser.add_argument("--log", metavar="FILE", help="write -v output to FILE")
+    parser.add_argument("--wait-all", action="store_true",
+                        help="when the command ends, wait for the processes it left behind "
+                        "(default: kill them)")
+    parser.add_argument("--stats", metavar="FILE",
+                        help="write tracer counters (stops, processes, seccomp) as JSON to FILE")
+    parser.add_argument("--no-seccomp", action="store_true",
+                        help="stop on every system call (debugging; slow)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
+                        help="the command to run")
+    parser.set_defaults(handler=_run)
+
+
+def _environment(args: argparse.Namespace) -> dict:
+    from uvm.errors import UsageError
+
+    if args.clean_env:
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root" if os.geteuid() == 0 else "/",
+        }
+        if "TERM" in os.environ:
+            env["TERM"] = os.environ["TERM"]
+    else:
+        env = dict(os.environ)
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"bad --env {item!r}", hint="use --env KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def _run(args: argparse.Namespace) -> int:
+    from uvm.errors import UsageError
+    from uvm.sandbox.namespace import Namespace, binds_from_specs
+    from uvm.sandbox.runner import Sandbox, reraise_status
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("no command given", hint="uvm run --root DIR -- CMD ARGS")
+    ns = Namespace(args.root, binds_from_specs(args.bind),
+                   default_binds=not args.no_default_binds)
+    log = open(args.log, "a") if args.log else None
+    try:
+        box = Sandbox(ns, command, cwd=args.cwd, env=_environment(args),
+                      verbose=args.verbose, log=log, wait_all=args.wait_all,
+                      use_seccomp=not args.no_seccomp)
+        status = box.run()
+        if args.stats:
+            box.write_stats(args.stats)
+    finally:
+        if log:
+            log.close()
+    sys.stdout.flush()
+    return reraise_status(box.result.status) if box.result else status

@@ -1,0 +1,487 @@
+"""The per-stop driver: read the registers, run the call's handler, write
+the registers back, or turn the call into an error.
+
+Handlers only decide; this module owns the register snapshot, the scratch
+area below the tracee's stack pointer where translated strings go, and the
+-errno conversion.  :meth:`Tracer.enter` is the hot path: one GETREGS, one
+string read, one translation, one string write, one SETREGS, and no exit
+stop for any call in the table.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+from typing import Callable, Dict, List, Optional, Tuple
+
+from uvm.sandbox import execve as _execve
+from uvm.sandbox import memory as mem
+from uvm.sandbox.arch import ABI_I386, ABI_NAMES, ARG_REGS, RED_ZONE, WORD_SIZE
+from uvm.sandbox.handlers import (
+    AT_EMPTY_PATH,
+    O_CREAT,
+    O_EXCL,
+    O_NOFOLLOW,
+    TABLE,
+)
+from uvm.sandbox.namespace import Namespace
+from uvm.sandbox.paths import _MAGIC, Resolver
+from uvm.sandbox.sysnums import NAMES, NUMBERS
+
+log = logging.getLogger(__name__)
+
+SETREGS = 1
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+_AT_FDCWD32 = 0xFFFFFF9C
+_SKIP = _MASK64  # orig_rax of a skipped call
+AF_UNIX = 1
+SOCKADDR_UN_PATH = 108
+SYS_BIND, SYS_CONNECT = 2, 3
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+def _enc(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _dec(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+class Tracer:
+    """Translation state shared by all tracees of one sandbox run."""
+
+    def __init__(self, ns: Namespace, verbose: int = 0, logfn: Optional[Callable[[str], None]] = None) -> None:
+        self.ns = ns
+        self.tracees: Dict[int, int] = {}  # tid -> tgid (0 until known)
+        self.resolver = Resolver(ns, is_tracee=self.tracees.__contains__, tgid_of=self.tgid_of)
+        self.resolve = self.resolver.resolve
+        self.verbose = verbose
+        self.logfn = logfn or (lambda line: log.info("%s", line))
+        self.exe: Dict[int, str] = {}  # tgid -> guest path of the program
+        self.pending_exe: Dict[int, str] = {}  # tid -> guest program being exec'ed
+        self.last: Dict[int, Tuple[int, Dict[int, str]]] = {}  # tid -> (rip, {addr: guest})
+        self.stops = 0
+        self.translated = 0
+        self.sock_dir: Optional[str] = None
+        self._sock_links: Dict[str, str] = {}
+        self.handlers: Tuple[Dict[int, Tuple], Dict[int, Tuple]] = ({}, {})
+        for abi in (0, 1):
+            numbers = NUMBERS[abi]
+            for name, row in TABLE.items():
+                nr = numbers.get(name)
+                if nr is None or row[0] == "refuse":
+                    continue
+                self.handlers[abi][nr] = (getattr(self, "_k_" + row[0]), name) + row[1:]
+        self._cursor = 0
+
+    # -- bookkeeping ---------------------------------------------------------------
+
+    def tgid_of(self, tid: int) -> int:
+        tgid = self.tracees.get(tid)
+        if tgid:
+            return tgid
+        try:
+            with open(f"/proc/{tid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Tgid:"):
+                        tgid = int(line.split()[1])
+                        break
+        except OSError:
+            tgid = tid
+        tgid = tgid or tid
+        if tid in self.tracees:
+            self.tracees[tid] = tgid
+        return tgid
+
+    def forget(self, tid: int) -> None:
+        self.tracees.pop(tid, None)
+        self.last.pop(tid, None)
+        self.pending_exe.pop(tid, None)
+        self.exe.pop(tid, None)
+
+    def exec_done(self, tgid: int, former_tid: int) -> None:
+        guest = self.pending_exe.pop(former_tid, None)
+        if former_tid != tgid:
+            self.forget(former_tid)
+            self.tracees[tgid] = tgid
+        if guest is not None:
+            self.exe[tgid] = guest
+        self.last.pop(tgid, None)
+
+    # -- the hot path ------------------------------------------------------------------
+
+    def enter(self, tid: int) -> None:
+        """Handle a stop at the entry of a system call in the table."""
+        self.stops += 1
+        regs = mem.getregs(tid)
+        abi = 1 if regs.cs == 0x23 else 0
+        row = self.handlers[abi].get(regs.orig_rax)
+        if row is None:
+            return
+        self._cursor = (regs.rsp & (_MASK64 if abi == 0 else 0xFFFFFFFF)) - RED_ZONE[abi] - 64
+        try:
+            if row[0](tid, regs, abi, row):
+                mem.setregs(tid, regs)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            if self.verbose:
+                self.logfn(f"[{tid}] {row[1]} -> -{errno.errorcode.get(code, code)}")
+            regs.orig_rax = _SKIP
+            regs.rax = (-code) & _MASK64
+            mem.setregs(tid, regs)
+
+    # -- helpers for handlers ------------------------------------------------------------
+
+    def _read_path(self, tid: int, regs, ptr: int) -> str:
+        rec = self.last.get(tid)
+        if rec is not None and rec[0] == regs.rip:
+            guest = rec[1].get(ptr)
+            if guest is not None:
+                return guest  # a restarted call: our scratch copy may be gone
+        return _dec(mem.read_cstring(tid, ptr))
+
+    def _base(self, tid: int, path: str, dirfd: int) -> str:
+        if path[:1] == "/":
+            return "/"
+        dirfd &= 0xFFFFFFFF
+        if dirfd == _AT_FDCWD32:
+            host = os.readlink(f"/proc/{tid}/cwd")
+            return self.ns.guest_of(host) or "/"
+        if dirfd >= 0x80000000:
+            raise _err(errno.EBADF)
+        try:
+            host = os.readlink(f"/proc/{tid}/fd/{dirfd}")
+        except OSError:
+            raise _err(errno.EBADF) from None
+        if not host.startswith("/"):
+            raise _err(errno.ENOTDIR)
+        guest = self.ns.guest_of(host)
+        if guest is None:
+            raise _err(errno.EACCES)
+        return guest
+
+    def _put(self, tid: int, data: bytes) -> int:
+        """Copy ``data`` below the stack pointer; returns its tracee address."""
+        cursor = (self._cursor - len(data)) & ~15
+        mem.write_bytes(tid, cursor, data)
+        self._cursor = cursor
+        return cursor
+
+    def _put_path(self, tid: int, regs, abi: int, idx: int, guest_given: str, host: str) -> None:
+        addr = self._put(tid, _enc(host) + b"\0")
+        setattr(regs, ARG_REGS[abi][idx], addr)
+        rec = self.last.get(tid)
+        if rec is None or rec[0] != regs.rip:
+            self.last[tid] = (regs.rip, {addr: guest_given})
+        else:
+            rec[1][addr] = guest_given
+        self.translated += 1
+
+    def _translate(self, tid: int, regs, abi: int, path_i: int, dirfd_i: int, follow: bool, name: str) -> str:
+        args = ARG_REGS[abi]
+        path = self._read_path(tid, regs, getattr(regs, args[path_i]))
+        base = self._base(tid, path, getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32)
+        guest, host = self.resolve(path, base, follow, tid)
+        if self.verbose:
+            self.logfn(f"[{tid}] {name}({path!r}) -> {host}")
+        self._put_path(tid, regs, abi, path_i, path, host)
+        return guest
+
+    # -- handler kinds (see handlers.py) ---------------------------------------------------
+
+    def _k_path(self, tid, regs, abi, row):
+        _fn, name, idx, follow, mutates = row
+        self._translate(tid, regs, abi, idx, -1, follow, name)
+        if mutates:
+            self.resolver.invalidate()
+        return SETREGS
+
+    def _k_open(self, tid, regs, abi, row):
+        _fn, name, idx, flags_i = row
+        flags = getattr(regs, ARG_REGS[abi][flags_i]) if flags_i >= 0 else 0
+        follow = not (flags & O_NOFOLLOW or flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL)
+        self._translate(tid, regs, abi, idx, -1, follow, name)
+        return SETREGS
+
+    def _k_openat(self, tid, regs, abi, row):
+        _fn, name, dirfd_i, idx, flags_i = row
+        flags = getattr(regs, ARG_REGS[abi][flags_i])
+        follow = not (flags & O_NOFOLLOW or flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL)
+        self._translate(tid, regs, abi, idx, dirfd_i, follow, name)
+        return SETREGS
+
+    def _k_openat2(self, tid, regs, abi, row):
+        _fn, name, dirfd_i, idx, how_i = row
+        how = mem.read_bytes(tid, getattr(regs, ARG_REGS[abi][how_i]), 24)
+        flags, _mode, resolve = struct.unpack("<QQQ", how)
+        if resolve:
+            raise _err(errno.ENOSYS)  # RESOLVE_* would be judged on host paths
+        follow = not (flags & O_NOFOLLOW or flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL)
+        self._translate(tid, regs, abi, idx, dirfd_i, follow, name)
+        return SETREGS
+
+    def _k_at(self, tid, regs, abi, row):
+        _fn, name, dirfd_i, idx, flags_i, follow, toggle, mutates = row
+        args = ARG_REGS[abi]
+        ptr = getattr(regs, args[idx])
+        flags = getattr(regs, args[flags_i]) if flags_i >= 0 else 0
+        if not ptr and name.startswith("utimensat"):
+            return 0  # futimens(fd)
+        if flags & AT_EMPTY_PATH and dirfd_i >= 0:
+            path = self._read_path(tid, regs, ptr)
+            if not path:
+                return 0  # operates on the descriptor itself
+        if flags & toggle:
+            follow = not follow
+        if name == "unlinkat" and flags & 0x200:
+            mutates = True
+        self._translate(tid, regs, abi, idx, dirfd_i, follow, name)
+        if mutates:
+            self.resolver.invalidate()
+        return SETREGS
+
+    def _k_two(self, tid, regs, abi, row):
+        _fn, name, old_i, new_i, follow_old = row
+        self._translate(tid, regs, abi, old_i, -1, follow_old, name)
+        self._translate(tid, regs, abi, new_i, -1, False, name)
+        self.resolver.invalidate()
+        return SETREGS
+
+    def _k_two_at(self, tid, regs, abi, row):
+        _fn, name, odfd, old_i, ndfd, new_i, flags_i, follow_flag = row
+        flags = getattr(regs, ARG_REGS[abi][flags_i]) if flags_i >= 0 else 0
+        if flags & AT_EMPTY_PATH and name == "linkat":
+            path = self._read_path(tid, regs, getattr(regs, ARG_REGS[abi][old_i]))
+            if not path:
+                self._translate(tid, regs, abi, new_i, ndfd, False, name)
+                return SETREGS
+        self._translate(tid, regs, abi, old_i, odfd, bool(flags & follow_flag), name)
+        self._translate(tid, regs, abi, new_i, ndfd, False, name)
+        self.resolver.invalidate()
+        return SETREGS
+
+    def _k_symlink(self, tid, regs, abi, row):
+        _fn, name, _target_i, dirfd_i, idx = row
+        self._translate(tid, regs, abi, idx, dirfd_i, False, name)
+        self.resolver.invalidate()
+        return SETREGS
+
+    def _k_readlink(self, tid, regs, abi, row):
+        _fn, name, dirfd_i, idx, buf_i, size_i = row
+        args = ARG_REGS[abi]
+        path = self._read_path(tid, regs, getattr(regs, args[idx]))
+        base = self._base(tid, path, getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32)
+        _guest, host = self.resolve(path, base, False, tid)
+        answer = self._proc_link(tid, host)
+        if answer is None:
+            if self.verbose:
+                self.logfn(f"[{tid}] {name}({path!r}) -> {host}")
+            self._put_path(tid, regs, abi, idx, path, host)
+            return SETREGS
+        size = getattr(regs, args[size_i]) & 0xFFFFFFFF
+        if size == 0 or size >= 0x80000000:
+            raise _err(errno.EINVAL)
+        data = _enc(answer)[:size]
+        mem.write_bytes(tid, getattr(regs, args[buf_i]), data)
+        if self.verbose:
+            self.logfn(f"[{tid}] {name}({path!r}) = {answer!r} (emulated)")
+        regs.orig_rax = _SKIP
+        regs.rax = len(data)
+        return SETREGS
+
+    def _proc_link(self, tid: int, host: str) -> Optional[str]:
+        """Guest answer for readlink of a /proc link naming a host path."""
+        if not host.startswith("/proc/"):
+            return None
+        if host == "/proc/self":
+            return str(self.tgid_of(tid))
+        if host == "/proc/thread-self":
+            return f"{self.tgid_of(tid)}/task/{tid}"
+        m = _MAGIC.match(host)
+        if m is None:
+            return None
+        kind = m.group(2)
+        if kind == "root":
+            return "/"
+        owner = int(m.group(1))
+        if kind == "exe":
+            guest = self.exe.get(owner) or self.exe.get(self.tgid_of(owner))
+            if guest is not None:
+                return guest
+        try:
+            target = os.readlink(host)
+        except OSError as exc:
+            raise _err(exc.errno or errno.ENOENT) from None
+        if not target.startswith("/"):
+            return target
+        deleted = target.endswith(" (deleted)")
+        guest = self.ns.guest_of(target[:-10] if deleted else target)
+        if guest is None:
+            return target
+        return guest + (" (deleted)" if deleted else "")
+
+    def _k_getcwd(self, tid, regs, abi, row):
+        args = ARG_REGS[abi]
+        host = os.readlink(f"/proc/{tid}/cwd")
+        guest = self.ns.guest_of(host)
+        if guest is None:
+            guest = "(unreachable)" + host
+        data = _enc(guest) + b"\0"
+        if len(data) > (getattr(regs, args[1]) & 0xFFFFFFFF):
+            raise _err(errno.ERANGE)
+        mem.write_bytes(tid, getattr(regs, args[0]), data)
+        regs.orig_rax = _SKIP
+        regs.rax = len(data)
+        return SETREGS
+
+    # -- exec ------------------------------------------------------------------------------
+
+    def _k_exec(self, tid, regs, abi, row):
+        _fn, name, dirfd_i, path_i, argv_i, envp_i, flags_i = row
+        args = ARG_REGS[abi]
+        word = WORD_SIZE[abi]
+        flags = getattr(regs, args[flags_i]) if flags_i >= 0 else 0
+        path = self._read_path(tid, regs, getattr(regs, args[path_i]))
+        if not path:
+            if not flags & AT_EMPTY_PATH or dirfd_i < 0:
+                raise _err(errno.ENOENT)
+            host = os.readlink(f"/proc/{tid}/fd/{getattr(regs, args[dirfd_i]) & 0xFFFFFFFF}")
+            path = self.ns.guest_of(host) or ""
+            if not path:
+                raise _err(errno.EACCES)
+        base = self._base(tid, path, getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32)
+        if flags & 0x100 and path[:1] != "":  # AT_SYMLINK_NOFOLLOW
+            g, h = self.resolve(path, base, False, tid)
+            if os.path.islink(h):
+                raise _err(errno.ELOOP)
+        cwd_base = base if path[:1] != "/" else self._base(tid, ".", _AT_FDCWD32)
+
+        def resolve(p: str, first=[True]) -> Tuple[str, str]:
+            b = base if first[0] else cwd_base
+            first[0] = False
+            return self.resolve(p, b, True, tid)
+
+        argv_ptr = getattr(regs, args[argv_i])
+        argv: List = mem.read_words(tid, argv_ptr, word) if argv_ptr else []
+        host, new_argv, guest_prog, changed = _execve.plan_exec(path, argv, resolve)
+        if self.verbose:
+            self.logfn(f"[{tid}] {name}({path!r}) -> {host}" + (
+                f" argv {[a if isinstance(a, bytes) else '…' for a in new_argv]}" if changed else ""))
+        envp = getattr(regs, args[envp_i])
+        # Build the new argument block below the stack pointer.
+        ptrs = []
+        for item in new_argv:
+            ptrs.append(item if isinstance(item, int) else self._put(tid, item + b"\0"))
+        ptrs.append(0)
+        block = struct.pack("<%d%s" % (len(ptrs), "Q" if word == 8 else "I"), *ptrs)
+        argv_addr = self._put(tid, block)
+        host_addr = self._put(tid, _enc(host) + b"\0")
+        if name == "execveat":
+            regs.orig_rax = NUMBERS[abi]["execve"]
+        setattr(regs, args[0], host_addr)
+        setattr(regs, args[1], argv_addr)
+        setattr(regs, args[2], envp)
+        self.pending_exe[tid] = guest_prog
+        self.translated += 1
+        return SETREGS
+
+    # -- AF_UNIX sockets -------------------------------------------------------------------
+
+    def _sun_path(self, tid: int, addr: int, length: int, bind: bool) -> Optional[bytes]:
+        """Translated sockaddr_un for the one at ``addr``, or None to leave it."""
+        if not addr or length <= 2 or length > 2 + SOCKADDR_UN_PATH:
+            return None
+        raw = mem.read_bytes(tid, addr, length)
+        if struct.unpack_from("<H", raw)[0] != AF_UNIX or raw[2] == 0:
+            return None  # not AF_UNIX, or an abstract socket
+        path = _dec(raw[2:].split(b"\0", 1)[0])
+        base = self._base(tid, path, _AT_FDCWD32)
+        _guest, host = self.resolve(path, base, not bind, tid)
+        if self.verbose:
+            self.logfn(f"[{tid}] {'bind' if bind else 'connect'}(unix:{path!r}) -> {host}")
+        data = _enc(host)
+        if len(data) >= SOCKADDR_UN_PATH:
+            data = _enc(self._short_socket_path(host))
+        return struct.pack("<H", AF_UNIX) + data + b"\0"
+
+    def _short_socket_path(self, host: str) -> str:
+        """sun_path holds 107 bytes: reach long host paths through a short
+        symlink to their directory, made in a private temporary directory."""
+        import tempfile
+
+        if self.sock_dir is None:
+            self.sock_dir = tempfile.mkdtemp(prefix="uvm-sock-")
+        head, _, tail = host.rpartition("/")
+        link = self._sock_links.get(head)
+        if link is None:
+            link = os.path.join(self.sock_dir, str(len(self._sock_links)))
+            os.symlink(head or "/", link)
+            self._sock_links[head] = link
+        short = link + "/" + tail
+        if len(_enc(short)) >= SOCKADDR_UN_PATH:
+            raise _err(errno.ENAMETOOLONG)
+        return short
+
+    def _k_sock(self, tid, regs, abi, row):
+        _fn, name, addr_i, len_i, bind = row
+        args = ARG_REGS[abi]
+        new = self._sun_path(tid, getattr(regs, args[addr_i]), getattr(regs, args[len_i]) & 0xFFFFFFFF, bind)
+        if new is None:
+            return 0
+        setattr(regs, args[addr_i], self._put(tid, new))
+        setattr(regs, args[len_i], len(new))
+        self.translated += 1
+        return SETREGS
+
+    def _k_socketcall(self, tid, regs, abi, row):
+        call = regs.rbx & 0xFFFFFFFF
+        if call not in (SYS_BIND, SYS_CONNECT):
+            return 0
+        argp = regs.rcx & 0xFFFFFFFF
+        fd, addr, length = struct.unpack("<III", mem.read_bytes(tid, argp, 12))
+        new = self._sun_path(tid, addr, length, call == SYS_BIND)
+        if new is None:
+            return 0
+        new_addr = self._put(tid, new)
+        regs.rcx = self._put(tid, struct.pack("<III", fd, new_addr, len(new)))
+        self.translated += 1
+        return SETREGS
+
+    def cleanup(self) -> None:
+        if self.sock_dir:
+            import shutil
+
+            shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+
+def filter_numbers() -> Tuple[Dict[int, List[int]], Dict[int, Dict[int, int]]]:
+    """(traced numbers, refused number -> errno) per ABI, from the table."""
+    traced: Dict[int, List[int]] = {0: [], 1: []}
+    refused: Dict[int, Dict[int, int]] = {0: {}, 1: {}}
+    for abi in (0, 1):
+        numbers = NUMBERS[abi]
+        for name, row in TABLE.items():
+            nr = numbers.get(name)
+            if nr is None:
+                continue
+            if row[0] == "refuse":
+                refused[abi][nr] = row[1]
+            else:
+                traced[abi].append(nr)
+    return traced, refused
+
+
+def refused_errno(abi: int, nr: int) -> Optional[int]:
+    """For the no-seccomp fallback: errno of a refused call, if it is one."""
+    name = NAMES[abi].get(nr)
+    row = TABLE.get(name) if name else None
+    return row[1] if row and row[0] == "refuse" else None
+
+
+__all__ = ["Tracer", "filter_numbers", "refused_errno", "ABI_I386", "ABI_NAMES"]

@@ -1,0 +1,128 @@
+"""Program loading in guest terms: ``#!`` scripts, ELF interpreters.
+
+The kernel would look up a program's PT_INTERP (and a script's
+interpreter) on the host, so the tracer resolves the chain itself and
+hands the kernel the guest's own loader with the program as its argument,
+as PRoot does::
+
+    execve("/guest/bin/ls", ["ls", "-l"])
+      -> execve(HOST(/lib64/ld-linux-x86-64.so.2),
+                ["/lib64/ld-linux-x86-64.so.2", "--argv0", "ls", "/usr/bin/ls", "-l"])
+
+The loader then opens the program and its libraries through translated
+system calls.  Static binaries are executed directly.  Pure functions of
+file contents; the tracer supplies path resolution.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+MAX_SCRIPT_DEPTH = 4
+PT_INTERP = 3
+Arg = Union[int, bytes]  # a pointer already in the tracee, or a new string
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+def read_interp(host: str) -> Tuple[bytes, Optional[bytes]]:
+    """(kind, value) for an executable: (b"#!", line) for a script,
+    (b"ELF", PT_INTERP or None), or (b"", None) for anything else."""
+    try:
+        with open(host, "rb") as f:
+            head = f.read(256)
+            if head[:2] == b"#!":
+                return b"#!", head[2:].split(b"\n", 1)[0]
+            if head[:4] != b"\x7fELF":
+                return b"", None
+            cls = head[4]
+            if cls == 2:
+                phoff, = struct.unpack_from("<Q", head, 32)
+                phentsize, phnum = struct.unpack_from("<HH", head, 54)
+                fmt, off_i, size_i = "<IIQQQQQQ", 2, 5
+            else:
+                phoff, = struct.unpack_from("<I", head, 28)
+                phentsize, phnum = struct.unpack_from("<HH", head, 42)
+                fmt, off_i, size_i = "<IIIIIIII", 1, 4
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                entry = struct.unpack_from(fmt, table, i * phentsize)
+                if entry[0] == PT_INTERP:
+                    f.seek(entry[off_i])
+                    return b"ELF", f.read(entry[size_i]).rstrip(b"\0")
+            return b"ELF", None
+    except (OSError, struct.error):
+        raise _err(errno.ENOEXEC) from None
+
+
+_ARGV0_SUPPORT: Dict[str, bool] = {}
+
+
+def loader_has_argv0(host_loader: str) -> bool:
+    """glibc's ld.so understands ``--argv0`` since 2.33."""
+    known = _ARGV0_SUPPORT.get(host_loader)
+    if known is None:
+        try:
+            with open(host_loader, "rb") as f:
+                known = b"--argv0" in f.read()
+        except OSError:
+            known = False
+        _ARGV0_SUPPORT[host_loader] = known
+    return known
+
+
+def plan_exec(
+    guest_path: str,
+    argv: List[Arg],
+    resolve: Callable[[str], Tuple[str, str]],
+) -> Tuple[str, List[Arg], str, bool]:
+    """Decide what the kernel should execute.
+
+    ``resolve(guest_path)`` gives (guest canonical, host) following
+    symlinks.  Returns (host executable, new argv or the same list,
+    guest path of the program for /proc/self/exe, argv changed).
+    """
+    given = guest_path
+    changed = False
+    for _depth in range(MAX_SCRIPT_DEPTH + 1):
+        guest, host = resolve(given)
+        if os.path.isdir(host):
+            raise _err(errno.EACCES)
+        if not os.access(host, os.X_OK):
+            raise _err(errno.EACCES if os.path.exists(host) else errno.ENOENT)
+        kind, value = read_interp(host)
+        if kind == b"#!":
+            line = value.strip() if value else b""
+            if not line:
+                raise _err(errno.ENOEXEC)
+            parts = line.replace(b"\t", b" ").split(b" ", 1)
+            interp = parts[0]
+            extra = parts[1].strip() if len(parts) > 1 else b""
+            new: List[Arg] = [interp]
+            if extra:
+                new.append(extra)
+            new.append(given.encode("utf-8", "surrogateescape"))
+            argv = new + argv[1:]
+            changed = True
+            given = interp.decode("utf-8", "surrogateescape")
+            continue
+        if kind == b"ELF" and value:
+            loader = value.decode("utf-8", "surrogateescape")
+            _lguest, lhost = resolve(loader)
+            if not os.path.isfile(lhost):
+                raise _err(errno.ENOENT)
+            prog = guest.encode("utf-8", "surrogateescape")
+            argv0: Arg = argv[0] if argv else prog
+            if loader_has_argv0(lhost):
+                argv = [value, b"--argv0", argv0, prog] + argv[1:]
+            else:
+                argv = [value, prog] + argv[1:]
+            return lhost, argv, guest, True
+        return host, argv, guest, changed
+    raise _err(errno.ELOOP)

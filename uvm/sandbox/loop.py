@@ -1,0 +1,149 @@
+"""The wait loop: every ptrace stop of every tracee comes through here.
+
+Seccomp stops go to :meth:`Tracer.enter` and the tracee continues with
+PTRACE_CONT (no exit stop).  Fork/vfork/clone children are attached by the
+kernel (options) and start with a PTRACE_EVENT_STOP that is simply resumed;
+signals are re-injected unchanged; group-stops are parked with
+PTRACE_LISTEN so that job control works.  Without seccomp filtering
+(``fallback``) every system call stops twice (PTRACE_SYSCALL).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Optional, Set
+
+from uvm.sandbox import memory as mem
+from uvm.sandbox.dispatch import Tracer, refused_errno
+
+_WALL = 0x40000000
+_STOP_SIGNALS = frozenset((signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU))
+_TTY_STOPS = frozenset((signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU))
+_SYSCALL_TRAP = signal.SIGTRAP | 0x80
+
+
+@dataclass
+class LoopResult:
+    status: int = 0  # raw wait status of the main program
+    stops: int = 0
+    seccomp_stops: int = 0
+    processes: int = 1
+    threads: int = 1
+    killed_leftovers: int = 0
+    max_tracees: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
+             job_control: bool = False) -> LoopResult:
+    """Trace until the main program ends (and, with ``wait_all``, until every
+    tracee has).  Returns the main program's wait status and counters."""
+    restart = mem.PTRACE_SYSCALL if fallback else mem.PTRACE_CONT
+    resume = mem.resume
+    waitpid = os.waitpid
+    enter = tracer.enter
+    tracees = tracer.tracees
+    tracees[main] = main
+    fresh: Set[int] = {main} if fallback else set()
+    insys: Set[int] = set()
+    res = LoopResult()
+    main_status: Optional[int] = None
+    stops = 0
+    while tracees:
+        try:
+            tid, status = waitpid(-1, _WALL)
+        except ChildProcessError:
+            break
+        stops += 1
+        if status & 0xFF == 0x7F:
+            sig = (status >> 8) & 0xFF
+            event = status >> 16
+            if event == mem.EVENT_SECCOMP:
+                enter(tid)
+                resume(restart, tid, 0)
+                continue
+            if sig == _SYSCALL_TRAP:
+                if tid in insys:
+                    insys.discard(tid)
+                else:
+                    insys.add(tid)
+                    _fallback_enter(tracer, tid)
+                resume(restart, tid, 0)
+                continue
+            if tid not in tracees:
+                tracees[tid] = 0
+                res.threads += 1
+                if event == mem.EVENT_STOP:
+                    resume(restart, tid, 0)
+                    continue
+            if event:
+                if event in (mem.EVENT_FORK, mem.EVENT_VFORK, mem.EVENT_CLONE):
+                    try:
+                        child = mem.geteventmsg(tid)
+                    except OSError:
+                        child = 0
+                    if event != mem.EVENT_CLONE:
+                        res.processes += 1
+                    if child and child not in tracees:
+                        tracees[child] = 0
+                        res.threads += 1
+                        fresh.add(child)
+                    if len(tracees) > res.max_tracees:
+                        res.max_tracees = len(tracees)
+                elif event == mem.EVENT_EXEC:
+                    try:
+                        former = mem.geteventmsg(tid)
+                    except OSError:
+                        former = tid
+                    tracer.exec_done(tid, former)
+                    if former != tid:
+                        if former in insys:
+                            insys.discard(former)
+                            insys.add(tid)
+                        fresh.discard(former)
+                elif event == mem.EVENT_STOP:
+                    if tid in fresh:
+                        fresh.discard(tid)
+                    elif sig in _STOP_SIGNALS:
+                        resume(mem.PTRACE_LISTEN, tid, 0)
+                        if job_control and tid == main and sig in _TTY_STOPS:
+                            os.kill(os.getpid(), signal.SIGSTOP)
+                        continue
+                resume(restart, tid, 0)
+                continue
+            # signal-delivery-stop: pass it on unchanged
+            resume(restart, tid, sig)
+            continue
+        # exited or killed
+        tracer.forget(tid)
+        fresh.discard(tid)
+        insys.discard(tid)
+        if tid == main:
+            main_status = status
+            if not wait_all:
+                for other in list(tracees):
+                    try:
+                        os.kill(other, signal.SIGKILL)
+                        res.killed_leftovers += 1
+                    except OSError:
+                        tracees.pop(other, None)
+    res.status = main_status if main_status is not None else 0
+    res.stops = stops
+    res.seccomp_stops = tracer.stops
+    return res
+
+
+def _fallback_enter(tracer: Tracer, tid: int) -> None:
+    """Entry of any system call when every call stops (no seccomp)."""
+    regs = mem.getregs(tid)
+    abi = 1 if regs.cs == 0x23 else 0
+    code = refused_errno(abi, regs.orig_rax)
+    if code is not None:
+        regs.orig_rax = 0xFFFFFFFFFFFFFFFF
+        regs.rax = (-code) & 0xFFFFFFFFFFFFFFFF
+        mem.setregs(tid, regs)
+        return
+    if regs.orig_rax in tracer.handlers[abi]:
+        tracer.enter(tid)

@@ -1,0 +1,184 @@
+"""Raw ptrace requests and tracee memory access through ctypes.
+
+Stateless and allocation-light: one shared register buffer and one read
+buffer, because the tracer handles one stop at a time.  Strings are read
+with process_vm_readv (page by page, so a string ending just before an
+unmapped page still reads) and written with process_vm_writev.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+PTRACE_CONT = 7
+PTRACE_KILL = 8
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_DETACH = 17
+PTRACE_SYSCALL = 24
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_LISTEN = 0x4208
+
+PTRACE_O_TRACESYSGOOD = 0x1
+PTRACE_O_TRACEFORK = 0x2
+PTRACE_O_TRACEVFORK = 0x4
+PTRACE_O_TRACECLONE = 0x8
+PTRACE_O_TRACEEXEC = 0x10
+PTRACE_O_TRACESECCOMP = 0x80
+PTRACE_O_EXITKILL = 0x100000
+
+EVENT_FORK = 1
+EVENT_VFORK = 2
+EVENT_CLONE = 3
+EVENT_EXEC = 4
+EVENT_SECCOMP = 7
+EVENT_STOP = 128
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+PATH_MAX = 4096
+
+
+class Regs(ctypes.Structure):
+    """x86_64 ``struct user_regs_struct`` (also what an i386 tracee shows)."""
+
+    _fields_ = [(name, ctypes.c_ulong) for name in (
+        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
+        "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags",
+        "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs")]
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_ptrace = _libc.ptrace
+_ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+_ptrace.restype = ctypes.c_long
+_vm_readv = _libc.process_vm_readv
+_vm_readv.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong,
+                      ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong)
+_vm_readv.restype = ctypes.c_ssize_t
+_vm_writev = _libc.process_vm_writev
+_vm_writev.argtypes = _vm_readv.argtypes
+_vm_writev.restype = ctypes.c_ssize_t
+
+REGS = Regs()
+_REGS_REF = ctypes.byref(REGS)
+_BUF = ctypes.create_string_buffer(PATH_MAX + PAGE + 1)
+_BUF_ADDR = ctypes.addressof(_BUF)
+_LOCAL = _Iovec(_BUF_ADDR, 0)
+_REMOTE = _Iovec(0, 0)
+_LOCAL_REF = ctypes.byref(_LOCAL)
+_REMOTE_REF = ctypes.byref(_REMOTE)
+_EVENTMSG = ctypes.c_ulong(0)
+_EVENTMSG_REF = ctypes.byref(_EVENTMSG)
+_string_at = ctypes.string_at
+
+
+def _fail(what: str, pid: int) -> OSError:
+    code = ctypes.get_errno()
+    return OSError(code, f"{what} on {pid}: {os.strerror(code)}")
+
+
+def ptrace(request: int, pid: int, addr: int = 0, data: int = 0) -> int:
+    """One ptrace request; raises OSError on failure."""
+    res = _ptrace(request, pid, addr, data)
+    if res == -1:
+        raise _fail(f"ptrace({request:#x})", pid)
+    return res
+
+
+def resume(request: int, pid: int, sig: int = 0) -> bool:
+    """PTRACE_CONT/SYSCALL/LISTEN; False when the tracee is already gone."""
+    return _ptrace(request, pid, None, sig) != -1
+
+
+def getregs(pid: int) -> Regs:
+    """Registers of stopped ``pid`` in the shared :data:`REGS` buffer."""
+    if _ptrace(PTRACE_GETREGS, pid, None, _REGS_REF) == -1:
+        raise _fail("PTRACE_GETREGS", pid)
+    return REGS
+
+
+def setregs(pid: int, regs: Regs = REGS) -> None:
+    if _ptrace(PTRACE_SETREGS, pid, None, ctypes.byref(regs)) == -1:
+        raise _fail("PTRACE_SETREGS", pid)
+
+
+def geteventmsg(pid: int) -> int:
+    if _ptrace(PTRACE_GETEVENTMSG, pid, None, _EVENTMSG_REF) == -1:
+        raise _fail("PTRACE_GETEVENTMSG", pid)
+    return _EVENTMSG.value
+
+
+def seize(pid: int, options: int) -> None:
+    ptrace(PTRACE_SEIZE, pid, 0, options)
+
+
+def read_cstring(pid: int, addr: int, limit: int = PATH_MAX) -> bytes:
+    """NUL-terminated string at ``addr`` in ``pid``; OSError EFAULT or
+    ENAMETOOLONG."""
+    if not addr:
+        raise OSError(_errno.EFAULT, "NULL pointer")
+    out = b""
+    while True:
+        n = PAGE - (addr % PAGE)
+        _LOCAL.len = n
+        _REMOTE.base = addr
+        _REMOTE.len = n
+        got = _vm_readv(pid, _LOCAL_REF, 1, _REMOTE_REF, 1, 0)
+        if got <= 0:
+            raise OSError(_errno.EFAULT, "bad address")
+        _BUF[got] = 0
+        chunk = _string_at(_BUF_ADDR)
+        if len(chunk) < got:
+            return out + chunk if out else chunk
+        out += chunk
+        if len(out) >= limit:
+            raise OSError(_errno.ENAMETOOLONG, "path too long")
+        addr += got
+
+
+def read_bytes(pid: int, addr: int, size: int) -> bytes:
+    buf = ctypes.create_string_buffer(size)
+    local = _Iovec(ctypes.addressof(buf), size)
+    remote = _Iovec(addr, size)
+    got = _vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if got != size:
+        raise OSError(_errno.EFAULT, "bad address")
+    return buf.raw
+
+
+def write_bytes(pid: int, addr: int, data: bytes) -> None:
+    src = ctypes.c_char_p(data)
+    local = _Iovec(ctypes.cast(src, ctypes.c_void_p).value, len(data))
+    remote = _Iovec(addr, len(data))
+    got = _vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if got != len(data):
+        raise OSError(_errno.EFAULT, "cannot write tracee memory")
+
+
+def read_words(pid: int, addr: int, word: int, limit: int = 1 << 16) -> list:
+    """NULL-terminated array of pointers (argv-like) of ``word`` bytes each."""
+    out = []
+    if not addr:
+        return out
+    fmt = "<%d%s"
+    code = "Q" if word == 8 else "I"
+    import struct
+
+    while len(out) < limit:
+        n = (PAGE - (addr % PAGE)) // word or 1
+        raw = read_bytes(pid, addr, n * word)
+        for value in struct.unpack(fmt % (n, code), raw):
+            if value == 0:
+                return out
+            out.append(value)
+        addr += n * word
+    raise OSError(_errno.E2BIG, "argument list too long")

@@ -1,0 +1,178 @@
+"""What the guest sees: a host directory as its root, plus bind mounts.
+
+Data only, and pure: :meth:`Namespace.host_of` maps a canonical guest path
+onto the host, :meth:`Namespace.guest_of` maps a host path back (for
+results such as getcwd).  Symlinks and ``..`` are the business of
+:mod:`uvm.sandbox.paths`; other backends (templates from CernVM-FS, a
+writable layer) feed their directories in as a root and binds.
+
+Defaults (see ``docs/sandbox.md``): the host's ``/proc``, ``/sys`` and
+``/dev`` are bound at the same place when the root has no such directory or
+an empty one, and the host's ``/tmp`` when the root has no ``/tmp``
+directory.  A user bind on the same guest path wins over a default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from uvm.errors import SandboxError
+
+DEFAULT_BINDS = ("/proc", "/sys", "/dev", "/tmp")
+
+
+@dataclass(frozen=True)
+class Bind:
+    """Host directory or file ``host`` appears at guest path ``guest``."""
+
+    host: str
+    guest: str
+
+
+def parse_bind(spec: str) -> Tuple[str, str]:
+    """``HOST[:GUEST]`` as given to ``-b``: GUEST defaults to HOST."""
+    host, sep, guest = spec.partition(":")
+    if not host:
+        raise SandboxError(f"bad bind {spec!r}", hint="use -b HOST[:GUEST]")
+    return host, (guest if sep and guest else host)
+
+
+def canonical_lexical(path: str) -> str:
+    """Absolute guest path with ``.``, ``..`` and repeated slashes removed
+    lexically (``..`` at the root stays at the root)."""
+    parts: List[str] = []
+    for comp in path.split("/"):
+        if comp == "" or comp == ".":
+            continue
+        if comp == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(comp)
+    return "/" + "/".join(parts)
+
+
+def _provides(root: str, guest: str) -> bool:
+    host = root.rstrip("/") + guest
+    if guest == "/tmp":
+        return os.path.isdir(host)
+    try:
+        return bool(os.listdir(host))
+    except OSError:
+        return False
+
+
+class Namespace:
+    """A guest root directory and the binds on top of it.
+
+    ``root`` and every bind source must exist; both are made absolute and
+    symlink-free on the host, so that ``guest_of`` can recognise them in the
+    kernel's answers.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        binds: Iterable[Tuple[str, str]] = (),
+        default_binds: bool = True,
+    ) -> None:
+        if not os.path.isdir(root):
+            what = "does not exist" if not os.path.exists(root) else "is not a directory"
+            raise SandboxError(
+                f"guest root {root} {what}",
+                hint="give --root a directory holding the guest's file system",
+            )
+        self.root = os.path.realpath(root)
+        chosen: List[Bind] = []
+        seen = set()
+        for host, guest in binds:
+            if not os.path.exists(host):
+                raise SandboxError(
+                    f"bind source {host} does not exist",
+                    hint="create it or drop that -b option",
+                )
+            if not guest.startswith("/"):
+                raise SandboxError(
+                    f"bind target {guest!r} is not an absolute guest path",
+                    hint="use -b HOST:/GUEST/PATH",
+                )
+            guest = canonical_lexical(guest)
+            if guest == "/":
+                raise SandboxError(
+                    "a bind on the guest's / replaces the root", hint="use --root instead"
+                )
+            chosen.append(Bind(os.path.realpath(host), guest))
+            seen.add(guest)
+        if default_binds:
+            for guest in DEFAULT_BINDS:
+                if guest not in seen and not _provides(self.root, guest) and os.path.isdir(guest):
+                    chosen.append(Bind(guest, guest))
+        # Later binds on the same guest path win, as with mount.
+        unique = {}
+        for bind in chosen:
+            unique[bind.guest] = bind
+        self.binds: Tuple[Bind, ...] = tuple(
+            sorted(unique.values(), key=lambda b: len(b.guest), reverse=True)
+        )
+        # For host → guest: longest host prefix first; the root is a candidate too.
+        by_host = [(b.host, b.guest) for b in self.binds]
+        by_host.append((self.root, "/"))
+        self._by_host: Tuple[Tuple[str, str], ...] = tuple(
+            sorted(by_host, key=lambda hg: len(hg[0]), reverse=True)
+        )
+        self._guest_prefixes = tuple((b.guest, b.guest + "/", b.host) for b in self.binds)
+        self._root_prefix = "" if self.root == "/" else self.root
+
+    # -- guest → host --------------------------------------------------------
+
+    def host_of(self, guest: str) -> str:
+        """Host path of a canonical guest path (longest bind prefix wins)."""
+        for bguest, bguest_slash, bhost in self._guest_prefixes:
+            if guest == bguest:
+                return bhost
+            if guest.startswith(bguest_slash):
+                return bhost + guest[len(bguest):] if bhost != "/" else guest[len(bguest):]
+        if guest == "/":
+            return self.root
+        return self._root_prefix + guest
+
+    def is_bind_point(self, guest: str) -> bool:
+        return any(guest == b.guest for b in self.binds)
+
+    # -- host → guest --------------------------------------------------------
+
+    def guest_of(self, host: str) -> Optional[str]:
+        """Guest path naming host path ``host``, or None when the guest cannot
+        see it.  ``host`` must be absolute and canonical (as the kernel gives)."""
+        for hprefix, gprefix in self._by_host:
+            if hprefix == "/":
+                rest = host
+            elif host == hprefix:
+                return gprefix
+            elif host.startswith(hprefix) and host[len(hprefix)] == "/":
+                rest = host[len(hprefix):]
+            else:
+                continue
+            if gprefix == "/":
+                return rest or "/"
+            return gprefix + rest if rest != "/" else gprefix
+        return None
+
+    def describe(self) -> List[str]:
+        lines = [f"root {self.root}"]
+        lines.extend(f"bind {b.host} -> {b.guest}" for b in self.binds)
+        return lines
+
+
+def binds_from_specs(specs: Sequence[str]) -> List[Tuple[str, str]]:
+    """Parse ``-b`` options; relative HOST paths are taken from the host cwd."""
+    out = []
+    for spec in specs:
+        host, guest = parse_bind(spec)
+        out.append((os.path.abspath(host), guest if guest != host else os.path.abspath(host)))
+    return out
+
+
+__all__ = ["Bind", "Namespace", "parse_bind", "binds_from_specs", "canonical_lexical"]

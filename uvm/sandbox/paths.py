@@ -1,0 +1,238 @@
+"""Pure guest → host path translation, with symlinks and ``..`` resolved in
+the guest's view.
+
+No ptrace here: a :class:`Resolver` works on a :class:`Namespace`, a guest
+base directory (the caller's cwd or a dirfd's guest path) and the host file
+system it inspects with ``lstat``/``readlink``.  Rules:
+
+- ``..`` never climbs above the guest ``/``; absolute symlink targets start
+  again from the guest root; relative ones from the link's guest directory;
+  a symlink inside a bind resolves in guest terms too (so it may leave the
+  bind, never the guest view);
+- the last component is followed or not as the calling system call does
+  (``follow``);
+- a missing component ends the walk: the rest is appended lexically, and the
+  kernel then reports ENOENT or creates the entry, as it would;
+- ``/proc/self`` and ``/proc/thread-self`` name the calling tracee, not the
+  tracer; ``/proc/PID/root`` is the guest root; the other magic links of
+  ``/proc/PID`` (cwd, exe, fd/N, ...) are translated back into guest paths
+  when walked through, and left for the kernel to follow when they are the
+  last component of a tracee's own path (so that a pipe or a deleted file
+  opened through ``/proc/self/fd/N`` still works).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from typing import Callable, Dict, List, Optional, Tuple
+
+from uvm.sandbox.namespace import Namespace
+
+MAX_SYMLINKS = 40
+PATH_MAX = 4096
+_MAGIC = re.compile(r"/proc/(\d+)/(?:task/\d+/)?(cwd|exe|root|fd/\d+|map_files/[^/]+)\Z")
+_S_IFLNK = stat.S_IFLNK
+_S_IFMT = 0o170000
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+class Resolver:
+    """Translates guest paths for one namespace, caching resolved directories.
+
+    ``is_tracee(pid)`` tells whether a pid belongs to the guest (its magic
+    /proc links may be followed by the kernel).  Call :meth:`invalidate`
+    after any call that may turn a directory into something else (rename,
+    unlink, rmdir, symlink).
+    """
+
+    def __init__(
+        self,
+        ns: Namespace,
+        is_tracee: Callable[[int], bool] = lambda pid: False,
+        tgid_of: Callable[[int], int] = lambda tid: tid,
+    ) -> None:
+        self.ns = ns
+        self.host_of = ns.host_of
+        self.is_tracee = is_tracee
+        self.tgid_of = tgid_of
+        self._dirs: Dict[str, str] = {}
+
+    def invalidate(self) -> None:
+        self._dirs.clear()
+
+    # -- public ----------------------------------------------------------------
+
+    def resolve(self, path: str, base: str, follow: bool, tid: int = 0) -> Tuple[str, str]:
+        """(guest canonical path, host path) of ``path`` seen from guest
+        directory ``base``.  Raises OSError (ENOENT for "", ELOOP, ...)."""
+        if not path:
+            raise _err(errno.ENOENT)
+        full = path if path[0] == "/" else (base + "/" + path if base != "/" else "/" + path)
+        head, _, last = full.rpartition("/")
+        if last in ("", ".", ".."):
+            # A trailing slash (or . / ..) names a directory: always followed,
+            # and kept on the host path so that the kernel checks it is one.
+            guest, host = self._walk(full, True, tid)
+            if last == "" and host != "/":
+                host += "/"
+        elif tid and full.startswith("/proc"):
+            guest, host = self._walk(full, follow, tid)
+        else:
+            gdir = self._dirs.get(head)
+            if gdir is None:
+                gdir = self._dir(head or "/", tid)
+            guest = gdir + "/" + last if gdir != "/" else "/" + last
+            host = self.host_of(guest)
+            if follow:
+                try:
+                    mode = os.lstat(host).st_mode
+                except OSError:
+                    mode = 0
+                if mode & _S_IFMT == _S_IFLNK:
+                    guest, host = self._walk(full, True, tid)
+        if len(host) >= PATH_MAX:
+            raise _err(errno.ENAMETOOLONG)
+        return guest, host
+
+    def _dir(self, head: str, tid: int) -> str:
+        guest, _host, exact = self._walk_full(head, True, tid)
+        if exact and not guest.startswith("/proc") and not head.startswith("/proc"):
+            if len(self._dirs) > 8192:
+                self._dirs.clear()
+            self._dirs[head] = guest
+        return guest
+
+    def _walk(self, full: str, follow: bool, tid: int) -> Tuple[str, str]:
+        guest, host, _exact = self._walk_full(full, follow, tid)
+        return guest, host
+
+    # -- the walk ------------------------------------------------------------------
+
+    def _walk_full(self, full: str, follow: bool, tid: int) -> Tuple[str, str, bool]:
+        """Walk ``full`` component by component.  Returns (guest, host,
+        exact) where exact is False when a component was missing (the rest
+        was appended lexically) or a magic link was left to the kernel."""
+        host_of = self.host_of
+        todo: List[str] = full.split("/")
+        todo.reverse()
+        guest = "/"
+        links = 0
+        while todo:
+            comp = todo.pop()
+            if comp == "" or comp == ".":
+                continue
+            if comp == "..":
+                if guest != "/":
+                    guest = guest.rpartition("/")[0] or "/"
+                continue
+            nxt = guest + "/" + comp if guest != "/" else "/" + comp
+            last = not any(c not in ("", ".") for c in todo)
+            if last and not follow:
+                guest = nxt
+                break
+            host = host_of(nxt)
+            if tid and host.startswith("/proc/"):
+                special = self._proc(host, last, tid)
+                if special is not None:
+                    kind, value = special
+                    if kind == "literal":
+                        return nxt, value, False
+                    links += 1
+                    if links > MAX_SYMLINKS:
+                        raise _err(errno.ELOOP)
+                    if value.startswith("/"):
+                        guest = "/"
+                    todo.extend(reversed(value.split("/")))
+                    continue
+            try:
+                mode = os.lstat(host).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                rest = [c for c in reversed(todo)]
+                return self._lexical(nxt, rest)
+            except OSError as exc:
+                raise _err(exc.errno or errno.EACCES)
+            if mode & _S_IFMT == _S_IFLNK:
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise _err(errno.ELOOP)
+                target = os.readlink(host)
+                if not target:
+                    raise _err(errno.ENOENT)
+                if target[0] == "/":
+                    guest = "/"
+                todo.extend(reversed(target.split("/")))
+                continue
+            guest = nxt
+        return guest, host_of(guest), True
+
+    def _lexical(self, guest: str, rest: List[str]) -> Tuple[str, str, bool]:
+        parts = guest.split("/")[1:]
+        for comp in rest:
+            if comp == "" or comp == ".":
+                continue
+            if comp == "..":
+                if parts:
+                    parts.pop()
+            else:
+                parts.append(comp)
+        guest = "/" + "/".join(parts)
+        return guest, self.host_of(guest), False
+
+    def _proc(self, host: str, last: bool, tid: int) -> Optional[Tuple[str, str]]:
+        """Handle /proc entries whose meaning depends on who asks.
+        Returns None (ordinary entry), ("link", guest target) to continue
+        the walk with, or ("literal", host path) to hand to the kernel."""
+        if host == "/proc/self":
+            return "link", str(self.tgid_of(tid))
+        if host == "/proc/thread-self":
+            return "link", f"{self.tgid_of(tid)}/task/{tid}"
+        m = _MAGIC.match(host)
+        if m is None:
+            return None
+        if m.group(2) == "root":
+            return "link", "/"
+        owner = int(m.group(1))
+        mine = self.is_tracee(owner)
+        if last and mine:
+            return "literal", host
+        try:
+            target = os.readlink(host)
+        except OSError as exc:
+            raise _err(exc.errno or errno.ENOENT)
+        if not target.startswith("/"):
+            if last:
+                return "literal", host
+            raise _err(errno.ENOTDIR)
+        guest = self.ns.guest_of(target)
+        if guest is None:
+            raise _err(errno.EACCES)
+        return "link", guest
+
+
+def guest_cwd(ns: Namespace, tid: int) -> str:
+    """Guest path of a tracee's current directory ("/" when outside the view)."""
+    try:
+        host = os.readlink(f"/proc/{tid}/cwd")
+    except OSError:
+        return "/"
+    return ns.guest_of(host) or "/"
+
+
+def guest_fd_dir(ns: Namespace, tid: int, fd: int) -> str:
+    """Guest path of a directory descriptor; OSError when it is not usable."""
+    try:
+        host = os.readlink(f"/proc/{tid}/fd/{fd}")
+    except OSError:
+        raise _err(errno.EBADF) from None
+    if not host.startswith("/"):
+        raise _err(errno.ENOTDIR)
+    guest = ns.guest_of(host)
+    if guest is None:
+        raise _err(errno.EACCES)
+    return guest

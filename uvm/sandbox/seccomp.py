@@ -1,0 +1,111 @@
+"""The seccomp-bpf filter, generated from the handler table.
+
+For each ABI (checked through ``seccomp_data.arch``; x32 numbers refused)
+the filter returns SECCOMP_RET_TRACE for the calls the tracer translates,
+SECCOMP_RET_ERRNO for the calls the table refuses outright (so they cost no
+stop), ENOSYS for numbers newer than uvm knows, and RET_ALLOW for the rest.
+An unknown architecture kills the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+from typing import Dict, Iterable, List, Tuple
+
+from uvm.sandbox.arch import (
+    ABI_I386,
+    ABI_X86_64,
+    AUDIT_ARCH_I386,
+    AUDIT_ARCH_X86_64,
+    X32_SYSCALL_BIT,
+)
+from uvm.sandbox.sysnums import HIGHEST_KNOWN
+
+BPF_LD_W_ABS = 0x20
+BPF_JEQ_K = 0x15
+BPF_JGE_K = 0x35
+BPF_JA = 0x05
+BPF_RET_K = 0x06
+
+RET_KILL_PROCESS = 0x80000000
+RET_TRACE = 0x7FF00000
+RET_ALLOW = 0x7FFF0000
+RET_ERRNO = 0x00050000
+
+PR_SET_NO_NEW_PRIVS = 38
+SYS_SECCOMP = 317
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_SPEC_ALLOW = 1 << 2
+
+_OFF_NR = 0
+_OFF_ARCH = 4
+
+Insn = Tuple[int, int, int, int]
+
+
+def _abi_block(traced: Iterable[int], refused: Dict[int, int]) -> List[Insn]:
+    prog: List[Insn] = [(BPF_LD_W_ABS, 0, 0, _OFF_NR)]
+    for nr in sorted(traced):
+        prog.append((BPF_JEQ_K, 0, 1, nr))
+        prog.append((BPF_RET_K, 0, 0, RET_TRACE))
+    for nr, code in sorted(refused.items()):
+        prog.append((BPF_JEQ_K, 0, 1, nr))
+        prog.append((BPF_RET_K, 0, 0, RET_ERRNO | code))
+    prog.append((BPF_JGE_K, 0, 1, HIGHEST_KNOWN + 1))
+    prog.append((BPF_RET_K, 0, 0, RET_ERRNO | errno.ENOSYS))
+    prog.append((BPF_RET_K, 0, 0, RET_ALLOW))
+    return prog
+
+
+def build_filter(traced: Dict[int, Iterable[int]], refused: Dict[int, Dict[int, int]]) -> List[Insn]:
+    """BPF program: ``traced[abi]`` numbers stop the tracee, ``refused[abi]``
+    maps numbers to the errno they fail with."""
+    block64 = _abi_block(traced[ABI_X86_64], refused[ABI_X86_64])
+    block32 = _abi_block(traced[ABI_I386], refused[ABI_I386])
+    # Layout: [0] ld arch, [1] jeq x86_64 ? next : ja-to-i386, ...
+    prog: List[Insn] = [
+        (BPF_LD_W_ABS, 0, 0, _OFF_ARCH),
+        (BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        (BPF_JA, 0, 0, 3 + len(block64)),
+        (BPF_LD_W_ABS, 0, 0, _OFF_NR),
+        (BPF_JGE_K, 0, 1, X32_SYSCALL_BIT),
+        (BPF_RET_K, 0, 0, RET_ERRNO | errno.ENOSYS),
+    ]
+    prog.extend(block64)
+    prog.append((BPF_JEQ_K, 1, 0, AUDIT_ARCH_I386))
+    prog.append((BPF_RET_K, 0, 0, RET_KILL_PROCESS))
+    prog.extend(block32)
+    return prog
+
+
+def pack(prog: List[Insn]) -> bytes:
+    return b"".join(struct.pack("<HBBI", *insn) for insn in prog)
+
+
+class _Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install(prog: List[Insn], no_new_privs: bool) -> None:
+    """Install ``prog`` on the calling process (the forked child, before
+    exec).  Raises OSError when seccomp filtering is unavailable."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if no_new_privs and libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"PR_SET_NO_NEW_PRIVS: {os.strerror(code)}")
+    raw = ctypes.create_string_buffer(pack(prog))
+    fprog = _Fprog(len(prog), ctypes.addressof(raw))
+    libc.syscall.restype = ctypes.c_long
+    for flags in (SECCOMP_FILTER_FLAG_SPEC_ALLOW, 0):
+        res = libc.syscall(
+            ctypes.c_long(SYS_SECCOMP), ctypes.c_long(SECCOMP_SET_MODE_FILTER),
+            ctypes.c_long(flags), ctypes.byref(fprog),
+        )
+        if res == 0:
+            return
+        code = ctypes.get_errno()
+        if code != errno.EINVAL or flags == 0:
+            raise OSError(code, f"seccomp filter: {os.strerror(code)}")
