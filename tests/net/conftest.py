@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Iterator, List, Optional
 
@@ -159,8 +160,6 @@ class Squid:
                 name, entry = "nobody", pwd.getpwnam("nobody")
             user = f"cache_effective_user {name}\n"
             os.chown(self.workdir, entry.pw_uid, entry.pw_gid)
-            # squid must reach the work directory through its parents as that user
-            os.chmod(os.path.dirname(self.workdir), 0o755)
         with open(conf, "w") as f:
             f.write(f"""\
 http_port 127.0.0.1:{self.port}
@@ -225,7 +224,14 @@ forwarded_for off
 
 
 @pytest.fixture(scope="session")
-def squid(tmp_path_factory) -> Iterator[Squid]:
-    proxy = Squid(str(tmp_path_factory.mktemp("squid") / "run")).start()
-    yield proxy
-    proxy.stop()
+def squid() -> Iterator[Squid]:
+    # Not below pytest's tmp_path: its parents are private to us, and squid
+    # runs as its own user when started by root.
+    workdir = tempfile.mkdtemp(prefix="uvm-squid-")
+    os.chmod(workdir, 0o755)
+    proxy = Squid(workdir)
+    try:
+        yield proxy.start()
+    finally:
+        proxy.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
