@@ -4,7 +4,8 @@
 ``pip install .`` (or ``-e .``) compiles the extension; there is no manual
 step.  It links the system zlib and OpenSSL libcrypto, and libdeflate when
 its headers are installed (``UVM_NO_LIBDEFLATE=1`` builds without it).
-Run this file directly to build in place for a quick try.
+There is no other way to build it: after editing the C, run
+``pip install -e .`` again.
 """
 
 from __future__ import annotations
@@ -48,13 +49,10 @@ ffibuilder.cdef(_cdef())
 ffibuilder.set_source(
     "uvm._native_codec",
     '#include "uvm_codec.h"\n',
-    # setuptools wants sources relative to the project (setup.py's cwd).
-    sources=[os.path.relpath(HERE / "uvm_codec.c")],
+    # Relative to the project root, where setup.py runs.
+    sources=["native/uvm_codec.c"],
     include_dirs=[str(HERE)],
     libraries=["z", "crypto"] + (["deflate"] if LIBDEFLATE else []),
     define_macros=[("UVM_HAVE_LIBDEFLATE", "1")] if LIBDEFLATE else [],
     extra_compile_args=["-O2", "-Wall", "-Wextra"],
 )
-
-if __name__ == "__main__":
-    ffibuilder.compile(tmpdir=str(HERE.parent), verbose=True)

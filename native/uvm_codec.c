@@ -1,18 +1,19 @@
 /* uvm_codec.c: turn a CernVM-FS object into verified plain bytes on an fd.
  *
- * A decoder hashes the stored (compressed) bytes as they are fed, inflates
- * them and write()s the output to a file descriptor.  Output beyond the
- * expected size is never written: the decode stops with CODEC_TOO_LARGE.
+ * A decoder hashes the stored (compressed) bytes, inflates them and write()s
+ * the output to a file descriptor.  Output beyond the expected size is never
+ * written: the decode stops with CODEC_TOO_LARGE.
  *
  * Two inflate paths give the same results:
- *  - stream: zlib inflate() on each piece, through a bounded output buffer;
- *  - one-shot: when the expected size is known and small enough, the pieces
- *    are collected and libdeflate inflates them at finish straight into a
- *    buffer of exactly the expected size (about twice zlib's speed).  Any
- *    result other than a clean success is replayed through the stream path,
- *    so that zlib alone decides which failure it is.
+ *  - stream (codec_decoder_*): zlib inflate() on each piece as it comes,
+ *    through a bounded output buffer;
+ *  - one-shot (codec_decode): the whole object is in memory and its expected
+ *    size known, so libdeflate inflates it in one call straight into a
+ *    buffer of exactly that size (about twice zlib's speed).  Any result but
+ *    a clean success is replayed through the stream path, so that zlib alone
+ *    decides which failure it is.
  *
- * No global state; the GIL is released around every call (cffi API mode).
+ * No global state; cffi releases the GIL around every call.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -30,7 +31,7 @@
 
 #define OUT_CHUNK (128 * 1024) /* stream path output buffer */
 
-enum mode { MODE_RAW, MODE_COLLECT, MODE_STREAM };
+enum mode { MODE_RAW, MODE_ONESHOT, MODE_STREAM };
 
 struct codec_decoder {
     EVP_MD_CTX *md_ctx;
@@ -48,9 +49,8 @@ struct codec_decoder {
     unsigned long long size, fed;
     z_stream z;
     unsigned char *out;           /* stream path output buffer */
-    const unsigned char *in;      /* collected input (owned unless borrowed) */
-    unsigned char *in_owned;
-    size_t in_len, in_cap, in_bound;
+    const unsigned char *in;      /* whole input of a one-shot decode (borrowed) */
+    size_t in_len, in_bound;
 };
 
 struct codec_encoder {
@@ -131,7 +131,7 @@ static int write_all(int fd, const unsigned char *buf, size_t len, int *sys_errn
 
 static int dec_init(codec_decoder *dec, const codec_md *md, int fd,
                     const unsigned char *expected_digest, long long expected_size,
-                    int compressed, size_t oneshot_limit)
+                    int compressed, long long oneshot_limit)
 {
     memset(dec, 0, sizeof(*dec));
     dec->fd = fd;
@@ -144,10 +144,10 @@ static int dec_init(codec_decoder *dec, const codec_md *md, int fd,
     dec->mode = compressed ? MODE_STREAM : MODE_RAW;
 #ifdef UVM_HAVE_LIBDEFLATE
     if (compressed && expected_size >= 0 &&
-        (unsigned long long)expected_size <= oneshot_limit) {
-        dec->mode = MODE_COLLECT;
+        expected_size <= oneshot_limit) {
+        dec->mode = MODE_ONESHOT;
         /* A deflate stream longer than this is not what any encoder makes
-         * for that output: stop collecting and stream it instead. */
+         * for that output: stream it instead. */
         dec->in_bound = (size_t)expected_size + (size_t)expected_size / 8 + 4096;
     }
 #else
@@ -163,7 +163,6 @@ static void dec_cleanup(codec_decoder *dec)
         inflateEnd(&dec->z);
     EVP_MD_CTX_free(dec->md_ctx);
     free(dec->out);
-    free(dec->in_owned);
 }
 
 static int fail(codec_decoder *dec, int status)
@@ -230,45 +229,18 @@ static int dec_stream(codec_decoder *dec, const unsigned char *data, size_t len)
     }
 }
 
-/* Leave the one-shot path: run what was collected through zlib. */
+#ifdef UVM_HAVE_LIBDEFLATE
+/* Leave the one-shot path: run the input through zlib instead. */
 static int dec_to_stream(codec_decoder *dec)
 {
     dec->mode = MODE_STREAM;
     int st = dec_stream(dec, dec->in, dec->in_len);
-    free(dec->in_owned);
-    dec->in_owned = NULL;
     dec->in = NULL;
-    dec->in_len = dec->in_cap = 0;
+    dec->in_len = 0;
     return st;
 }
 
-static int dec_collect(codec_decoder *dec, const unsigned char *data, size_t len)
-{
-    if (dec->in_len + len > dec->in_bound) {
-        int st = dec_to_stream(dec);
-        return st != CODEC_OK ? st : dec_stream(dec, data, len);
-    }
-    if (dec->in_len + len > dec->in_cap) {
-        size_t cap = dec->in_cap * 2;
-        if (cap < dec->in_len + len)
-            cap = dec->in_len + len;
-        if (cap < 16384)
-            cap = 16384;
-        if (cap > dec->in_bound)
-            cap = dec->in_bound;
-        unsigned char *grown = realloc(dec->in_owned, cap);
-        if (grown == NULL)
-            return fail(dec, CODEC_NOMEM);
-        dec->in = dec->in_owned = grown;
-        dec->in_cap = cap;
-    }
-    memcpy(dec->in_owned + dec->in_len, data, len);
-    dec->in_len += len;
-    return CODEC_OK;
-}
-
-#ifdef UVM_HAVE_LIBDEFLATE
-/* Inflate everything collected in one call.  Only a clean success counts;
+/* Inflate the whole input in one call.  Only a clean success counts;
  * anything else is replayed through zlib to name the failure. */
 static int dec_oneshot(codec_decoder *dec)
 {
@@ -312,8 +284,6 @@ static int dec_feed(codec_decoder *dec, const unsigned char *data, size_t len)
         int st = write_all(dec->fd, data, len, &dec->sys_errno);
         return st == CODEC_OK ? CODEC_OK : fail(dec, st);
     }
-    case MODE_COLLECT:
-        return dec_collect(dec, data, len);
     default:
         return dec_stream(dec, data, len);
     }
@@ -326,7 +296,7 @@ static int dec_finish(codec_decoder *dec, codec_result *result)
     if (dec->compressed && dec->fed == 0)
         return fail(dec, CODEC_EMPTY);
 #ifdef UVM_HAVE_LIBDEFLATE
-    if (dec->mode == MODE_COLLECT) {
+    if (dec->mode == MODE_ONESHOT) {
         int st = dec_oneshot(dec);
         if (st != CODEC_OK)
             return st;
@@ -351,14 +321,12 @@ static int dec_finish(codec_decoder *dec, codec_result *result)
 
 codec_decoder *codec_decoder_new(const codec_md *md, int fd,
                                  const unsigned char *expected_digest,
-                                 long long expected_size, int compressed,
-                                 size_t oneshot_limit)
+                                 long long expected_size, int compressed)
 {
     codec_decoder *dec = malloc(sizeof(*dec));
     if (dec == NULL)
         return NULL;
-    if (dec_init(dec, md, fd, expected_digest, expected_size, compressed,
-                 oneshot_limit) != CODEC_OK) {
+    if (dec_init(dec, md, fd, expected_digest, expected_size, compressed, 0) != CODEC_OK) {
         dec_cleanup(dec);
         free(dec);
         return NULL;
@@ -388,20 +356,20 @@ void codec_decoder_free(codec_decoder *dec)
 
 int codec_decode(const codec_md *md, int fd, const char *data, size_t len,
                  const unsigned char *expected_digest, long long expected_size,
-                 int compressed, size_t oneshot_limit, codec_result *result)
+                 int compressed, long long oneshot_limit, codec_result *result)
 {
     codec_decoder dec;
     int st = dec_init(&dec, md, fd, expected_digest, expected_size, compressed,
                       oneshot_limit);
-    if (st == CODEC_OK && dec.mode == MODE_COLLECT && len <= dec.in_bound) {
-        /* Borrow the caller's buffer instead of copying it. */
+    if (st == CODEC_OK && dec.mode == MODE_ONESHOT && len <= dec.in_bound) {
+        /* The caller's buffer is the input: no copy. */
         dec.fed = len;
         dec.in = (const unsigned char *)data;
         dec.in_len = len;
         if (len > 0 && !EVP_DigestUpdate(dec.md_ctx, data, len))
             st = fail(&dec, CODEC_HASH_ERROR);
     } else if (st == CODEC_OK) {
-        if (dec.mode == MODE_COLLECT)
+        if (dec.mode == MODE_ONESHOT)
             dec.mode = MODE_STREAM;
         st = dec_feed(&dec, (const unsigned char *)data, len);
     }

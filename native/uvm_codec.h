@@ -40,21 +40,22 @@ const codec_md *codec_md_fetch(int algorithm);
 /* 1 if this build inflates whole objects with libdeflate. */
 int codec_have_libdeflate(void);
 
-/* expected_digest: 20 bytes or NULL; expected_size: -1 for unknown.
- * Objects with an expected size up to oneshot_limit are collected and
- * inflated in one call at finish; others stream through zlib.  NULL on
- * out-of-memory or a digest that cannot be initialised. */
+/* A streaming decoder (zlib).  expected_digest: 20 bytes or NULL;
+ * expected_size: -1 for unknown.  NULL on out-of-memory or a digest that
+ * cannot be initialised. */
 codec_decoder *codec_decoder_new(const codec_md *md, int fd,
                                  const unsigned char *expected_digest,
-                                 long long expected_size, int compressed,
-                                 size_t oneshot_limit);
+                                 long long expected_size, int compressed);
 int codec_decoder_feed(codec_decoder *dec, const char *data, size_t len);
 int codec_decoder_finish(codec_decoder *dec, codec_result *result);
 void codec_decoder_free(codec_decoder *dec);
-/* new + feed + finish + free in one call, without copying the input. */
+/* A whole object in one call, without copying the input.  With libdeflate
+ * and an expected size of at most oneshot_limit, it is inflated in one
+ * libdeflate call straight into a buffer of exactly that size; else (and to
+ * name the failure of a damaged object) it streams through zlib. */
 int codec_decode(const codec_md *md, int fd, const char *data, size_t len,
                  const unsigned char *expected_digest, long long expected_size,
-                 int compressed, size_t oneshot_limit, codec_result *result);
+                 int compressed, long long oneshot_limit, codec_result *result);
 
 codec_encoder *codec_encoder_new(const codec_md *md, int fd, int level);
 int codec_encoder_feed(codec_encoder *enc, const char *data, size_t len);

@@ -34,10 +34,12 @@ __all__ = [
     "encode_bytes",
 ]
 
-ONESHOT_LIMIT = 64 << 20
-"""Objects whose expected size is at most this are inflated in one libdeflate
-call at ``finish()`` (about twice zlib's speed); larger ones stream through
-zlib.  Either way output beyond the expected size is never written."""
+ONESHOT_LIMIT = 32 << 20
+"""Objects whose expected size is at most this (CernVM-FS chunks are at most
+16 MiB by default) are inflated in one libdeflate call, about twice zlib's
+speed, into a buffer of that size; larger ones and objects of unknown size
+stream through zlib.  Either way output beyond the expected size is never
+written."""
 
 
 def _load() -> "tuple[Any, str]":
@@ -146,14 +148,24 @@ else:
             raise ValueError("expected_hash uses another algorithm than the decoder")
         return expected_hash.digest
 
+    _ONESHOT = bool(lib.codec_have_libdeflate())
+
+    def _oneshot_bound(expected_size: int) -> int:
+        """Longest input still worth one-shot inflating (as the C side reckons)."""
+        return expected_size + expected_size // 8 + 4096
+
     class Decoder:  # type: ignore[no-redef]
         """Hash compressed pieces, inflate them and write the output to ``out_fd``.
 
-        Same contract as :class:`uvm._pycodec.Decoder`; the C state is freed
-        by ``finish()``, ``abort()`` or garbage collection.
+        Same contract as :class:`uvm._pycodec.Decoder`.  An object whose
+        expected size is at most ``ONESHOT_LIMIT`` is collected and decoded
+        at ``finish()`` in one C call (libdeflate, no per-piece calls); any
+        other streams through zlib piece by piece.  The C state is freed by
+        ``finish()``, ``abort()`` or garbage collection.
         """
 
-        __slots__ = ("_dec", "_algorithm", "_expected_hash", "_expected_size")
+        __slots__ = ("_dec", "_pieces", "_room", "_fd", "_algorithm", "_expected_hash",
+                     "_expected_size", "_compressed")
 
         def __init__(
             self,
@@ -163,28 +175,66 @@ else:
             expected_size: Optional[int] = None,
             compressed: bool = True,
         ) -> None:
-            digest = _check_hash(algorithm, expected_hash)
+            _check_hash(algorithm, expected_hash)
+            self._algorithm = algorithm
+            self._fd = out_fd
+            self._expected_hash = expected_hash
+            self._expected_size = expected_size
+            self._compressed = compressed
+            self._dec: Any = None
+            self._pieces: Optional[list] = None
+            if (_ONESHOT and compressed and expected_size is not None
+                    and 0 <= expected_size <= ONESHOT_LIMIT):
+                self._pieces = []
+                self._room = _oneshot_bound(expected_size)
+            else:
+                self._start()
+
+        def _start(self) -> None:
+            expected = self._expected_hash
             dec = lib.codec_decoder_new(
-                _md(algorithm), out_fd, digest,
-                -1 if expected_size is None else expected_size,
-                1 if compressed else 0, ONESHOT_LIMIT,
+                _md(self._algorithm), self._fd,
+                ffi.NULL if expected is None else expected.digest,
+                -1 if self._expected_size is None else self._expected_size,
+                1 if self._compressed else 0,
             )
             if dec == ffi.NULL:
                 raise MemoryError("cannot allocate an object decoder")
             self._dec = ffi.gc(dec, lib.codec_decoder_free)
-            self._algorithm = algorithm
-            self._expected_hash = expected_hash
-            self._expected_size = expected_size
 
         def feed(self, data: bytes) -> None:
             if not data:
                 return
+            pieces = self._pieces
+            if pieces is not None:
+                self._room -= len(data)
+                if self._room >= 0:
+                    pieces.append(data if type(data) is bytes else bytes(data))
+                    return
+                # Far longer than any encoder makes for this size: stream it.
+                self._pieces = None
+                self._start()
+                for piece in pieces:
+                    self._feed(piece)
+            self._feed(data)
+
+        def _feed(self, data: Any) -> None:
+            if self._dec is None:
+                raise ValueError("the decoder is finished or aborted")
             buf = _buffer(data)
             status = lib.codec_decoder_feed(self._dec, buf, len(buf))
             if status:
                 _raise(status, None, self._expected_hash, self._expected_size, self._algorithm)
 
         def finish(self) -> DecodeResult:
+            pieces = self._pieces
+            if pieces is not None:
+                self._pieces = None
+                data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                return decode_bytes(data, self._algorithm, self._fd, self._expected_hash,
+                                    self._expected_size, True)
+            if self._dec is None:
+                raise ValueError("the decoder is finished or aborted")
             result = ffi.new("codec_result *")
             status = lib.codec_decoder_finish(self._dec, result)
             if status:
@@ -195,7 +245,8 @@ else:
             )
 
         def abort(self) -> None:
-            """Free the C state now; the decoder cannot be used afterwards."""
+            """Drop the object; the decoder cannot be used afterwards."""
+            self._pieces = None
             if self._dec is not None:
                 ffi.release(self._dec)
                 self._dec = None

@@ -31,7 +31,7 @@ def codec(request):
         pytest.skip(f"C codec not active: {_native.DETAIL}")
     saved = _native.ONESHOT_LIMIT
     if request.param == "native-stream":
-        _native.ONESHOT_LIMIT = 0
+        _native.ONESHOT_LIMIT = -1
     try:
         yield _namespace(_native, request.param)
     finally:

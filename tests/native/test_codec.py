@@ -322,3 +322,17 @@ def test_four_threads_at_once(codec, tmp_path):
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_a_valid_stream_far_longer_than_its_output(codec):
+    """Empty stored blocks: valid zlib, but past what the one-shot path collects."""
+    compressor = zlib.compressobj()
+    head = compressor.compress(b"hi") + compressor.flush(zlib.Z_SYNC_FLUSH)
+    empty_stored_block = b"\x00\x00\x00\xff\xff"  # byte-aligned after the sync flush
+    stored = head + empty_stored_block * 2000 + compressor.flush()
+    assert zlib.decompress(stored) == b"hi"
+    assert len(stored) > 5000
+    result, out = decode(codec, split(stored, 999), expected_hash=ContentHash.of(stored),
+                         expected_size=2)
+    assert out == b"hi" and result.size == 2
+    assert decode_failure(codec, split(stored, 999), expected_size=1) is DecodeFailure.TOO_LARGE
