@@ -266,17 +266,24 @@ def read_file(path: str) -> FileData:
     return parse_toml(text, path)
 
 
-def config_file_paths(environ: Mapping[str, str]) -> List[str]:
-    """System then user configuration files, following the XDG base-directory rules."""
-    paths = []
+def system_config_paths(environ: Mapping[str, str]) -> List[str]:
+    """System-wide files, least important first (``/etc/uvm``, then XDG_CONFIG_DIRS)."""
+    paths = ["/etc/uvm/config.toml"]
     dirs = environ.get("XDG_CONFIG_DIRS") or "/etc/xdg"
     for directory in reversed([d for d in dirs.split(":") if d]):
         paths.append(os.path.join(directory, "uvm", "config.toml"))  # first listed wins
-    paths.insert(0, "/etc/uvm/config.toml")
+    return list(dict.fromkeys(paths))
+
+
+def user_config_path(environ: Mapping[str, str]) -> str:
     home = environ.get("HOME") or os.path.expanduser("~")
     user_dir = environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
-    paths.append(os.path.join(user_dir, "uvm", "config.toml"))
-    return list(dict.fromkeys(paths))
+    return os.path.join(user_dir, "uvm", "config.toml")
+
+
+def config_file_paths(environ: Mapping[str, str]) -> List[str]:
+    """System then user configuration files, following the XDG base-directory rules."""
+    return system_config_paths(environ) + [user_config_path(environ)]
 
 
 def _env_layer(environ: Mapping[str, str]) -> Layer:
@@ -400,12 +407,13 @@ def load(
     """Read every configuration source once.
 
     ``environ`` defaults to ``os.environ``; tests pass their own mapping.
-    ``system_files`` replaces the XDG search (tests, and ``--config`` only
-    setups).  A missing system or user file is fine; a missing ``--config``
-    file is an error.
+    ``system_files`` replaces the system-wide search (tests); the user file
+    still comes from ``XDG_CONFIG_HOME``.  A missing system or user file is
+    fine; a missing ``--config`` file is an error.
     """
     environ = dict(os.environ if environ is None else environ)
-    candidates = list(system_files) if system_files is not None else config_file_paths(environ)
+    system = list(system_files) if system_files is not None else system_config_paths(environ)
+    candidates = system + [user_config_path(environ)]
     files = [read_file(p) for p in candidates if os.path.isfile(p)]
     if config_file:
         files.append(read_file(config_file))
