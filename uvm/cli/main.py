@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "uvm.cli.publish",
     "uvm.cli.repo",
     "uvm.cli.run",
+    "uvm.cli.config",
+    "uvm.cli.cache",
 ]
 
 
@@ -37,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="warning",
         choices=["debug", "info", "warning", "error"],
         help="library log level (default: warning)",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE",
+        help="read this TOML configuration file after the system and user ones "
+        "(CVMFS_* environment variables still win)",
     )
     subparsers = parser.add_subparsers(metavar="COMMAND")
     for name in COMMAND_MODULES:
