@@ -83,14 +83,18 @@ def plan_autocatalogs(src: str, max_entries: int) -> Set[str]:
     """Directories (host paths) to split off so no catalog takes more than ``max_entries``.
 
     Post-order: a directory brings its own entries plus what its
-    subdirectories leave in the same catalog; once that exceeds the limit, it
-    becomes a nested catalog and leaves only its mountpoint behind.  A single
-    directory with more direct entries than the limit still stays whole.
+    subdirectories leave in the same catalog.  While that exceeds the limit,
+    the heaviest remaining subdirectory becomes a nested catalog and leaves
+    only its mountpoint behind.  A directory with more direct entries than
+    the limit still stays whole.  (The stock server's ``CVMFS_AUTOCATALOGS``
+    works on the same idea with min/max weights; it also writes marker
+    files, which uvm does not, since it never modifies the source.)
     """
     chosen: Set[str] = set()
 
     def weight(host_dir: str) -> int:
         total = 1
+        candidates = []
         try:
             entries = list(os.scandir(host_dir))
         except OSError:
@@ -99,11 +103,15 @@ def plan_autocatalogs(src: str, max_entries: int) -> Set[str]:
             total += 1
             if entry.is_dir(follow_symlinks=False):
                 sub = weight(entry.path)
-                if _has_marker(entry.path) or sub > max_entries:
-                    if sub > max_entries and not _has_marker(entry.path):
-                        chosen.add(entry.path)
-                    continue
-                total += sub - 1
+                if not _has_marker(entry.path):
+                    total += sub - 1
+                    candidates.append((sub, entry.path))
+        candidates.sort(reverse=True)
+        for sub, path in candidates:
+            if total <= max_entries or sub <= 1:
+                break
+            chosen.add(path)
+            total -= sub - 1
         return total
 
     weight(src)
