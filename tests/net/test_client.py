@@ -1,0 +1,115 @@
+"""A published repository read through the production fetcher: mirrors, cache, offline, preload."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import FQRN, fast_env
+
+from uvm import config
+from uvm.cvmfs.client import open_repository, subtree_objects
+from uvm.cvmfs.publish import ChunkPolicy, create_keys, publish
+from uvm.errors import FetchError, FetchFailure
+
+FILES = {
+    "bin/tool": os.urandom(30000),
+    "lib/libbig.so": os.urandom(70000),  # chunked with the small policy below
+    "share/doc/readme": b"read me\n" * 100,
+    "share/doc/empty": b"",
+    "etc/conf": b"key=value\n",
+}
+
+
+@pytest.fixture
+def published(stratum, tmp_path):
+    src = tmp_path / "src"
+    for name, data in FILES.items():
+        path = src / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    os.symlink("tool", src / "bin" / "link")
+    keydir = str(tmp_path / "keys")
+    create_keys(FQRN, keydir)
+    store = os.path.join(stratum, "cvmfs", FQRN)
+    publish(str(src), FQRN, store, keydir, tag="v1",
+            chunking=ChunkPolicy(8192, 16384, 32768))
+    return keydir
+
+
+def environment(hosts, cache_dir, keydir, tmp_path, **extra):
+    env = fast_env(hosts, cache_dir, CVMFS_KEYS_DIR=keydir,
+                   XDG_STATE_HOME=str(tmp_path / "state"), **extra)
+    return env
+
+
+def test_read_everything_through_mirrors_and_cache(published, mirror, mirror2, cache_dir,
+                                                   tmp_path):
+    mirror.add_fault("status", code=503)  # the first mirror is broken: the ring goes on
+    env = environment([mirror.url_for(), mirror2.url_for()], cache_dir, published, tmp_path)
+    cfg = config.load(environ=env, system_files=[])
+    with open_repository(FQRN, cfg, state_dir=str(tmp_path / "state")) as repo:
+        for name, data in FILES.items():
+            assert repo.read("/" + name) == data
+        assert repo.readlink("/bin/link") == "tool"
+        assert repo.source.cache.info()["objects"] > len(FILES)
+    assert mirror2.count(".cvmfspublished") == 1
+
+
+def test_offline_after_one_verified_run(published, mirror, cache_dir, tmp_path, caplog):
+    env = environment([mirror.url_for()], cache_dir, published, tmp_path)
+    cfg = config.load(environ=env, system_files=[])
+    state = str(tmp_path / "state")
+    with open_repository(FQRN, cfg, state_dir=state) as repo:
+        assert repo.read("/etc/conf") == FILES["etc/conf"]
+        revision = repo.revision
+    mirror.stop()
+    with caplog.at_level("WARNING"):
+        with open_repository(FQRN, cfg, state_dir=state) as repo:
+            assert repo.revision == revision
+            assert repo.read("/etc/conf") == FILES["etc/conf"]
+            with pytest.raises(FetchError) as info:
+                repo.read("/bin/tool")
+    assert info.value.failure is FetchFailure.OFFLINE
+    assert "not in the cache" in str(info.value)
+    assert sum("offline" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_preload_fetches_a_subtree_in_parallel(published, mirror, cache_dir, tmp_path):
+    env = environment([mirror.url_for()], cache_dir, published, tmp_path)
+    cfg = config.load(environ=env, system_files=[])
+    state = str(tmp_path / "state")
+    with open_repository(FQRN, cfg, state_dir=state) as repo:
+        wanted = subtree_objects(repo, "/share")
+        assert len(wanted) == 2
+        everything = subtree_objects(repo)
+        assert len(everything) > len(FILES)  # chunks of the big library
+    result = subprocess.run(
+        [sys.executable, "-m", "uvm", "cache", "preload", f"{FQRN}:/", "--tag", "v1"],
+        env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(everything)} objects" in result.stdout
+    mirror.stop()  # everything is cached now: reading needs no server at all
+    with open_repository(FQRN, cfg, state_dir=state) as repo:
+        for name, data in FILES.items():
+            assert repo.read("/" + name) == data
+
+    info = subprocess.run([sys.executable, "-m", "uvm", "cache", "info"], env=env,
+                          capture_output=True, text=True)
+    assert info.returncode == 0 and "hit rate:" in info.stdout
+    assert os.path.join(cache_dir, "shared") in info.stdout
+    clean = subprocess.run([sys.executable, "-m", "uvm", "cache", "clean"], env=env,
+                           capture_output=True, text=True)
+    assert clean.returncode == 0 and "removed" in clean.stdout
+
+
+def test_preload_offline_names_the_problem_in_one_line(published, mirror, cache_dir, tmp_path):
+    env = environment([mirror.url_for()], cache_dir, published, tmp_path)
+    mirror.stop()
+    result = subprocess.run([sys.executable, "-m", "uvm", "cache", "preload", FQRN],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert ".cvmfspublished" in result.stderr and len(result.stderr.splitlines()) == 1
