@@ -179,12 +179,12 @@ def test_pins_of_dead_processes_do_not_count(put, cache_dir):
 
 def test_offline_runs_use_the_last_verified_manifest_and_name_missing_objects(
         mirror, put, stratum, make_fetcher, caplog):
-    put_file(stratum, FQRN, ".cvmfspublished", b"manifest v1")
+    put_file(stratum, FQRN, ".cvmfspublished", b"D0\nmanifest v1")
     cached = put(b"cached object")
     missing = put(b"never fetched")
     settings = fast_settings([mirror.url_for()])
     online = make_fetcher(settings)
-    assert online.fetch_file(".cvmfspublished") == b"manifest v1"
+    assert online.fetch_file(".cvmfspublished") == b"D0\nmanifest v1"
     online.fetch_object(cached)
     online.remember_verified()
     online.close()
@@ -192,7 +192,7 @@ def test_offline_runs_use_the_last_verified_manifest_and_name_missing_objects(
     mirror.stop()
     offline = make_fetcher(settings)
     with caplog.at_level("WARNING"):
-        assert offline.fetch_file(".cvmfspublished") == b"manifest v1"
+        assert offline.fetch_file(".cvmfspublished") == b"D0\nmanifest v1"
         assert offline.offline
         with open(offline.fetch_object(cached), "rb") as f:
             assert f.read() == b"cached object"

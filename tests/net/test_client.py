@@ -23,8 +23,7 @@ FILES = {
 }
 
 
-@pytest.fixture
-def published(stratum, tmp_path):
+def publish_tree(stratum, tmp_path, ttl):
     src = tmp_path / "src"
     for name, data in FILES.items():
         path = src / name
@@ -35,8 +34,14 @@ def published(stratum, tmp_path):
     create_keys(FQRN, keydir)
     store = os.path.join(stratum, "cvmfs", FQRN)
     publish(str(src), FQRN, store, keydir, tag="v1",
-            chunking=ChunkPolicy(8192, 16384, 32768))
+            chunking=ChunkPolicy(8192, 16384, 32768), ttl=ttl)
     return keydir
+
+
+@pytest.fixture
+def published(stratum, tmp_path):
+    """A repository with TTL 0: every open re-checks the manifest on the mirrors."""
+    return publish_tree(stratum, tmp_path, ttl=0)
 
 
 def environment(hosts, cache_dir, keydir, tmp_path, **extra):
@@ -113,3 +118,35 @@ def test_preload_offline_names_the_problem_in_one_line(published, mirror, cache_
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert ".cvmfspublished" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+WARM_RUN = """
+import sys
+from uvm import config
+from uvm.cvmfs.client import open_repository
+with open_repository("%s", config.load(), state_dir=sys.argv[1]) as repo:
+    data = repo.read("/etc/conf")
+    print(repo.source.offline, repo.source.fresh_from_cache, "requests" in sys.modules,
+          data.decode().strip())
+""" % FQRN
+
+
+def test_warm_run_within_the_ttl_needs_no_network_and_no_requests(stratum, mirror, cache_dir,
+                                                                   tmp_path):
+    keydir = publish_tree(stratum, tmp_path, ttl=3600)
+    env = environment([mirror.url_for()], cache_dir, keydir, tmp_path)
+    state = str(tmp_path / "state")
+    cold = subprocess.run([sys.executable, "-c", WARM_RUN, state], env=env,
+                          capture_output=True, text=True)
+    assert cold.stdout.split() == ["False", "False", "True", "key=value"], cold.stderr
+    before = mirror.total()
+    warm = subprocess.run([sys.executable, "-c", WARM_RUN, state], env=env,
+                          capture_output=True, text=True)
+    assert warm.stdout.split() == ["False", "True", "False", "key=value"], warm.stderr
+    assert mirror.total() == before
+    # CVMFS_MAX_TTL caps the repository's TTL (minutes): an old manifest is re-checked
+    with open_repository(FQRN, config.load(environ=dict(env, CVMFS_MAX_TTL="1"),
+                                           system_files=[]), state_dir=state) as repo:
+        repo.source.cache.touch_file(FQRN, ".cvmfspublished", 1.0)
+        repo.source.fetch_file(".cvmfspublished")
+        assert mirror.total() > before

@@ -258,6 +258,19 @@ class Cache:
         except OSError as err:
             raise self._io_error("store", path, err) from None
 
+    def file_time(self, fqrn: str, name: str) -> Optional[float]:
+        """When a bootstrap file was last verified (its mtime), or None."""
+        try:
+            return os.stat(os.path.join(self.manifest_dir, f"{fqrn}{name}")).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def touch_file(self, fqrn: str, name: str, when: float) -> None:
+        try:
+            os.utime(os.path.join(self.manifest_dir, f"{fqrn}{name}"), (when, when))
+        except OSError:
+            pass
+
     def load_file(self, fqrn: str, name: str) -> Optional[bytes]:
         try:
             with open(os.path.join(self.manifest_dir, f"{fqrn}{name}"), "rb") as f:

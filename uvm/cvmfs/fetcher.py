@@ -50,6 +50,21 @@ class Progress:
 
 ProgressCallback = Callable[[Progress], None]
 
+DEFAULT_TTL = 240  # seconds; the stock client's default catalog TTL
+
+
+def _manifest_ttl(data: Optional[bytes]) -> int:
+    """The ``D`` (TTL) line of a manifest, without parsing the rest."""
+    if not data:
+        return 0
+    for line in data.split(b"\n--\n", 1)[0].split(b"\n"):
+        if line.startswith(b"D"):
+            try:
+                return max(0, int(line[1:]))
+            except ValueError:
+                return DEFAULT_TTL
+    return DEFAULT_TTL
+
 
 class Fetcher:
     """An :class:`uvm.cvmfs.source.ObjectSource` backed by the shared cache and the mirrors.
@@ -65,6 +80,8 @@ class Fetcher:
         transport_factory: Callable[[], Any],
         parallel: int = 16,
         own_cache: bool = False,
+        max_ttl: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.fqrn = fqrn
         self.cache = cache
@@ -76,6 +93,9 @@ class Fetcher:
         self._fetched: Dict[str, bytes] = {}
         self._offline_reason: Optional[str] = None
         self._pinned: Dict[str, None] = {}
+        self._max_ttl = max_ttl
+        self._clock = clock
+        self.fresh_from_cache = False
 
     @classmethod
     def from_settings(cls, fqrn: str, settings: Any, cache: Optional[Cache] = None) -> "Fetcher":
@@ -87,7 +107,8 @@ class Fetcher:
         if cache is None:
             cache = Cache(settings.cache_base, settings.quota_limit)
         return cls(fqrn, cache, lambda: Transport(transport_settings),
-                   settings.parallel_downloads, own_cache=own)
+                   settings.parallel_downloads, own_cache=own,
+                   max_ttl=60.0 * max(0, settings.max_ttl))
 
     # -- state --------------------------------------------------------------
 
@@ -113,9 +134,21 @@ class Fetcher:
     # -- bootstrap files ----------------------------------------------------
 
     def fetch_file(self, name: str) -> bytes:
-        """Raw bytes of ``name`` from the mirrors, or the last verified copy when offline."""
+        """Raw bytes of ``name``: the last verified copy while it is fresh, else the mirrors.
+
+        "Fresh" means verified less than the repository's TTL ago (manifest
+        ``D``, capped by ``CVMFS_MAX_TTL``), as the stock client re-checks
+        the manifest only after the TTL: a warm run needs no network at all
+        (and never imports ``requests``).  With no server reachable, the last
+        verified copy is used whatever its age ("offline").
+        """
         from uvm.cvmfs.transport import BytesSink
 
+        if name in BOOTSTRAP_FILES and self._fresh():
+            stored = self.cache.load_file(self.fqrn, name)
+            if stored is not None:
+                self.fresh_from_cache = True
+                return stored
         try:
             data = self.transport.download(name, BytesSink, what=f"{self.fqrn}/{name}")
         except FetchError as err:
@@ -138,6 +171,22 @@ class Fetcher:
 
     def last_verified(self, name: str = ".cvmfspublished") -> Optional[bytes]:
         return self.cache.load_file(self.fqrn, name)
+
+    def ttl(self) -> float:
+        """Seconds a verified manifest stays fresh: its ``D`` capped by ``max_ttl``."""
+        ttl = float(_manifest_ttl(self.cache.load_file(self.fqrn, ".cvmfspublished")))
+        return min(ttl, self._max_ttl) if self._max_ttl > 0 else ttl
+
+    def _fresh(self) -> bool:
+        verified_at = self.cache.file_time(self.fqrn, ".cvmfspublished")
+        if verified_at is None or self.cache.file_time(self.fqrn, ".cvmfswhitelist") is None:
+            return False
+        age = self._clock() - verified_at
+        return 0 <= age < self.ttl()
+
+    def expire(self) -> None:
+        """Forget freshness: the next ``fetch_file`` asks the mirrors."""
+        self.cache.touch_file(self.fqrn, ".cvmfspublished", 0.0)
 
     # -- objects ------------------------------------------------------------
 
