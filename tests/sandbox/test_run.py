@@ -1,0 +1,220 @@
+"""``uvm run --root``: real programs in a guest root built from host
+binaries (and a 32-bit one), run as root and as an unprivileged user."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import guest_env, uvm_command
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("uvm_available")]
+
+
+def ok(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 0, f"rc={res.returncode}\nstdout:{res.stdout}\nstderr:{res.stderr}"
+    return res.stdout
+
+
+def test_reads_guest_files_and_not_host_ones(uvm_runner, host_root):
+    out = ok(uvm_runner.run(host_root, "cat", "/etc/hostname"))
+    assert out == (host_root / "etc/hostname").read_text()
+    out = ok(uvm_runner.run(host_root, "sh", "-c", "ls /; test -e /bench && echo has-bench"))
+    assert "has-bench" in out and "w" in out.split()
+
+
+def test_exit_status_and_signal_pass_through(uvm_runner, host_root):
+    assert uvm_runner.run(host_root, "sh", "-c", "exit 42").returncode == 42
+    res = uvm_runner.run(host_root, "sh", "-c", "kill -TERM $$")
+    assert res.returncode == -signal.SIGTERM  # uvm dies of the same signal
+    res = uvm_runner.run(host_root, "static-probe", "x")
+    assert res.returncode == 3 and res.stdout.startswith("static ok / 64 static-probe")
+
+
+def test_cwd_getcwd_and_relative_paths(uvm_runner, host_root):
+    out = ok(uvm_runner.run(host_root, "sh", "-c",
+                            "pwd; cd /usr/lib/..; /bin/pwd; cd ../../..; /bin/pwd; "
+                            "cd /etc && cat ./hostname ../etc/hostname | wc -l",
+                            cwd="/usr/bin"))
+    assert out.split() == ["/usr/bin", "/usr", "/", "2"]
+    out = ok(uvm_runner.run(host_root, "python3", "-c",
+                            "import os; os.chdir('/usr/share'); print(os.getcwd());"
+                            "fd=os.open('/etc', os.O_RDONLY); os.chdir('/');"
+                            "print(os.stat('hostname', dir_fd=fd).st_size > 0);"
+                            "os.fchdir(fd); print(os.getcwd(), os.readlink('/proc/self/cwd'))"))
+    assert out.split() == ["/usr/share", "True", "/etc", "/etc"]
+
+
+def test_exe_argv0_and_loader_are_the_guests(uvm_runner, host_root):
+    out = ok(uvm_runner.run(host_root, "python3", "-c",
+                            "import os, sys; print(sys.argv[0]); print(os.readlink('/proc/self/exe'));"
+                            "print(sys.executable); print(open('/proc/self/cmdline','rb').read().count(b'--argv0'))"))
+    lines = out.split()
+    assert lines[0] == "-c" and lines[1].startswith("/usr/bin/python3")
+    assert lines[2].startswith("/usr/bin/python3")
+    out = ok(uvm_runner.run(host_root, "bash", "-c", 'exec -a fancy-name sh -c "echo \\$0"'))
+    assert out.strip() == "fancy-name"
+
+
+def test_scripts_nested_with_arguments(uvm_runner, host_root, scratch):
+    (scratch / "inner").write_text("#!/bin/sh -e\necho inner:$0:$*\n")
+    (scratch / "outer").write_text("#!/mnt/inner --flag\n")
+    (scratch / "env-script").write_text("#!/usr/bin/env python3\nimport sys; print('py', sys.argv[1:])\n")
+    for name in ("inner", "outer", "env-script"):
+        os.chmod(scratch / name, 0o755)
+    out = ok(uvm_runner.run(host_root, "/mnt/outer", "a", "b", binds=[(scratch, "/mnt")]))
+    assert out.strip() == "inner:/mnt/inner:--flag /mnt/outer a b"
+    out = ok(uvm_runner.run(host_root, "sh", "-c", "cd /mnt && ./env-script x y",
+                            binds=[(scratch, "/mnt")]))
+    assert out.strip() == "py ['x', 'y']"
+
+
+def test_binds_and_writes(uvm_runner, host_root, scratch):
+    (scratch / "in.txt").write_text("from host\n")
+    out = ok(uvm_runner.run(host_root, "sh", "-c",
+                            "cat /data/in.txt; echo made > /data/out.txt; mkdir -p /data/d/e; "
+                            "ln -s /etc/hostname /data/link; cat /data/link; "
+                            "mv /data/out.txt /data/d/e/moved; ls /data/d/e; cd /data/d && pwd",
+                            binds=[(scratch, "/data")]))
+    assert out.splitlines()[0] == "from host"
+    assert out.splitlines()[1] == (host_root / "etc/hostname").read_text().strip()
+    assert out.splitlines()[2:] == ["moved", "/data/d"]
+    assert (scratch / "d/e/moved").read_text() == "made\n"
+    assert os.readlink(scratch / "link") == "/etc/hostname"  # the guest's text, unchanged
+
+
+def test_gcc_compiles_and_runs(uvm_runner, host_root, scratch):
+    (scratch / "hello.c").write_text('#include <stdio.h>\nint main(void){puts("hello from gcc");return 0;}\n')
+    out = ok(uvm_runner.run(host_root, "sh", "-c",
+                            "cd /mnt && gcc -O1 -o hello hello.c && ./hello",
+                            binds=[(scratch, "/mnt")], timeout=150))
+    assert out.strip() == "hello from gcc"
+
+
+def test_many_processes_and_leftovers(uvm_runner, host_root, tmp_path):
+    out = ok(uvm_runner.run(host_root, "bash", "-c",
+                            "for i in $(seq 300); do /bin/true & done; wait; echo all-done"))
+    assert out.strip() == "all-done"
+    # a daemon left behind does not keep uvm waiting (it is killed) ...
+    res = uvm_runner.run(host_root, "sh", "-c", "sleep 1000 & echo started", timeout=30)
+    assert res.returncode == 0 and res.stdout.strip() == "started"
+    # ... unless --wait-all is given
+    out = ok(uvm_runner.run(host_root, "sh", "-c", "(sleep 1; echo late) & echo early",
+                            wait_all=True))
+    assert out.split() == ["early", "late"]
+
+
+def test_threads_and_exec_from_a_thread(uvm_runner, host_root):
+    code = (
+        "import os, threading\n"
+        "res = []\n"
+        "def work(i):\n"
+        "    for _ in range(50): os.stat('/etc/hostname'); os.listdir('/usr')\n"
+        "    res.append(os.getcwd())\n"
+        "ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "print(len(res), set(res), flush=True)\n"
+        "t = threading.Thread(target=lambda: os.execv('/bin/echo', ['echo', 'exec-from-thread']))\n"
+        "t.start(); t.join()\n"
+    )
+    out = ok(uvm_runner.run(host_root, "python3", "-c", code, cwd="/tmp"))
+    assert out.splitlines() == ["8 {'/tmp'}", "exec-from-thread"]
+
+
+def test_signals_pass_through(uvm_runner, host_root):
+    out = ok(uvm_runner.run(host_root, "bash", "-c",
+                            "trap 'echo got-usr1' USR1; (sleep 0.2; kill -USR1 $$) & "
+                            "sleep 2 & wait $!; echo after"))
+    assert out.split() == ["got-usr1", "after"]
+    out = ok(uvm_runner.run(host_root, "bash", "-c",
+                            "sleep 30 & p=$!; kill -STOP $p; kill -CONT $p; kill -KILL $p; "
+                            "wait $p; echo status=$?"))
+    assert out.strip() == "status=137"
+
+
+def test_unix_sockets_on_long_paths(uvm_runner, host_root, scratch):
+    deep = scratch / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    os.chown(deep.parent, uvm_runner.uid, uvm_runner.gid)
+    os.chown(deep, uvm_runner.uid, uvm_runner.gid)
+    code = (
+        "import socket, os\n"
+        "p = '/s/sock'\n"
+        "srv = socket.socket(socket.AF_UNIX); srv.bind(p); srv.listen(1)\n"
+        "cli = socket.socket(socket.AF_UNIX); cli.connect(p)\n"
+        "con, _ = srv.accept(); cli.sendall(b'ping'); print(con.recv(4).decode(), os.path.exists(p))\n"
+    )
+    # the host path is longer than sun_path can hold (108 bytes)
+    assert len(str(deep / "sock")) > 108
+    out = ok(uvm_runner.run(host_root, "python3", "-c", code, binds=[(deep, "/s")]))
+    assert out.strip() == "ping True"
+    assert (deep / "sock").exists()  # the socket is where the guest put it
+
+
+def test_refused_calls(uvm_runner, host_root):
+    code = (
+        "import os, errno\n"
+        "for f in (lambda: os.chroot('/tmp'),):\n"
+        "    try: f(); print('allowed')\n"
+        "    except OSError as e: print(errno.errorcode[e.errno])\n"
+    )
+    out = ok(uvm_runner.run(host_root, "python3", "-c", code))
+    assert out.strip() == "EPERM"
+
+
+def test_environment_options(uvm_runner, host_root):
+    out = ok(uvm_runner.run(host_root, "sh", "-c", "echo ${FOO:-unset} ${LC_ALL:-none}",
+                            env_vars=["FOO=bar"]))
+    assert out.strip() == "bar C"
+    out = ok(uvm_runner.run(host_root, "sh", "-c", "echo ${LC_ALL:-none} $PATH",
+                            clean_env=True))
+    assert out.split()[0] == "none" and "/usr/bin" in out
+
+
+def test_verbose_log_and_stats(uvm_runner, host_root, scratch):
+    stats = scratch / "stats.json"
+    log = scratch / "log.txt"
+    ok(uvm_runner.run(host_root, "cat", "/etc/hostname", stats=stats,
+                      extra=["--log", str(log)], verbose=True))
+    data = json.loads(stats.read_text())
+    assert data["seccomp"] is True and data["processes"] == 1 and data["stops"] > 0
+    assert "/etc/hostname" in log.read_text()
+
+
+def test_without_seccomp_the_fallback_still_translates(uvm_runner, host_root, scratch):
+    stats = scratch / "stats.json"
+    out = ok(uvm_runner.run(host_root, "sh", "-c", "cat /etc/hostname; cd /usr && pwd",
+                            stats=stats, extra=["--no-seccomp"]))
+    assert out.splitlines()[1] == "/usr"
+    assert json.loads(stats.read_text())["seccomp"] is False
+
+
+def test_i386_guest(uvm_runner, i386_root):
+    out = ok(uvm_runner.run(i386_root, "sh", "-c",
+                            "static-probe; dynamic-probe; cd /usr/lib && pwd; "
+                            "readlink /proc/self/exe; ls /etc/hostname"))
+    lines = out.splitlines()
+    assert lines[0].startswith("static ok / 32")
+    assert lines[1].startswith("static ok / 32")
+    assert lines[2:] == ["/usr/lib", "/bin/readlink", "/etc/hostname"]
+
+
+@pytest.mark.parametrize("case", ["root-missing", "root-file", "bind-missing", "no-command"])
+def test_refusals_are_one_line(case, host_root, tmp_path):
+    args = {"root-missing": ["--root", str(tmp_path / "nope"), "--", "true"],
+            "root-file": ["--root", str(host_root / "etc/hostname"), "--", "true"],
+            "bind-missing": ["--root", str(host_root), "-b", str(tmp_path / "gone"), "--", "true"],
+            "no-command": ["--root", str(host_root), "--", "no-such-command"]}[case]
+    res = subprocess.run([*uvm_command(), "run", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=guest_env(), timeout=60)
+    assert res.returncode != 0
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.stderr.startswith("uvm: error: ")
+    want = {"root-missing": "does not exist", "root-file": "not a directory",
+            "bind-missing": "bind source", "no-command": "command not found"}[case]
+    assert want in res.stderr
