@@ -102,7 +102,8 @@ def _when(timestamp: int) -> str:
 class _ChunkedReader(io.RawIOBase):
     """A chunked file read chunk by chunk; only the current chunk is open."""
 
-    def __init__(self, source: ObjectSource, entry: DirEntry, chunks) -> None:
+    def __init__(self, source: ObjectSource, entry: DirEntry, chunks, where: str) -> None:
+        self._where = where
         self._source = source
         self._entry = entry
         self._chunks = chunks
@@ -130,9 +131,12 @@ class _ChunkedReader(io.RawIOBase):
         if self._handle is not None:
             self._handle.close()
         chunk = self._chunks[index]
-        path = self._source.fetch_object(chunk.content_hash, Suffix.PARTIAL,
-                                         expected_size=chunk.size,
-                                         compressed=self._entry.compressed)
+        try:
+            path = self._source.fetch_object(chunk.content_hash, Suffix.PARTIAL,
+                                             expected_size=chunk.size,
+                                             compressed=self._entry.compressed)
+        except CvmfsError as err:
+            raise _located(err, f"{self._where} (chunk at offset {chunk.offset})")
         self._handle = open(path, "rb")
         self._current = index
 
@@ -230,6 +234,10 @@ class Repository:
             source = SimpleSource(list(servers or []))
         try:
             return cls._open(fqrn, source, keys, tag, date, root_hash, state_dir, environ, now)
+        except CvmfsError as err:
+            source.close()
+            servers_text = ";".join(getattr(source, "servers", []) or [])
+            raise _located(err, f"{fqrn}" + (f" at {servers_text}" if servers_text else ""))
         except BaseException:
             source.close()
             raise
@@ -318,7 +326,10 @@ class Repository:
     def stat(self, path: str) -> DirEntry:
         """The entry at ``path``; raises ``PathNotFoundError``."""
         clean = normalize(path)
-        entry = self.tree.lookup(clean)
+        try:
+            entry = self.tree.lookup(clean)
+        except CvmfsError as err:
+            raise _located(err, f"{self.fqrn}:{display(clean)}")
         if entry is None:
             raise PathNotFoundError(f"{self.fqrn}:{display(clean)} does not exist")
         return entry
@@ -355,18 +366,25 @@ class Repository:
             if sum(chunk.size for chunk in chunks) != entry.size:
                 raise CvmfsError(f"chunk list of {self.fqrn}:{display(entry.path)} "
                                  "does not add up to the file size")
-            return io.BufferedReader(_ChunkedReader(self.source, entry, chunks), 1 << 20)
+            return io.BufferedReader(_ChunkedReader(self.source, entry, chunks,
+                                                     f"{self.fqrn}:{display(entry.path)}"), 1 << 20)
         if entry.content_hash is None:
             raise CvmfsError(f"{self.fqrn}:{display(entry.path)} has no content hash")
-        local = self.source.fetch_object(entry.content_hash, Suffix.NONE,
-                                         expected_size=entry.size, compressed=entry.compressed)
+        try:
+            local = self.source.fetch_object(entry.content_hash, Suffix.NONE,
+                                             expected_size=entry.size, compressed=entry.compressed)
+        except CvmfsError as err:
+            raise _located(err, f"{self.fqrn}:{display(entry.path)}")
         return open(local, "rb")
 
     open = _ClassOrInstance(classmethod(_open_repository), open_file)
 
     def read(self, path: str) -> bytes:
         with self.open_file(path) as handle:
-            return handle.read()
+            try:
+                return handle.read()
+            except CvmfsError as err:
+                raise _located(err, f"{self.fqrn}:{display(normalize(path))}")
 
     def walk(self, path: str = "/") -> Iterator[Tuple[str, List[DirEntry], List[DirEntry]]]:
         """Like ``os.walk`` (top-down): ``(dirpath, dir entries, other entries)``."""
@@ -393,6 +411,13 @@ class Repository:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _located(err: CvmfsError, where: str) -> CvmfsError:
+    """The same error with ``where`` in front of its message (its class and codes kept)."""
+    if err.args and isinstance(err.args[0], str) and not err.args[0].startswith(where):
+        err.args = (f"{where}: {err.args[0]}",) + err.args[1:]
+    return err
 
 
 def _key_paths(keys: Keys) -> List[str]:
