@@ -245,7 +245,8 @@ static int dec_to_stream(codec_decoder *dec)
 static int dec_oneshot(codec_decoder *dec)
 {
     size_t want = (size_t)dec->expected_size;
-    unsigned char *out = malloc(want > 0 ? want : 1);
+    unsigned char small[16384]; /* most objects: no malloc */
+    unsigned char *out = want <= sizeof(small) ? small : malloc(want);
     struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
     size_t used_in = 0, used_out = 0;
     enum libdeflate_result r = LIBDEFLATE_BAD_DATA;
@@ -255,14 +256,16 @@ static int dec_oneshot(codec_decoder *dec)
     libdeflate_free_decompressor(d);
     if (out == NULL)
         return fail(dec, CODEC_NOMEM);
-    if (r != LIBDEFLATE_SUCCESS || used_in != dec->in_len) {
-        free(out);
-        return dec_to_stream(dec);
+    int st = CODEC_OK;
+    if (r == LIBDEFLATE_SUCCESS && used_in == dec->in_len) {
+        dec->size = used_out;
+        dec->stream_end = 1;
+        st = write_all(dec->fd, out, used_out, &dec->sys_errno);
     }
-    dec->size = used_out;
-    dec->stream_end = 1;
-    int st = write_all(dec->fd, out, used_out, &dec->sys_errno);
-    free(out);
+    if (out != small)
+        free(out);
+    if (r != LIBDEFLATE_SUCCESS || used_in != dec->in_len)
+        return dec_to_stream(dec);
     return st == CODEC_OK ? CODEC_OK : fail(dec, st);
 }
 #endif
@@ -354,9 +357,9 @@ void codec_decoder_free(codec_decoder *dec)
     }
 }
 
-int codec_decode(const codec_md *md, int fd, const char *data, size_t len,
-                 const unsigned char *expected_digest, long long expected_size,
-                 int compressed, long long oneshot_limit, codec_result *result)
+long long codec_decode(const codec_md *md, int fd, const char *data, size_t len,
+                       const unsigned char *expected_digest, long long expected_size,
+                       int compressed, long long oneshot_limit, codec_result *result)
 {
     codec_decoder dec;
     int st = dec_init(&dec, md, fd, expected_digest, expected_size, compressed,
@@ -377,7 +380,7 @@ int codec_decode(const codec_md *md, int fd, const char *data, size_t len,
         st = dec_finish(&dec, result);
     result->sys_errno = dec.sys_errno;
     dec_cleanup(&dec);
-    return st;
+    return st == CODEC_OK ? (long long)result->size : -st;
 }
 
 /* ---- encoder ---------------------------------------------------------- */

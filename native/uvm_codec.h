@@ -6,6 +6,8 @@
  * CODEC_* status codes; uvm/_native.py maps them onto DecodeFailure.
  */
 
+#include <stddef.h>
+
 #define CODEC_OK 0
 #define CODEC_TRUNCATED 1
 #define CODEC_CORRUPT 2
@@ -52,10 +54,11 @@ void codec_decoder_free(codec_decoder *dec);
 /* A whole object in one call, without copying the input.  With libdeflate
  * and an expected size of at most oneshot_limit, it is inflated in one
  * libdeflate call straight into a buffer of exactly that size; else (and to
- * name the failure of a damaged object) it streams through zlib. */
-int codec_decode(const codec_md *md, int fd, const char *data, size_t len,
-                 const unsigned char *expected_digest, long long expected_size,
-                 int compressed, long long oneshot_limit, codec_result *result);
+ * name the failure of a damaged object) it streams through zlib.  Returns
+ * the decoded size, or minus a CODEC_* status. */
+long long codec_decode(const codec_md *md, int fd, const char *data, size_t len,
+                       const unsigned char *expected_digest, long long expected_size,
+                       int compressed, long long oneshot_limit, codec_result *result);
 
 codec_encoder *codec_encoder_new(const codec_md *md, int fd, int level);
 int codec_encoder_feed(codec_encoder *enc, const char *data, size_t len);

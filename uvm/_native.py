@@ -14,6 +14,7 @@ the GIL around every C call, so decoders in several threads run in parallel.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from typing import Any, Dict, Iterable, Iterator, Optional, Union
 
@@ -86,11 +87,12 @@ else:
         Algorithm.SHAKE128: lib.CODEC_ALG_SHAKE128,
     }
     # Digest implementations, fetched once per process and shared by threads
-    # (an EVP_MD is immutable).  A race fetches one twice: harmless.
-    _MDS: Dict[Algorithm, Any] = {}
+    # (an EVP_MD is immutable).  A race fetches one twice: harmless.  Keyed
+    # by the member's value: hashing a str is cheaper than hashing an Enum.
+    _MDS: Dict[str, Any] = {}
 
     def _md(algorithm: Algorithm) -> Any:
-        md = _MDS.get(algorithm)
+        md = _MDS.get(algorithm._value_)
         if md is None:
             md = lib.codec_md_fetch(_ALGORITHM_IDS[algorithm])
             if md == ffi.NULL:
@@ -98,7 +100,7 @@ else:
                     f"{algorithm.name} is not available in this OpenSSL libcrypto",
                     hint="install an OpenSSL with RIPEMD-160 or use a SHA-1 repository",
                 )
-            _MDS[algorithm] = md
+            _MDS[algorithm._value_] = md
         return md
 
     def _buffer(data: Any) -> Any:
@@ -291,6 +293,17 @@ else:
                 ffi.release(self._enc)
                 self._enc = None
 
+    _scratch = threading.local()
+
+    def _scratch_result() -> Any:
+        """This thread's result struct and a view of its digest (no per-call churn)."""
+        try:
+            return _scratch.value
+        except AttributeError:
+            result = ffi.new("codec_result *")
+            _scratch.value = (result, ffi.buffer(result.digest))
+            return _scratch.value
+
     def decode_bytes(
         data: bytes,
         algorithm: Algorithm,
@@ -299,18 +312,31 @@ else:
         expected_size: Optional[int] = None,
         compressed: bool = True,
     ) -> DecodeResult:
-        """Decode a whole object held in memory: one C call, no copy."""
-        digest = _check_hash(algorithm, expected_hash)
-        buf = _buffer(data)
-        result = ffi.new("codec_result *")
-        status = lib.codec_decode(
-            _md(algorithm), out_fd, buf, len(buf), digest,
+        """Decode a whole object held in memory: one C call, no copy.
+
+        The hot path for small objects, so it avoids per-call allocations:
+        cached digest implementation, per-thread result struct, size as the
+        return value."""
+        md = _MDS.get(algorithm._value_)
+        if md is None:
+            md = _md(algorithm)
+        if expected_hash is None:
+            digest = ffi.NULL
+        elif expected_hash.algorithm is algorithm:
+            digest = expected_hash.digest
+        else:
+            raise ValueError("expected_hash uses another algorithm than the decoder")
+        if type(data) is not bytes:
+            data = ffi.from_buffer(data)
+        result, result_digest = _scratch_result()
+        size = lib.codec_decode(
+            md, out_fd, data, len(data), digest,
             -1 if expected_size is None else expected_size,
-            1 if compressed else 0, ONESHOT_LIMIT, result,
+            compressed, ONESHOT_LIMIT, result,
         )
-        if status:
-            _raise(status, result, expected_hash, expected_size, algorithm)
-        return DecodeResult(ContentHash(algorithm, ffi.buffer(result.digest)[:]), result.size)
+        if size < 0:
+            _raise(-size, result, expected_hash, expected_size, algorithm)
+        return DecodeResult(ContentHash(algorithm, result_digest[:]), size)
 
     def encode_bytes(
         data: bytes, algorithm: Algorithm, out_fd: int, level: int = 6

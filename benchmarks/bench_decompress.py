@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Inflate + verify throughput of the object codec: C versus its Python twin.
+
+For objects of 1 KiB, 64 KiB, 1 MiB and 8 MiB (binary and text bytes from
+this machine, zlib level 6 as CernVM-FS stores them), each backend hashes
+the stored bytes (SHA-1), inflates them and writes the output to a file, in
+the same run:
+
+- ``stream``: ``Decoder`` fed 64 KiB pieces, then ``finish()`` (the download
+  path: pieces as they come off the network);
+- ``one call``: ``decode_bytes`` on the whole object (a cached download).
+
+The Python twin is ``zlib.decompressobj`` + ``hashlib`` over the same pieces.
+Figures are MB/s of decoded output (best of ``--repeat`` runs) and the ratio
+native / Python.  Then the native decoder's scaling from 1 to 2 threads
+(each thread decodes its own objects; aggregate throughput).
+
+    .venv/bin/python benchmarks/bench_decompress.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Callable, List, Tuple
+
+from uvm import _native, _pycodec
+from uvm.cvmfs.hashing import Algorithm, ContentHash
+
+SIZES = [("1 KiB", 1 << 10), ("64 KiB", 64 << 10), ("1 MiB", 1 << 20), ("8 MiB", 8 << 20)]
+PIECE = 64 << 10
+ALGORITHM = Algorithm.SHA1
+
+Obj = Tuple[bytes, List[bytes], ContentHash, int]  # stored, pieces, hash, size
+
+
+def corpus() -> bytes:
+    """A few MiB of real bytes: executables, libraries and Python source."""
+    parts = []
+    for name in ("/usr/bin/python3", "/usr/lib/x86_64-linux-gnu/libcrypto.so.3", "/bin/bash"):
+        try:
+            parts.append(Path(os.path.realpath(name)).read_bytes())
+        except OSError:
+            pass
+    parts.append(b"".join(p.read_bytes() for p in sorted(Path(os.__file__).parent.glob("*.py"))))
+    return b"".join(parts)
+
+
+def make_objects(source: bytes, size: int, total: int) -> List[Obj]:
+    """Distinct objects of ``size`` bytes, about ``total`` bytes of output in all."""
+    objects = []
+    count = max(1, total // size)
+    step = max(1, (len(source) - size) // count)
+    for i in range(count):
+        start = (i * step) % max(1, len(source) - size)
+        data = source[start : start + size]
+        stored = zlib.compress(data, 6)
+        pieces = [stored[j : j + PIECE] for j in range(0, len(stored), PIECE)]
+        objects.append((stored, pieces, ContentHash.of(stored, ALGORITHM), len(data)))
+    return objects
+
+
+def run_stream(codec, objects: List[Obj], fd: int) -> int:
+    decoder_class = codec.Decoder
+    done = 0
+    for _stored, pieces, want, size in objects:
+        os.lseek(fd, 0, os.SEEK_SET)
+        decoder = decoder_class(ALGORITHM, fd, want, size)
+        for piece in pieces:
+            decoder.feed(piece)
+        done += decoder.finish().size
+    return done
+
+
+def run_one_call(codec, objects: List[Obj], fd: int) -> int:
+    decode_bytes = codec.decode_bytes
+    done = 0
+    for stored, _pieces, want, size in objects:
+        os.lseek(fd, 0, os.SEEK_SET)
+        done += decode_bytes(stored, ALGORITHM, fd, want, size).size
+    return done
+
+
+def throughput(run: Callable, codec, objects: List[Obj], fd: int, repeat: int) -> float:
+    """Best MB/s of ``repeat`` passes over ``objects``, in CPU time of this
+    (single-threaded) process: other load on a shared machine distorts it
+    far less than wall-clock time."""
+    best = 0.0
+    for _ in range(repeat):
+        start = time.process_time()
+        done = run(codec, objects, fd)
+        best = max(best, done / (time.process_time() - start) / 1e6)
+    return best
+
+
+def threaded(run: Callable, codec, sets: List[List[Obj]], workdir: str, repeat: int,
+             rounds: int) -> float:
+    """Best aggregate MB/s with one thread per object set, each decoded ``rounds`` times."""
+    fds = [os.open(os.path.join(workdir, f"t{i}"), os.O_RDWR | os.O_CREAT, 0o600)
+               for i in range(len(sets))]
+    best = 0.0
+    try:
+        for _ in range(repeat):
+            totals = [0] * len(sets)
+            barrier = threading.Barrier(len(sets) + 1)
+
+            def work(n: int) -> None:
+                barrier.wait()
+                totals[n] = sum(run(codec, sets[n], fds[n]) for _ in range(rounds))
+
+            threads = [threading.Thread(target=work, args=(n,)) for n in range(len(sets))]
+            for thread in threads:
+                thread.start()
+            barrier.wait()
+            start = time.perf_counter()
+            for thread in threads:
+                thread.join()
+            best = max(best, sum(totals) / (time.perf_counter() - start) / 1e6)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="less data, fewer repeats")
+    parser.add_argument("--repeat", type=int, default=5, help="passes per figure (best counts)")
+    args = parser.parse_args()
+    if _native.BACKEND != "native":
+        print(f"the C codec is not active ({_native.DETAIL}): nothing to compare", file=sys.stderr)
+        return 1
+    total = (8 << 20) if args.quick else (32 << 20)
+    repeat = 2 if args.quick else args.repeat
+    source = corpus()
+    print(f"codec: {_native.DETAIL}; python {sys.version.split()[0]}; {os.cpu_count()} CPUs; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"output to a file, rewound per object; {PIECE >> 10} KiB pieces; SHA-1; "
+          f"~{total >> 20} MiB of output per pass, best of {repeat}; MB/s of CPU time")
+    print()
+    print(f"{'object':>8} {'API':>9} {'native MB/s':>12} {'python MB/s':>12} {'ratio':>7}")
+    with tempfile.TemporaryDirectory() as workdir:
+        fd = os.open(os.path.join(workdir, "out"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            for label, size in SIZES:
+                objects = make_objects(source, size, total)
+                for api, run in (("stream", run_stream), ("one call", run_one_call)):
+                    native = throughput(run, _native, objects, fd, repeat)
+                    python = throughput(run, _pycodec, objects, fd, repeat)
+                    print(f"{label:>8} {api:>9} {native:12.0f} {python:12.0f} "
+                          f"{native / python:6.2f}x", flush=True)
+        finally:
+            os.close(fd)
+
+        print()
+        print("threads: aggregate MB/s of wall-clock time, each thread decoding its own "
+              f"objects (stream API); load average now {os.getloadavg()[0]:.2f}")
+        print(f"{'object':>8} {'backend':>8} {'1 thread':>9} {'2 threads':>10} {'scaling':>8}")
+        for label, size in SIZES:
+            sets = [make_objects(source[n * 977 :], size, total // 4) for n in range(2)]
+            rounds = 4
+            for name, codec in (("native", _native), ("python", _pycodec)):
+                one = threaded(run_stream, codec, sets[:1], workdir, repeat, rounds)
+                two = threaded(run_stream, codec, sets, workdir, repeat, rounds)
+                print(f"{label:>8} {name:>8} {one:9.0f} {two:10.0f} {two / one:7.2f}x", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
