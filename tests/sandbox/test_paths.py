@@ -218,3 +218,23 @@ def test_other_processes_links_outside_view_refused(tmp_path):
     with pytest.raises(OSError) as exc:
         r.resolve("/proc/1/cwd/etc/passwd", "/", True, tid=os.getpid())
     assert exc.value.errno == errno.EACCES
+
+
+def test_generated_syscall_tables_match_python_ptrace():
+    from uvm.sandbox import _sysnames, sysnums
+
+    assert sysnums.generate() == {0: _sysnames.X86_64, 1: _sysnames.I386}
+    assert sysnums.number(0, "openat") == 257 and sysnums.number(1, "openat") == 295
+    assert sysnums.number(1, "stat64") == 195 and sysnums.number(1, "statx") == 383
+
+
+def test_filter_covers_every_table_row_for_both_abis():
+    from uvm.sandbox import seccomp
+    from uvm.sandbox.dispatch import filter_numbers
+    from uvm.sandbox.handlers import TABLE
+
+    traced, refused = filter_numbers()
+    for abi in (0, 1):
+        assert len(traced[abi]) + len(refused[abi]) >= 0.8 * len(TABLE)
+    prog = seccomp.build_filter(traced, refused)
+    assert len(prog) < 4096 and prog[-1][0] == seccomp.BPF_RET_K

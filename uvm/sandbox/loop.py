@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass, field
 from typing import Optional, Set
 
 from uvm.sandbox import memory as mem
@@ -24,16 +23,17 @@ _TTY_STOPS = frozenset((signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU))
 _SYSCALL_TRAP = signal.SIGTRAP | 0x80
 
 
-@dataclass
 class LoopResult:
-    status: int = 0  # raw wait status of the main program
-    stops: int = 0
-    seccomp_stops: int = 0
-    processes: int = 1
-    threads: int = 1
-    killed_leftovers: int = 0
-    max_tracees: int = 1
-    extra: dict = field(default_factory=dict)
+    """The main program's raw wait status and the loop's counters."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.stops = 0
+        self.seccomp_stops = 0
+        self.processes = 1
+        self.threads = 1
+        self.killed_leftovers = 0
+        self.max_tracees = 1
 
 
 def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,

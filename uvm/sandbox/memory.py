@@ -155,12 +155,27 @@ def read_bytes(pid: int, addr: int, size: int) -> bytes:
     return buf.raw
 
 
+_WBUF = ctypes.create_string_buffer(2 * PATH_MAX + PAGE)
+_WLOCAL = _Iovec(ctypes.addressof(_WBUF), 0)
+_WREMOTE = _Iovec(0, 0)
+_WLOCAL_REF = ctypes.byref(_WLOCAL)
+_WREMOTE_REF = ctypes.byref(_WREMOTE)
+_memmove = ctypes.memmove
+
+
 def write_bytes(pid: int, addr: int, data: bytes) -> None:
-    src = ctypes.c_char_p(data)
-    local = _Iovec(ctypes.cast(src, ctypes.c_void_p).value, len(data))
-    remote = _Iovec(addr, len(data))
-    got = _vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-    if got != len(data):
+    size = len(data)
+    if size > len(_WBUF):
+        src = ctypes.create_string_buffer(data, size)
+        local = _Iovec(ctypes.addressof(src), size)
+        got = _vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(_Iovec(addr, size)), 1, 0)
+    else:
+        _memmove(_WBUF, data, size)
+        _WLOCAL.len = size
+        _WREMOTE.base = addr
+        _WREMOTE.len = size
+        got = _vm_writev(pid, _WLOCAL_REF, 1, _WREMOTE_REF, 1, 0)
+    if got != size:
         raise OSError(_errno.EFAULT, "cannot write tracee memory")
 
 

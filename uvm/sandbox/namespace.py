@@ -15,16 +15,14 @@ directory.  A user bind on the same guest path wins over a default.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from uvm.errors import SandboxError
 
 DEFAULT_BINDS = ("/proc", "/sys", "/dev", "/tmp")
 
 
-@dataclass(frozen=True)
-class Bind:
+class Bind(NamedTuple):
     """Host directory or file ``host`` appears at guest path ``guest``."""
 
     host: str

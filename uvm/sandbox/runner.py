@@ -11,7 +11,6 @@ itself and the tracer falls back to stopping on every system call.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import sys
@@ -230,6 +229,8 @@ class Sandbox:
         }
 
     def write_stats(self, path: str) -> None:
+        import json
+
         with open(path, "w") as f:
             json.dump(self.stats(), f, indent=1, sort_keys=True)
             f.write("\n")
