@@ -43,17 +43,23 @@ NO_CHUNKING = ChunkPolicy(enabled=False)
 
 
 def _cut_in(window: bytes, threshold: int) -> int:
-    """Index in ``window`` (first 32 bytes are warm-up) of the first cut mark, or -1."""
+    """Index in ``window`` (first 32 bytes are warm-up) of the first cut mark, or -1.
+
+    ``abs(int32(x) - magic) < threshold`` with C's wrap-around of the int32
+    subtraction is, for unsigned ``x``: ``magic - t < x < magic + t`` or
+    ``x == 0xFFFFFFFF`` (where the difference wraps to INT_MIN, whose abs()
+    stays negative).  This form is the fastest pure-Python loop we found.
+    """
     x = 0
     for byte in window[:_WINDOW]:
         x = ((x << 1) ^ byte) & _MASK
-    upper = (1 << 32) - threshold
-    for index in range(_WINDOW, len(window)):
-        x = ((x << 1) ^ window[index]) & _MASK
-        # abs(int32(x) - magic) < threshold, with C's wrap-around of the int32 subtraction
-        u = (x - _MAGIC) & _MASK
-        if u < threshold or u > upper or u == 0x80000000:
+    low, high = _MAGIC - threshold, _MAGIC + threshold
+    index = _WINDOW
+    for byte in memoryview(window)[_WINDOW:]:
+        x = ((x << 1) ^ byte) & _MASK
+        if low < x < high or x == _MASK:
             return index
+        index += 1
     return -1
 
 
