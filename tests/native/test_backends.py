@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -60,8 +61,6 @@ def test_a_damaged_byte_gives_the_same_outcome_in_both(index, xor, cut, mode):
 
 
 def _python(code, **env):
-    import os
-
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True,
         env={**os.environ, **env},
@@ -105,3 +104,11 @@ def test_version_line_names_the_codec():
 def test_doctor_check_says_native():
     (check,) = list(_native.checks())
     assert check.ok and "native" in check.detail
+
+
+@pytest.mark.skipif(
+    os.environ.get("UVM_CODEC", "").lower() == "python", reason="UVM_CODEC=python"
+)
+def test_the_c_codec_is_built():
+    """dev/setup.sh installs what the build needs: a silent fallback is a bug here."""
+    assert _native.BACKEND == "native", _native.DETAIL
