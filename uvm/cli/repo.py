@@ -154,7 +154,14 @@ def _ls(args: argparse.Namespace) -> int:
 
 def _cat(args: argparse.Namespace) -> int:
     fqrn, path = _split_target(args.target)
-    with _open(args, fqrn) as repo, repo.open(path) as handle:
+    with _open(args, fqrn) as repo:
+        repo.prefetch(path)  # every chunk verified before the first byte goes out
+        _copy_out(repo, path)
+    return 0
+
+
+def _copy_out(repo, path: str) -> None:
+    with repo.open(path) as handle:
         out = sys.stdout.buffer
         while True:
             piece = handle.read(1 << 20)
@@ -162,7 +169,6 @@ def _cat(args: argparse.Namespace) -> int:
                 break
             out.write(piece)
         out.flush()
-    return 0
 
 
 def _export(args: argparse.Namespace) -> int:

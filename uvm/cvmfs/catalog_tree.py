@@ -85,10 +85,10 @@ class CatalogTree:
 
     def lookup(self, path: str) -> Optional[DirEntry]:
         """The entry at ``path`` ('' = root) or None; cached."""
-        entry = self._entries.get(path, _MISSING)
-        if entry is not _MISSING:
-            return entry  # type: ignore[return-value]
-        with self._lock:
+        with self._lock:  # the LRU reorders itself on reads, so even hits lock
+            entry = self._entries.get(path, _MISSING)
+            if entry is not _MISSING:
+                return entry  # type: ignore[return-value]
             entry = self.catalog_for(path).lookup(path)
             self._entries[path] = entry
         return entry

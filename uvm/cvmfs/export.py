@@ -61,6 +61,7 @@ def export(repo, path: str, dest: str) -> ExportReport:
                 os.link(linked[key], target)
                 report.hardlinks += 1
                 return
+            repo.prefetch(entry.path or "/")  # verified before a byte is written
             with repo.open(entry.path or "/") as src, open(target, "wb") as out:
                 while True:
                     piece = src.read(1 << 20)

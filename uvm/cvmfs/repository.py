@@ -379,6 +379,20 @@ class Repository:
 
     open = _ClassOrInstance(classmethod(_open_repository), open_file)
 
+    def prefetch(self, path: str) -> None:
+        """Fetch and verify every object of a regular file, so that reading it cannot fail halfway."""
+        entry = self.stat(path)
+        if not entry.is_regular or not entry.is_chunked:
+            self.open_file(path).close()
+            return
+        where = f"{self.fqrn}:{display(entry.path)}"
+        for chunk in self.tree.chunks(entry):
+            try:
+                self.source.fetch_object(chunk.content_hash, Suffix.PARTIAL,
+                                         expected_size=chunk.size, compressed=entry.compressed)
+            except CvmfsError as err:
+                raise _located(err, f"{where} (chunk at offset {chunk.offset})")
+
     def read(self, path: str) -> bytes:
         with self.open_file(path) as handle:
             try:
