@@ -64,7 +64,7 @@ class Tracer:
         self.verbose = verbose
         self.logfn = logfn or (lambda line: log.info("%s", line))
         self.exe: Dict[int, str] = {}  # tgid -> guest path of the program
-        self.pending_exe: Dict[int, str] = {}  # tid -> guest program being exec'ed
+        self.pending_exe: Dict[int, Tuple[str, str]] = {}  # tid -> (program, name given)
         self.last: Dict[int, Tuple[int, Dict[int, str]]] = {}  # tid -> (rip, {addr: guest})
         self.stops = 0
         self.translated = 0
@@ -106,13 +106,41 @@ class Tracer:
         self.exe.pop(tid, None)
 
     def exec_done(self, tgid: int, former_tid: int) -> None:
-        guest = self.pending_exe.pop(former_tid, None)
+        pending = self.pending_exe.pop(former_tid, None)
         if former_tid != tgid:
             self.forget(former_tid)
             self.tracees[tgid] = tgid
-        if guest is not None:
-            self.exe[tgid] = guest
         self.last.pop(tgid, None)
+        if pending is not None:
+            self.exe[tgid] = pending[0]
+            try:
+                self._fix_execfn(tgid, pending[1])
+            except OSError:
+                pass
+
+    def _fix_execfn(self, tgid: int, given: str) -> None:
+        """Make AT_EXECFN name what the guest executed, not the host path
+        the kernel was given (in place: only when it fits)."""
+        regs = mem.getregs(tgid)
+        abi = 1 if regs.cs == 0x23 else 0
+        word = WORD_SIZE[abi]
+        sp = regs.rsp & (_MASK64 if abi == 0 else 0xFFFFFFFF)
+        code = "<Q" if word == 8 else "<I"
+        argc = struct.unpack(code, mem.read_bytes(tgid, sp, word))[0]
+        addr = sp + word * (argc + 2)
+        envc = len(mem.read_words(tgid, addr, word))
+        addr += word * (envc + 1)
+        for _ in range(64):
+            key, value = struct.unpack(code[0] + code[1] * 2, mem.read_bytes(tgid, addr, 2 * word))
+            if key == 0:
+                return
+            if key == 31:  # AT_EXECFN
+                old = mem.read_cstring(tgid, value)
+                new = _enc(given)
+                if len(new) <= len(old):
+                    mem.write_bytes(tgid, value, new + b"\0")
+                return
+            addr += 2 * word
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -387,7 +415,7 @@ class Tracer:
         setattr(regs, args[0], host_addr)
         setattr(regs, args[1], argv_addr)
         setattr(regs, args[2], envp)
-        self.pending_exe[tid] = guest_prog
+        self.pending_exe[tid] = (guest_prog, path)
         self.translated += 1
         return SETREGS
 

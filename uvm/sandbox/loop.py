@@ -16,6 +16,7 @@ from typing import Optional, Set
 
 from uvm.sandbox import memory as mem
 from uvm.sandbox.dispatch import Tracer, refused_errno
+from uvm.sandbox.sysnums import HIGHEST_KNOWN
 
 _WALL = 0x40000000
 _STOP_SIGNALS = frozenset((signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU))
@@ -139,7 +140,10 @@ def _fallback_enter(tracer: Tracer, tid: int) -> None:
     """Entry of any system call when every call stops (no seccomp)."""
     regs = mem.getregs(tid)
     abi = 1 if regs.cs == 0x23 else 0
-    code = refused_errno(abi, regs.orig_rax)
+    nr = regs.orig_rax
+    code = refused_errno(abi, nr)
+    if code is None and HIGHEST_KNOWN < nr < 0xFFFFFFFF:
+        code = 38  # ENOSYS: newer than uvm knows, as the filter does
     if code is not None:
         regs.orig_rax = 0xFFFFFFFFFFFFFFFF
         regs.rax = (-code) & 0xFFFFFFFFFFFFFFFF

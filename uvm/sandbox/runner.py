@@ -100,11 +100,12 @@ class Sandbox:
         name = self.argv[0]
         resolve = self.tracer.resolve
         if "/" in name:
-            guest = name if name.startswith("/") else (self.guest_cwd.rstrip("/") + "/" + name)
-            _g, host = resolve(guest, "/", True)
+            # A relative name stays relative: the child starts in the guest
+            # cwd, and the exec is translated from there (as a shell would).
+            _g, host = resolve(name, self.guest_cwd, True)
             if not os.path.exists(host):
                 raise CommandNotFound(f"{name}: no such file in the guest root")
-            return guest
+            return name
         for directory in self.env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":"):
             if not directory.startswith("/"):
                 continue
