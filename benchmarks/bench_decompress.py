@@ -87,15 +87,18 @@ def run_one_call(codec, objects: List[Obj], fd: int) -> int:
     return done
 
 
-def throughput(run: Callable, codec, objects: List[Obj], fd: int, repeat: int) -> float:
-    """Best MB/s of ``repeat`` passes over ``objects``, in CPU time of this
+def throughputs(run: Callable, codecs: List, objects: List[Obj], fd: int,
+                repeat: int) -> List[float]:
+    """Best MB/s of ``repeat`` passes over ``objects`` for each codec, passes
+    interleaved so that both see the same machine.  CPU time of this
     (single-threaded) process: other load on a shared machine distorts it
     far less than wall-clock time."""
-    best = 0.0
+    best = [0.0] * len(codecs)
     for _ in range(repeat):
-        start = time.process_time()
-        done = run(codec, objects, fd)
-        best = max(best, done / (time.process_time() - start) / 1e6)
+        for i, codec in enumerate(codecs):
+            start = time.process_time()
+            done = run(codec, objects, fd)
+            best[i] = max(best[i], done / (time.process_time() - start) / 1e6)
     return best
 
 
@@ -151,8 +154,7 @@ def main() -> int:
             for label, size in SIZES:
                 objects = make_objects(source, size, total)
                 for api, run in (("stream", run_stream), ("one call", run_one_call)):
-                    native = throughput(run, _native, objects, fd, repeat)
-                    python = throughput(run, _pycodec, objects, fd, repeat)
+                    native, python = throughputs(run, [_native, _pycodec], objects, fd, repeat)
                     print(f"{label:>8} {api:>9} {native:12.0f} {python:12.0f} "
                           f"{native / python:6.2f}x", flush=True)
         finally:

@@ -226,7 +226,9 @@ else:
             buf = _buffer(data)
             status = lib.codec_decoder_feed(self._dec, buf, len(buf))
             if status:
-                _raise(status, None, self._expected_hash, self._expected_size, self._algorithm)
+                result = ffi.new("codec_result *")
+                lib.codec_decoder_finish(self._dec, result)  # sticky status; fills sys_errno
+                _raise(status, result, self._expected_hash, self._expected_size, self._algorithm)
 
         def finish(self) -> DecodeResult:
             pieces = self._pieces
@@ -273,7 +275,9 @@ else:
             buf = _buffer(data)
             status = lib.codec_encoder_feed(self._enc, buf, len(buf))
             if status:
-                _raise(status)
+                result = ffi.new("codec_result *")
+                lib.codec_encoder_finish(self._enc, result)  # sticky status; fills sys_errno
+                _raise(status, result)
 
         def finish(self) -> EncodeResult:
             result = ffi.new("codec_result *")

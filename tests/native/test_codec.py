@@ -251,6 +251,21 @@ def test_write_failure(codec):
     with open("/dev/full", "wb") as out, pytest.raises(DecodeError) as info:
         codec.decode_bytes(STORED, Algorithm.SHA1, out.fileno(), None, len(GOOD))
     assert info.value.failure is DecodeFailure.WRITE
+    assert "No space left on device" in str(info.value)
+    with open("/dev/full", "wb") as out, pytest.raises(DecodeError) as info:
+        decoder = codec.Decoder(Algorithm.SHA1, out.fileno(), compressed=False)
+        decoder.feed(b"x" * 100)
+        decoder.finish()
+    assert info.value.failure is DecodeFailure.WRITE
+    assert "No space left on device" in str(info.value)
+
+
+def test_encoder_write_failure(codec):
+    with open("/dev/full", "wb") as out, pytest.raises(DecodeError) as info:
+        encoder = codec.Encoder(Algorithm.SHA1, out.fileno())
+        encoder.feed(SAMPLES["random"])
+        encoder.finish()
+    assert info.value.failure is DecodeFailure.WRITE
 
 
 def test_expected_hash_of_another_algorithm_is_refused(codec):
