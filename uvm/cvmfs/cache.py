@@ -22,6 +22,11 @@ Layout (the stock client's POSIX cache, ``cvmfs-format.md`` §6.5), below
     repository, for offline runs.
 ``cachedb``
     the quota database (:mod:`uvm.cvmfs.quota`).
+``generation``
+    an 8-byte counter, memory-mapped by every process and incremented
+    before any object is removed.  A process remembers which objects it has
+    seen on disk; while the counter is unchanged a cache hit needs no system
+    call at all, which keeps warm runs as fast as reading a plain directory.
 
 Sharing between users: if the base directory already exists and is group-
 or other-writable (an administrator's ``mkdir -m 2775`` or ``1777``), new
@@ -35,6 +40,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import shutil
 import stat
@@ -75,6 +81,9 @@ class Cache:
         self._dir_mode, self._file_mode = self._modes()
         self._make_dirs()
         self.clean_transactions()
+        self._known: Dict[str, int] = {}
+        self._generation = self._map_generation()
+        self._seen_generation = self._generation[:8] if self._generation is not None else b""
         self.quota = Quota(os.path.join(self.root, "cachedb"),
                            quota_limit_mb * _MB if quota_limit_mb > 0 else 0,
                            self._remove, self._file_mode if self.shared else None)
@@ -127,25 +136,66 @@ class Cache:
             f"cache directory {self.root} is full (no space left on device)",
             hint="set CVMFS_QUOTA_LIMIT (MB) below the free space, or run `uvm cache clean`")
 
+    def _map_generation(self) -> Optional[mmap.mmap]:
+        path = os.path.join(self.root, "generation")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self._file_mode)
+        except OSError:
+            return None  # not writable for us: no memory of hits, always stat
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.posix_fallocate(fd, 0, 8)
+            return mmap.mmap(fd, 8)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def _bump_generation(self) -> None:
+        """Tell every process that objects may disappear (before removing any)."""
+        if self._generation is not None:
+            value = int.from_bytes(self._generation[:8], "little")
+            self._generation[:8] = ((value + 1) & (1 << 64) - 1).to_bytes(8, "little")
+
     # -- lookups ------------------------------------------------------------
 
     def path_of(self, content_hash: ContentHash) -> str:
-        return os.path.join(self.root, content_hash.cache_path())
+        key = content_hash.digest.hex() + content_hash.algorithm.value
+        return f"{self.root}/{key[:2]}/{key[2:]}"
 
     def lookup(self, content_hash: ContentHash, expected_size: Optional[int] = None
                ) -> Optional[str]:
         """Path of the cached object, or None.  A size that contradicts the
-        catalog sends the file to quarantine (and counts as a miss)."""
-        path = self.path_of(content_hash)
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            return None
+        catalog sends the file to quarantine (and counts as a miss).
+
+        """
+        return self.lookup_key(content_hash.digest.hex() + content_hash.algorithm.value,
+                               expected_size)
+
+    def lookup_key(self, key: str, expected_size: Optional[int] = None) -> Optional[str]:
+        """:meth:`lookup` by hash text; the warm-run hot path: one ``stat``, one format."""
+        path = f"{self.root}/{key[:2]}/{key[2:]}"
+        generation = self._generation
+        if generation is not None and generation[:8] != self._seen_generation:
+            self._known.clear()  # something was removed somewhere: stat again
+            self._seen_generation = generation[:8]
+        size = self._known.get(key)
+        if size is None:
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:
+                return None
+            if generation is not None:
+                if len(self._known) > 1 << 20:
+                    self._known.clear()
+                self._known[key] = size
         if expected_size is not None and size != expected_size:
+            self._known.pop(key, None)
+            self._bump_generation()
             log.warning("cached %s has %d bytes, the catalog says %d: quarantined",
-                        content_hash, size, expected_size)
-            self._quarantine(path, str(content_hash))
-            self.quota.forget([str(content_hash)])
+                        key, size, expected_size)
+            self._quarantine(path, key)
+            self.quota.forget([key])
             return None
         return path
 
@@ -209,6 +259,8 @@ class Cache:
                 pass
 
     def _remove(self, key: str) -> bool:
+        self._bump_generation()
+        self._known.pop(key, None)
         try:
             os.unlink(os.path.join(self.root, key[:2], key[2:]))
         except FileNotFoundError:
@@ -345,6 +397,9 @@ class Cache:
 
     def close(self) -> None:
         self.quota.close()
+        if self._generation is not None:
+            self._generation.close()
+            self._generation = None
 
 
 class Transaction:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 from uvm.cvmfs import servers
 from uvm.cvmfs.cache import Cache
-from uvm.cvmfs.hashing import ContentHash, Suffix
+from uvm.cvmfs.hashing import Algorithm, ContentHash, Suffix
 from uvm.errors import FetchError, FetchFailure
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class Progress:
 
 ProgressCallback = Callable[[Progress], None]
 
+_ALGORITHM_IDS = {algorithm: algorithm.value for algorithm in Algorithm}
 DEFAULT_TTL = 240  # seconds; the stock client's default catalog TTL
 
 
@@ -202,12 +203,12 @@ class Fetcher:
         Catalogs are pinned in the quota until :meth:`close`, as the stock
         client pins loaded catalogs.
         """
-        key = str(content_hash)
         quota = self.cache.quota
-        path = self.cache.lookup(content_hash, expected_size)
+        key = content_hash.digest.hex() + _ALGORITHM_IDS[content_hash.algorithm]  # str(hash)
+        path = self.cache.lookup_key(key, expected_size)
         if path is None:
             with self.cache.locked(content_hash):
-                path = self.cache.lookup(content_hash, expected_size)
+                path = self.cache.lookup_key(key, expected_size)
                 if path is None:
                     quota.count("misses")
                     path = self._download(content_hash, suffix, expected_size, compressed)

@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 REGULAR, CATALOG = 0, 1
 _FLUSH_SECONDS = 5.0
-_FLUSH_COUNT = 512
+_FLUSH_COUNT = 4096
+_TOUCH_PRECISION = 60.0
+_RECENT_MAX = 1 << 18
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache_catalog (
@@ -80,6 +82,8 @@ class Quota:
         self._counts: Dict[str, int] = {name: 0 for name in COUNTERS}
         self._last_flush = time.monotonic()
         self._my_pins: Dict[str, int] = {}
+        self._recent: Dict[str, float] = {}
+        self._quick_hits = 0
         new = not os.path.exists(db_path)
         try:
             self._db = sqlite3.connect(db_path, timeout=60.0, isolation_level=None,
@@ -128,12 +132,25 @@ class Quota:
             self._counts[name] += amount
 
     def touch(self, key: str) -> None:
-        """Note an access; written lazily (see the module docstring)."""
+        """Note an access; written lazily (see the module docstring).
+
+        An object accessed again within ``_TOUCH_PRECISION`` seconds is not
+        re-queued: LRU order at a minute's precision is plenty for eviction,
+        and it keeps repeated warm reads free of database writes.
+        """
+        now = time.monotonic()
+        last = self._recent.get(key)
+        if last is not None and now - last < _TOUCH_PRECISION:
+            self._quick_hits += 1  # unlocked: a lost increment only blurs statistics
+            return
         with self._lock:
-            self._touched[key] = None
             self._counts["hits"] += 1
+            self._recent[key] = now
+            if len(self._recent) > _RECENT_MAX:
+                self._recent.clear()
+            self._touched[key] = None
             due = (len(self._touched) >= _FLUSH_COUNT
-                   or time.monotonic() - self._last_flush >= _FLUSH_SECONDS)
+                   or now - self._last_flush >= _FLUSH_SECONDS)
         if due:
             self.flush()
 
@@ -144,6 +161,7 @@ class Quota:
             self._flush_locked(db)
             seq = self._next_seq(db)
             row = db.execute("SELECT size FROM cache_catalog WHERE sha1=?", (key,)).fetchone()
+            self._recent[key] = time.monotonic()  # just got the newest acseq
             if row is None:
                 db.execute("INSERT INTO cache_catalog VALUES (?,?,?,?,?,0)",
                            (key, size, seq, key, kind))
@@ -164,12 +182,14 @@ class Quota:
     def flush(self) -> None:
         """Write batched access times and counters."""
         with self._lock:
-            if not self._touched and not any(self._counts.values()):
+            if not self._touched and not self._quick_hits and not any(self._counts.values()):
                 self._last_flush = time.monotonic()
                 return
             self._transaction("update access times", self._flush_locked)
 
     def _flush_locked(self, db: sqlite3.Connection) -> None:
+        quick, self._quick_hits = self._quick_hits, 0
+        self._counts["hits"] += quick
         if self._touched:
             seq = self._next_seq(db)
             db.executemany("UPDATE cache_catalog SET acseq=? WHERE sha1=?",
