@@ -102,39 +102,45 @@ def throughputs(run: Callable, codecs: List, objects: List[Obj], fd: int,
     return best
 
 
-def threaded(run: Callable, codec, sets: List[List[Obj]], workdir: str, repeat: int,
-             rounds: int) -> float:
-    """Best aggregate MB/s with one thread per object set, each decoded ``rounds`` times."""
+def scaling(run: Callable, codec, sets: List[List[Obj]], workdir: str, repeat: int,
+            rounds: int) -> Tuple[float, float]:
+    """Best aggregate wall-clock MB/s with 1 thread and with ``len(sets)``
+    threads (one per object set, each decoded ``rounds`` times), the two
+    measurements interleaved so that both see the same machine."""
     fds = [os.open(os.path.join(workdir, f"t{i}"), os.O_RDWR | os.O_CREAT, 0o600)
-               for i in range(len(sets))]
-    best = 0.0
+           for i in range(len(sets))]
+    best = {1: 0.0, len(sets): 0.0}
     try:
         for _ in range(repeat):
-            totals = [0] * len(sets)
-            barrier = threading.Barrier(len(sets) + 1)
+            for count in best:
+                totals = [0] * count
+                barrier = threading.Barrier(count + 1)
 
-            def work(n: int) -> None:
+                def work(n: int) -> None:
+                    barrier.wait()
+                    totals[n] = sum(run(codec, sets[n], fds[n]) for _ in range(rounds))
+
+                threads = [threading.Thread(target=work, args=(n,)) for n in range(count)]
+                for thread in threads:
+                    thread.start()
                 barrier.wait()
-                totals[n] = sum(run(codec, sets[n], fds[n]) for _ in range(rounds))
-
-            threads = [threading.Thread(target=work, args=(n,)) for n in range(len(sets))]
-            for thread in threads:
-                thread.start()
-            barrier.wait()
-            start = time.perf_counter()
-            for thread in threads:
-                thread.join()
-            best = max(best, sum(totals) / (time.perf_counter() - start) / 1e6)
+                start = time.perf_counter()
+                for thread in threads:
+                    thread.join()
+                elapsed = time.perf_counter() - start
+                best[count] = max(best[count], sum(totals) / elapsed / 1e6)
     finally:
         for fd in fds:
             os.close(fd)
-    return best
+    return best[1], best[len(sets)]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="less data, fewer repeats")
     parser.add_argument("--repeat", type=int, default=5, help="passes per figure (best counts)")
+    parser.add_argument("--part", choices=["all", "single", "threads"], default="all",
+                        help="only the single-thread table or only the thread scaling")
     args = parser.parse_args()
     if _native.BACKEND != "native":
         print(f"the C codec is not active ({_native.DETAIL}): nothing to compare", file=sys.stderr)
@@ -146,12 +152,14 @@ def main() -> int:
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"output to a file, rewound per object; {PIECE >> 10} KiB pieces; SHA-1; "
           f"~{total >> 20} MiB of output per pass, best of {repeat}; MB/s of CPU time")
-    print()
-    print(f"{'object':>8} {'API':>9} {'native MB/s':>12} {'python MB/s':>12} {'ratio':>7}")
     with tempfile.TemporaryDirectory() as workdir:
         fd = os.open(os.path.join(workdir, "out"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            for label, size in SIZES:
+            if args.part != "threads":
+                print()
+                print(f"{'object':>8} {'API':>9} {'native MB/s':>12} {'python MB/s':>12} "
+                      f"{'ratio':>7}")
+            for label, size in SIZES if args.part != "threads" else []:
                 objects = make_objects(source, size, total)
                 for api, run in (("stream", run_stream), ("one call", run_one_call)):
                     native, python = throughputs(run, [_native, _pycodec], objects, fd, repeat)
@@ -160,6 +168,8 @@ def main() -> int:
         finally:
             os.close(fd)
 
+        if args.part == "single":
+            return 0
         print()
         print("threads: aggregate MB/s of wall-clock time, each thread decoding its own "
               f"objects (stream API); load average now {os.getloadavg()[0]:.2f}")
@@ -168,8 +178,7 @@ def main() -> int:
             sets = [make_objects(source[n * 977 :], size, total // 4) for n in range(2)]
             rounds = 4
             for name, codec in (("native", _native), ("python", _pycodec)):
-                one = threaded(run_stream, codec, sets[:1], workdir, repeat, rounds)
-                two = threaded(run_stream, codec, sets, workdir, repeat, rounds)
+                one, two = scaling(run_stream, codec, sets, workdir, repeat, rounds)
                 print(f"{label:>8} {name:>8} {one:9.0f} {two:10.0f} {two / one:7.2f}x", flush=True)
     return 0
 
