@@ -406,3 +406,27 @@ def test_chunked_file_objects_are_partials(tmp_path, keydir):
             handle.seek(30_000)
             assert handle.read(5000) == data[30_000:35_000]
         assert isinstance(repo.tree.root, Catalog)
+
+
+def test_republish_reuses_unchanged_files_only(tmp_path, keydir):
+    src = str(tmp_path / "src")
+    make_tree(src, seed=9, n_files=120, big_files=2, nested=1)
+    store = str(tmp_path / "store")
+    first = publish(src, FQRN, store, keydir, chunking=SMALL_CHUNKS)
+    again = publish(src, FQRN, store, keydir, chunking=SMALL_CHUNKS)
+    assert again.unchanged_files == again.files == first.files
+    assert again.new_objects <= again.catalogs + 1  # catalogs and history only
+    # same size, new content, new mtime: read again
+    target = os.path.join(src, "big0.bin") if os.path.exists(os.path.join(src, "big0.bin")) else None
+    target = target or next(os.path.join(d, f) for d, _, fs in os.walk(src)
+                            for f in fs if f.startswith("big"))
+    data = bytearray(open(target, "rb").read())
+    data[10] ^= 0xFF
+    with open(target, "wb") as handle:
+        handle.write(data)
+    os.utime(target, ns=(os.stat(target).st_atime_ns, os.stat(target).st_mtime_ns + 1))
+    third = publish(src, FQRN, store, keydir, chunking=SMALL_CHUNKS)
+    assert third.unchanged_files == third.files - 1
+    with Repository.open(FQRN, servers=store, keys=keydir, state_dir=str(tmp_path / "s"),
+                         environ=ENV) as repo:
+        compare_tree(repo, src)

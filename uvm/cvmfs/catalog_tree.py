@@ -45,6 +45,7 @@ class CatalogTree:
         max_catalogs: int = DEFAULT_MAX_CATALOGS,
     ) -> None:
         self._source = source
+        self.source = source
         self.root_hash = root_hash
         self._lock = threading.RLock()
         self._entries: LRUCache = LRUCache(max_entries)
