@@ -191,7 +191,8 @@ def main(argv=None) -> int:
     names = args.only.split(",") if args.only else list(WORKLOADS)
 
     report = {"reps": reps, "machine": {"cpus": os.cpu_count(),
-                                        "kernel": os.uname().release}}
+                                        "kernel": os.uname().release},
+              "loadavg_start": os.getloadavg()}
     arches = [("amd64", PROOT)] + ([("i386", PROOT_I386)] if args.i386 else [])
     out = []
     for arch, peers in arches:
@@ -209,6 +210,11 @@ def main(argv=None) -> int:
                    f"under uvm: {rss['peak_rss_mb']:.1f} MB (goal < 60 MB); "
                    f"{rss['processes']} processes, at most {rss['max_live_tracees']} "
                    f"at once, {rss['stops']} stops, {rss['seconds']:.1f} s.")
+    report["loadavg_end"] = os.getloadavg()
+    load = max(report["loadavg_start"][0], report["loadavg_end"][0])
+    out.append(f"Load average (1 min) at start/end: {report['loadavg_start'][0]:.2f} / "
+               f"{report['loadavg_end'][0]:.2f} on {os.cpu_count()} CPUs"
+               + (" -- a busy machine: ratios are noisy" if load > 1.0 else "") + ".")
     print("\n\n".join(out))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")

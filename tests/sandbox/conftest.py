@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import tempfile
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class TestUser:
     name: str
     uid: int
     gid: int
+    python: str = ""    # the interpreter the user runs uvm with
 
 
 def _ensure_user() -> TestUser:
@@ -89,37 +91,62 @@ def _ensure_user() -> TestUser:
     return TestUser(name, uid, gid)
 
 
-def _check_user_can_run_uvm(user: TestUser) -> None:
-    """Fail clearly when the venv or the repository is closed to the user."""
-    probe = _drop_privileges(user.uid, user.gid) + [
-        *uvm_command(), "--version"]
-    res = subprocess.run(probe, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, cwd="/", env=guest_env())
-    if res.returncode != 0:
-        blocked = []
-        for path in [Path(_python()), *Path(_python()).parents, REPO, REPO / "uvm"]:
-            if path.exists() and not os.access(path, os.R_OK | os.X_OK):
-                blocked.append(str(path))
-        mode_hint = []
-        p = REPO
-        while p != p.parent:
-            mode = p.stat().st_mode & 0o777
-            if not mode & 0o005:
-                mode_hint.append(f"{p} is mode {mode:o}")
-            p = p.parent
-        pytest.fail(
-            f"the unprivileged test user {user.name} cannot run uvm "
-            f"({' '.join(probe)} exited {res.returncode}): {res.stdout.strip()[-500:]}\n"
-            f"{'; '.join(mode_hint) or 'directory modes look fine'}. The repository and "
-            f"its .venv must be readable and searchable by other users "
-            f"(chmod o+rX on the clone and its parents).", pytrace=False)
+def _probe(user: TestUser, python: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_drop_privileges(user.uid, user.gid) + [python, "-m", "uvm", "--version"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          cwd="/", env=guest_env())
+
+
+def _mirror_venv() -> Path:
+    """A world-readable copy of the venv and the uvm package, for the test user.
+
+    Used when the clone is not reachable by other users (a checkout under a
+    mode-700 home, say): the copy's editable-install finder is pointed at the
+    copied package.  Returns the copy's python.
+    """
+    base = Path(tempfile.mkdtemp(prefix="uvm-test-venv-", dir="/var/tmp"))
+    shutil.copytree(sys.prefix, base / "venv", symlinks=True)
+    shutil.copytree(REPO / "uvm", base / "uvm", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for finder in (base / "venv").glob("lib/python*/site-packages/__editable__*finder.py"):
+        finder.write_text(finder.read_text().replace(str(REPO / "uvm"), str(base / "uvm")))
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    return base / "venv" / "bin" / "python"
+
+
+def _python_for_user(user: TestUser) -> str:
+    """An interpreter the user can run uvm with; fail clearly if there is none."""
+    res = _probe(user, _python())
+    if res.returncode == 0 and not os.environ.get("UVM_TEST_FORCE_MIRROR"):
+        return _python()
+    mode_hint = []
+    p = REPO
+    while p != p.parent:
+        mode = p.stat().st_mode & 0o777
+        if not mode & 0o005:
+            mode_hint.append(f"{p} is mode {mode:o}")
+        p = p.parent
+    if os.geteuid() == 0:
+        mirror = str(_mirror_venv())
+        res2 = _probe(user, mirror)
+        if res2.returncode == 0:
+            return mirror
+        res = res2
+    pytest.fail(
+        f"the unprivileged test user {user.name} cannot run uvm "
+        f"(python -m uvm --version exited {res.returncode}): {res.stdout.strip()[-500:]}\n"
+        f"{'; '.join(mode_hint) or 'directory modes look fine'}. The repository and "
+        f"its .venv must be readable and searchable by other users "
+        f"(chmod o+rX on the clone and its parents).", pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def test_user() -> TestUser:
     user = _ensure_user()
-    _check_user_can_run_uvm(user)
-    return user
+    python = _python_for_user(user)
+    yield TestUser(user.name, user.uid, user.gid, python)
+    if python != _python():
+        shutil.rmtree(Path(python).parents[2], ignore_errors=True)
 
 
 # ---------------------------------------------------------------- runners
@@ -134,9 +161,9 @@ def uvm_runner(request) -> UvmRunner:
     user = request.getfixturevalue("test_user")
     if os.geteuid() != 0:
         if os.geteuid() == user.uid:
-            return UvmRunner("user", user.uid, user.gid)
+            return UvmRunner("user", user.uid, user.gid, user.python)
         pytest.skip("switching to the test user needs root")
-    return UvmRunner("user", user.uid, user.gid)
+    return UvmRunner("user", user.uid, user.gid, user.python)
 
 
 @pytest.fixture

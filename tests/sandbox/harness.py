@@ -99,6 +99,7 @@ class UvmRunner:
     mode: str                 # "root" or "user"
     uid: int
     gid: int
+    python: str = ""          # interpreter that runs uvm (default: this one)
 
     @property
     def is_root(self) -> bool:
@@ -110,7 +111,7 @@ class UvmRunner:
                 verbose: bool = False, wait_all: bool = False,
                 stats: Optional[Path | str] = None,
                 extra: Sequence[str] = ()) -> list[str]:
-        args = [*uvm_command(), "run", "--root", str(root)]
+        args = [self.python or _python(), "-m", "uvm", "run", "--root", str(root)]
         for host, guest in binds:
             args += ["-b", f"{host}:{guest}" if guest else str(host)]
         if cwd:
