@@ -79,6 +79,9 @@ class Tracer:
                     continue
                 self.handlers[abi][nr] = (getattr(self, "_k_" + row[0]), name) + row[1:]
         self._cursor = 0
+        # Names that never take the one-name shortcut of _translate: ".",
+        # "..", and every bind's last component (a bind may sit on it).
+        self._not_simple = frozenset({"", ".", ".."} | {b.guest.rpartition("/")[2] for b in ns.binds})
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -211,38 +214,52 @@ class Tracer:
             rec[1][addr] = guest_given
         self.translated += 1
 
-    def _translate(self, tid: int, regs, abi: int, path_i: int, dirfd_i: int, follow: bool, name: str) -> str:
+    def _translate(self, tid: int, regs, abi: int, path_i: int, dirfd_i: int, follow: bool, name: str) -> int:
+        """Translate the path in argument ``path_i``; returns SETREGS, or 0
+        when the kernel can be left to resolve it as it is."""
         args = ARG_REGS[abi]
         path = self._read_path(tid, regs, getattr(regs, args[path_i]))
+        if path and path[0] != "/" and "/" not in path and path not in self._not_simple:
+            # One plain name below the cwd or a dirfd, which the guest opened
+            # through translated paths: the kernel's lookup is the guest's,
+            # unless the name is a symlink to follow (absolute targets
+            # resolve in the guest) or where a bind may sit on it.
+            if not follow:
+                return 0
+            dirfd = (getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32) & 0xFFFFFFFF
+            where = f"/proc/{tid}/cwd/{path}" if dirfd == _AT_FDCWD32 else f"/proc/{tid}/fd/{dirfd}/{path}"
+            try:
+                simple = os.lstat(where).st_mode & 0o170000 != 0o120000
+            except OSError:
+                simple = True
+            if simple:
+                return 0
         base = self._base(tid, path, getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32)
         guest, host = self.resolve(path, base, follow, tid)
         if self.verbose:
             self.logfn(f"[{tid}] {name}({path!r}) -> {host}")
         self._put_path(tid, regs, abi, path_i, path, host)
-        return guest
+        return SETREGS
 
     # -- handler kinds (see handlers.py) ---------------------------------------------------
 
     def _k_path(self, tid, regs, abi, row):
         _fn, name, idx, follow, mutates = row
-        self._translate(tid, regs, abi, idx, -1, follow, name)
         if mutates:
             self.resolver.invalidate()
-        return SETREGS
+        return self._translate(tid, regs, abi, idx, -1, follow, name)
 
     def _k_open(self, tid, regs, abi, row):
         _fn, name, idx, flags_i = row
         flags = getattr(regs, ARG_REGS[abi][flags_i]) if flags_i >= 0 else 0
         follow = not (flags & O_NOFOLLOW or flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL)
-        self._translate(tid, regs, abi, idx, -1, follow, name)
-        return SETREGS
+        return self._translate(tid, regs, abi, idx, -1, follow, name)
 
     def _k_openat(self, tid, regs, abi, row):
         _fn, name, dirfd_i, idx, flags_i = row
         flags = getattr(regs, ARG_REGS[abi][flags_i])
         follow = not (flags & O_NOFOLLOW or flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL)
-        self._translate(tid, regs, abi, idx, dirfd_i, follow, name)
-        return SETREGS
+        return self._translate(tid, regs, abi, idx, dirfd_i, follow, name)
 
     def _k_openat2(self, tid, regs, abi, row):
         _fn, name, dirfd_i, idx, how_i = row
@@ -251,8 +268,7 @@ class Tracer:
         if resolve:
             raise _err(errno.ENOSYS)  # RESOLVE_* would be judged on host paths
         follow = not (flags & O_NOFOLLOW or flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL)
-        self._translate(tid, regs, abi, idx, dirfd_i, follow, name)
-        return SETREGS
+        return self._translate(tid, regs, abi, idx, dirfd_i, follow, name)
 
     def _k_at(self, tid, regs, abi, row):
         _fn, name, dirfd_i, idx, flags_i, follow, toggle, mutates = row
@@ -267,19 +283,15 @@ class Tracer:
                 return 0  # operates on the descriptor itself
         if flags & toggle:
             follow = not follow
-        if name == "unlinkat" and flags & 0x200:
-            mutates = True
-        self._translate(tid, regs, abi, idx, dirfd_i, follow, name)
         if mutates:
             self.resolver.invalidate()
-        return SETREGS
+        return self._translate(tid, regs, abi, idx, dirfd_i, follow, name)
 
     def _k_two(self, tid, regs, abi, row):
         _fn, name, old_i, new_i, follow_old = row
-        self._translate(tid, regs, abi, old_i, -1, follow_old, name)
-        self._translate(tid, regs, abi, new_i, -1, False, name)
         self.resolver.invalidate()
-        return SETREGS
+        return (self._translate(tid, regs, abi, old_i, -1, follow_old, name)
+                | self._translate(tid, regs, abi, new_i, -1, False, name))
 
     def _k_two_at(self, tid, regs, abi, row):
         _fn, name, odfd, old_i, ndfd, new_i, flags_i, follow_flag = row
@@ -287,18 +299,15 @@ class Tracer:
         if flags & AT_EMPTY_PATH and name == "linkat":
             path = self._read_path(tid, regs, getattr(regs, ARG_REGS[abi][old_i]))
             if not path:
-                self._translate(tid, regs, abi, new_i, ndfd, False, name)
-                return SETREGS
-        self._translate(tid, regs, abi, old_i, odfd, bool(flags & follow_flag), name)
-        self._translate(tid, regs, abi, new_i, ndfd, False, name)
+                return self._translate(tid, regs, abi, new_i, ndfd, False, name)
         self.resolver.invalidate()
-        return SETREGS
+        return (self._translate(tid, regs, abi, old_i, odfd, bool(flags & follow_flag), name)
+                | self._translate(tid, regs, abi, new_i, ndfd, False, name))
 
     def _k_symlink(self, tid, regs, abi, row):
         _fn, name, _target_i, dirfd_i, idx = row
-        self._translate(tid, regs, abi, idx, dirfd_i, False, name)
         self.resolver.invalidate()
-        return SETREGS
+        return self._translate(tid, regs, abi, idx, dirfd_i, False, name)
 
     def _k_readlink(self, tid, regs, abi, row):
         _fn, name, dirfd_i, idx, buf_i, size_i = row

@@ -123,12 +123,16 @@ def seize(pid: int, options: int) -> None:
 
 def read_cstring(pid: int, addr: int, limit: int = PATH_MAX) -> bytes:
     """NUL-terminated string at ``addr`` in ``pid``; OSError EFAULT or
-    ENAMETOOLONG."""
+    ENAMETOOLONG.  Reads 256 bytes first (most paths are short), never
+    across a page boundary in one request (the next page may be unmapped)."""
     if not addr:
         raise OSError(_errno.EFAULT, "NULL pointer")
     out = b""
+    want = 256
     while True:
         n = PAGE - (addr % PAGE)
+        if n > want:
+            n = want
         _LOCAL.len = n
         _REMOTE.base = addr
         _REMOTE.len = n
@@ -143,6 +147,7 @@ def read_cstring(pid: int, addr: int, limit: int = PATH_MAX) -> bytes:
         if len(out) >= limit:
             raise OSError(_errno.ENAMETOOLONG, "path too long")
         addr += got
+        want = PAGE
 
 
 def read_bytes(pid: int, addr: int, size: int) -> bytes:

@@ -216,7 +216,12 @@ class Sandbox:
 
     def stats(self) -> dict:
         res = self.result or LoopResult()
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
+            "tracer_cpu_s": round(usage.ru_utime + usage.ru_stime, 6),
+            "tracer_max_rss_kb": usage.ru_maxrss,
             "stops": res.stops,
             "seccomp_stops": res.seccomp_stops,
             "translated_paths": self.tracer.translated,
