@@ -248,3 +248,53 @@ def test_docs_list_every_syscall_row():
     text = (Path(__file__).resolve().parents[2] / "docs" / "syscalls.md").read_text()
     missing = [name for name in TABLE if f"| `{name}` |" not in text]
     assert not missing
+
+
+def _run_bpf(prog, arch, nr):
+    """A tiny classic-BPF interpreter for the instructions the filter uses."""
+    from uvm.sandbox import seccomp as sc
+
+    data = {0: nr, 4: arch}
+    acc, pc = 0, 0
+    while True:
+        code, jt, jf, k = prog[pc]
+        if code == sc.BPF_LD_W_ABS:
+            acc = data[k]
+        elif code == sc.BPF_JEQ_K:
+            pc += jt if acc == k else jf
+        elif code == sc.BPF_JGE_K:
+            pc += jt if acc >= k else jf
+        elif code == sc.BPF_JA:
+            pc += k
+        elif code == sc.BPF_RET_K:
+            return k
+        else:
+            raise AssertionError(f"unexpected BPF code {code:#x}")
+        pc += 1
+
+
+def test_filter_decisions_per_abi():
+    import errno as E
+
+    from uvm.sandbox import seccomp as sc
+    from uvm.sandbox.arch import AUDIT_ARCH_I386, AUDIT_ARCH_X86_64
+    from uvm.sandbox.dispatch import filter_numbers
+    from uvm.sandbox.sysnums import number
+
+    prog = sc.build_filter(*filter_numbers())
+    x64, i386 = AUDIT_ARCH_X86_64, AUDIT_ARCH_I386
+    assert _run_bpf(prog, x64, number(0, "openat")) == sc.RET_TRACE
+    assert _run_bpf(prog, x64, number(0, "read")) == sc.RET_ALLOW
+    assert _run_bpf(prog, x64, number(0, "fstat")) == sc.RET_ALLOW
+    assert _run_bpf(prog, x64, number(0, "mount")) == sc.RET_ERRNO | E.EPERM
+    assert _run_bpf(prog, x64, number(0, "io_uring_setup")) == sc.RET_ERRNO | E.ENOSYS
+    assert _run_bpf(prog, x64, 0x40000000 | 2) == sc.RET_ERRNO | E.ENOSYS  # x32 open
+    assert _run_bpf(prog, x64, 999) == sc.RET_ERRNO | E.ENOSYS             # unknown, new
+    # i386 numbers are different: 5 is open there, read on x86_64 is 0
+    assert _run_bpf(prog, i386, 5) == sc.RET_TRACE
+    assert _run_bpf(prog, i386, number(1, "stat64")) == sc.RET_TRACE
+    assert _run_bpf(prog, i386, number(1, "statx")) == sc.RET_TRACE
+    assert _run_bpf(prog, i386, number(1, "socketcall")) == sc.RET_TRACE
+    assert _run_bpf(prog, i386, 3) == sc.RET_ALLOW                         # read
+    assert _run_bpf(prog, x64, 5) == sc.RET_ALLOW                          # fstat
+    assert _run_bpf(prog, 0xC00000B7, 56) == sc.RET_KILL_PROCESS           # aarch64
