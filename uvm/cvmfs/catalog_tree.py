@@ -15,7 +15,7 @@ from typing import List, Optional
 
 from cachetools import LRUCache
 
-from uvm.cvmfs.catalog import Catalog, Chunk, DirEntry, NestedRef, parent_path
+from uvm.cvmfs.catalog import Catalog, Chunk, DirEntry, NestedRef
 from uvm.cvmfs.hashing import ContentHash, Suffix
 from uvm.cvmfs.source import ObjectSource
 from uvm.errors import CatalogError
@@ -121,4 +121,4 @@ class CatalogTree:
             self._entries.clear()
 
 
-__all__ = ["CatalogTree", "parent_path"]
+__all__ = ["CatalogTree"]

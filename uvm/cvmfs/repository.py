@@ -28,7 +28,7 @@ from uvm.cvmfs.catalog_tree import CatalogTree
 from uvm.cvmfs.hashing import Algorithm, ContentHash, Suffix
 from uvm.cvmfs.history import History, Tag, parse_date
 from uvm.cvmfs.source import ObjectSource
-from uvm.errors import CvmfsError, ManifestError, PathNotFoundError, RollbackError
+from uvm.errors import CvmfsError, PathNotFoundError, RollbackError
 
 log = logging.getLogger(__name__)
 
@@ -272,9 +272,7 @@ class Repository:
                 selected = history.find_by_date(timestamp)
             root, size = selected.root_hash, selected.size or None
         elif root_hash is not None:
-            root = root_hash if isinstance(root_hash, ContentHash) else ContentHash.parse(
-                str(root_hash).strip().rstrip("C") if len(str(root_hash).strip()) in (41, 50)
-                else str(root_hash))
+            root = root_hash if isinstance(root_hash, ContentHash) else _parse_root_hash(root_hash)
             size = manifest.catalog_size if root == manifest.root_hash else None
         else:
             root, size = manifest.root_hash, manifest.catalog_size or None
@@ -432,6 +430,19 @@ def _located(err: CvmfsError, where: str) -> CvmfsError:
     if err.args and isinstance(err.args[0], str) and not err.args[0].startswith(where):
         err.args = (f"{where}: {err.args[0]}",) + err.args[1:]
     return err
+
+
+def _parse_root_hash(text: str) -> ContentHash:
+    """A root catalog hash as users paste it: hex, algorithm id, maybe the ``C`` suffix."""
+    text = text.strip()
+    for candidate in (text, text[:-1] if text.endswith("C") else None):
+        if candidate:
+            try:
+                return ContentHash.parse(candidate)
+            except CvmfsError:
+                pass
+    raise CvmfsError(f"{text!r} is not a root catalog hash",
+                     hint="give 40 hex digits, optionally with -shake128 or -rmd160")
 
 
 def _key_paths(keys: Keys) -> List[str]:
