@@ -103,13 +103,17 @@ def throughputs(run: Callable, codecs: List, objects: List[Obj], fd: int,
 
 
 def scaling(run: Callable, codec, sets: List[List[Obj]], workdir: str, repeat: int,
-            rounds: int) -> Tuple[float, float]:
+            rounds: int) -> Tuple[float, float, float]:
     """Best aggregate wall-clock MB/s with 1 thread and with ``len(sets)``
     threads (one per object set, each decoded ``rounds`` times), the two
-    measurements interleaved so that both see the same machine."""
+    measurements interleaved so that both see the same machine; and the
+    cores the process kept busy in its best multi-thread run (CPU time /
+    wall time: near 2 means the threads really ran in parallel, whatever
+    else the machine was doing)."""
     fds = [os.open(os.path.join(workdir, f"t{i}"), os.O_RDWR | os.O_CREAT, 0o600)
            for i in range(len(sets))]
     best = {1: 0.0, len(sets): 0.0}
+    busy = 0.0
     try:
         for _ in range(repeat):
             for count in best:
@@ -124,21 +128,28 @@ def scaling(run: Callable, codec, sets: List[List[Obj]], workdir: str, repeat: i
                 for thread in threads:
                     thread.start()
                 barrier.wait()
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 for thread in threads:
                     thread.join()
                 elapsed = time.perf_counter() - start
-                best[count] = max(best[count], sum(totals) / elapsed / 1e6)
+                rate = sum(totals) / elapsed / 1e6
+                if rate > best[count]:
+                    best[count] = rate
+                    if count > 1:
+                        busy = (time.process_time() - cpu_start) / elapsed
     finally:
         for fd in fds:
             os.close(fd)
-    return best[1], best[len(sets)]
+    return best[1], best[len(sets)], busy
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="less data, fewer repeats")
     parser.add_argument("--repeat", type=int, default=5, help="passes per figure (best counts)")
+    parser.add_argument("--out-dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+                        help="where the output files go (default: /dev/shm, a tmpfs, so that "
+                        "disk write-back from other work on the machine stays out of the figures)")
     parser.add_argument("--part", choices=["all", "single", "threads"], default="all",
                         help="only the single-thread table or only the thread scaling")
     args = parser.parse_args()
@@ -150,9 +161,10 @@ def main() -> int:
     source = corpus()
     print(f"codec: {_native.DETAIL}; python {sys.version.split()[0]}; {os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"output to a file, rewound per object; {PIECE >> 10} KiB pieces; SHA-1; "
+    print(f"output to a file in {args.out_dir or tempfile.gettempdir()}, rewound per object; "
+          f"{PIECE >> 10} KiB pieces; SHA-1; "
           f"~{total >> 20} MiB of output per pass, best of {repeat}; MB/s of CPU time")
-    with tempfile.TemporaryDirectory() as workdir:
+    with tempfile.TemporaryDirectory(dir=args.out_dir, prefix="uvm-bench-") as workdir:
         fd = os.open(os.path.join(workdir, "out"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if args.part != "threads":
@@ -173,13 +185,15 @@ def main() -> int:
         print()
         print("threads: aggregate MB/s of wall-clock time, each thread decoding its own "
               f"objects (stream API); load average now {os.getloadavg()[0]:.2f}")
-        print(f"{'object':>8} {'backend':>8} {'1 thread':>9} {'2 threads':>10} {'scaling':>8}")
+        print(f"{'object':>8} {'backend':>8} {'1 thread':>9} {'2 threads':>10} {'scaling':>8} "
+              f"{'cores busy':>11}")
         for label, size in SIZES:
             sets = [make_objects(source[n * 977 :], size, total // 4) for n in range(2)]
             rounds = 4
             for name, codec in (("native", _native), ("python", _pycodec)):
-                one, two = scaling(run_stream, codec, sets, workdir, repeat, rounds)
-                print(f"{label:>8} {name:>8} {one:9.0f} {two:10.0f} {two / one:7.2f}x", flush=True)
+                one, two, busy = scaling(run_stream, codec, sets, workdir, repeat, rounds)
+                print(f"{label:>8} {name:>8} {one:9.0f} {two:10.0f} {two / one:7.2f}x "
+                      f"{busy:11.2f}", flush=True)
     return 0
 
 
