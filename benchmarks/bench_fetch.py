@@ -6,6 +6,8 @@ random and half repetitive bytes) is published with ``uvm publish``'s
 library, served by the loopback fault server of ``tests/net`` with
 ``--latency`` (20 ms) added to every request, and read back:
 
+The server (``tests/net/faultserver.py``) runs in its own process.
+
 - cold, sequential: ``Fetcher.fetch_object`` on each file in turn, into an
   empty cache;
 - cold, parallel: ``Fetcher.prefetch`` (``--parallel`` threads, default the
@@ -28,14 +30,13 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "net"))
-
-from faultserver import FaultServer  # noqa: E402
+TESTS_NET = os.path.join(os.path.dirname(HERE), "tests", "net")
 
 from uvm import config  # noqa: E402
 from uvm._native import BACKEND  # noqa: E402
@@ -90,13 +91,16 @@ def main() -> int:
         t0 = time.monotonic()
         publish(src, FQRN, os.path.join(stratum, "cvmfs", FQRN), keydir, ttl=3600)
         publish_s = time.monotonic() - t0
-        server = FaultServer(stratum, latency=args.latency).start()
+        server = subprocess.Popen(
+            [sys.executable, os.path.join(TESTS_NET, "faultserver.py"), stratum,
+             "--latency", str(args.latency)], stdout=subprocess.PIPE, text=True)
+        url = f"http://127.0.0.1:{int(server.stdout.readline())}/cvmfs/{FQRN}"
 
         def environ(cache: str) -> dict:
             return {
                 "HOME": work, "XDG_CONFIG_HOME": os.path.join(work, "none"),
                 "XDG_STATE_HOME": os.path.join(work, "state"),
-                "CVMFS_SERVER_URL": server.url_for(), "CVMFS_HTTP_PROXY": "DIRECT",
+                "CVMFS_SERVER_URL": url, "CVMFS_HTTP_PROXY": "DIRECT",
                 "CVMFS_KEYS_DIR": keydir, "CVMFS_CACHE_BASE": cache,
                 "CVMFS_QUOTA_LIMIT": "0",
             }
@@ -107,7 +111,7 @@ def main() -> int:
             repo = open_repository(FQRN, cfg, state_dir=os.path.join(work, "state", name))
             wanted = subtree_objects(repo)
             fetcher: Fetcher = repo.source
-            before = server.total()
+            before = fetcher.transport.requests_sent
             start = time.monotonic()
             if parallel:
                 fetcher.prefetch(wanted, parallel=args.parallel)
@@ -115,7 +119,7 @@ def main() -> int:
                 for item in wanted:
                     fetcher.fetch_object(*item)
             elapsed = time.monotonic() - start
-            requests = server.total() - before
+            requests = fetcher.transport.requests_sent - before
             return repo, wanted, elapsed, requests
 
         print(f"tree: {args.files} files, {total / 1e6:.0f} MB; published in {publish_s:.1f} s; "
@@ -174,7 +178,8 @@ def main() -> int:
         par_repo.close()
     finally:
         if server is not None:
-            server.stop()
+            server.terminate()
+            server.wait()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -251,3 +251,29 @@ def put_file(root: str, fqrn: str, name: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)
+
+
+def main() -> None:
+    """``python faultserver.py ROOT [--latency S]``: serve until killed; prints the port.
+
+    The benchmark runs the server in its own process, so that server and
+    client do not share one interpreter lock.
+    """
+    import argparse
+    import signal as _signal
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("root")
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args()
+    server = FaultServer(args.root, latency=args.latency).start()
+    print(server.port, flush=True)
+    _signal.sigwait({_signal.SIGTERM, _signal.SIGINT}) if hasattr(_signal, "sigwait") else None
+    server.stop()
+
+
+if __name__ == "__main__":
+    import signal as _signal
+
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGTERM, _signal.SIGINT})
+    main()

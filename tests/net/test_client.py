@@ -150,3 +150,44 @@ def test_warm_run_within_the_ttl_needs_no_network_and_no_requests(stratum, mirro
         repo.source.cache.touch_file(FQRN, ".cvmfspublished", 1.0)
         repo.source.fetch_file(".cvmfspublished")
         assert mirror.total() > before
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_long_running_reader_moves_to_a_new_revision_after_the_ttl(stratum, mirror, cache_dir,
+                                                                   tmp_path):
+    from uvm.cvmfs.client import LiveRepository
+
+    keydir = publish_tree(stratum, tmp_path, ttl=60)
+    env = environment([mirror.url_for()], cache_dir, keydir, tmp_path)
+    cfg = config.load(environ=env, system_files=[])
+    state = str(tmp_path / "state")
+    clock = FakeClock()
+    live = LiveRepository(FQRN, cfg, state_dir=state, clock=clock)
+    pinned = LiveRepository(FQRN, cfg, tag="v1", state_dir=state, clock=clock)
+    try:
+        first = live.revision
+        old_handle = live.open_file("/etc/conf")
+        (tmp_path / "src" / "etc" / "conf").write_bytes(b"key=new value\n")
+        publish(str(tmp_path / "src"), FQRN, os.path.join(stratum, "cvmfs", FQRN), keydir,
+                ttl=60, chunking=ChunkPolicy(8192, 16384, 32768))
+        assert live.read("/etc/conf") == FILES["etc/conf"]  # within the TTL: no change
+        clock.now += 61
+        assert live.read("/etc/conf") == b"key=new value\n"
+        assert live.revision == first + 1
+        assert old_handle.read() == FILES["etc/conf"]  # the open file is unaffected
+        old_handle.close()
+        assert pinned.read("/etc/conf") == FILES["etc/conf"]  # a tag never moves
+        assert pinned.revision == first
+        mirror.stop()  # a failed check keeps the current revision
+        clock.now += 61
+        assert live.read("/etc/conf") == b"key=new value\n"
+    finally:
+        live.close()
+        pinned.close()

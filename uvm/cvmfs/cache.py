@@ -13,10 +13,10 @@ Layout (the stock client's POSIX cache, ``cvmfs-format.md`` §6.5), below
     could ever be served.
 ``quarantaine/``
     objects whose size contradicted the catalog, kept for inspection.
-``locks/``
-    per-object download locks (``fcntl.flock``): one process downloads, the
-    others wait and then find the object.  The kernel drops a dead process's
-    lock, so nobody waits for ever.
+Download locks
+    ``fcntl.flock`` on the prefix directories: one process downloads an
+    object, the others wait and then find it.  The kernel drops a dead
+    process's lock, so nobody waits for ever.
 ``manifests/``
     the last verified ``.cvmfspublished`` / ``.cvmfswhitelist`` per
     repository, for offline runs.
@@ -75,7 +75,6 @@ class Cache:
         self.base = os.path.abspath(os.path.expanduser(base))
         self.root = os.path.join(self.base, "shared")
         self.txn_dir = os.path.join(self.root, "txn")
-        self.lock_dir = os.path.join(self.root, "locks")
         self.quarantine_dir = os.path.join(self.root, "quarantaine")
         self.manifest_dir = os.path.join(self.root, "manifests")
         self._dir_mode, self._file_mode = self._modes()
@@ -118,7 +117,7 @@ class Cache:
             self._mkdir(self.root)
             if os.path.isdir(os.path.join(self.root, "ff")):
                 return  # made before (the last directory is made last)
-            for name in ("txn", "locks", "quarantaine", "manifests"):
+            for name in ("txn", "quarantaine", "manifests"):
                 self._mkdir(os.path.join(self.root, name))
             for i in range(256):
                 self._mkdir(os.path.join(self.root, f"{i:02x}"))
@@ -206,29 +205,25 @@ class Cache:
 
     @contextmanager
     def locked(self, content_hash: ContentHash) -> Iterator[None]:
-        """Hold the download lock of one object (blocks; a dead holder's lock is freed)."""
-        path = os.path.join(self.lock_dir, str(content_hash))
-        while True:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            except OSError as err:
-                raise self._io_error("create the lock", path, err) from None
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the previous holder removed this file: lock the new one
+        """Hold the download lock of an object (blocks; a dead holder's lock is freed).
+
+        The lock is ``flock`` on the object's prefix directory (``ab/``): 256
+        stripes that always exist, so taking a lock creates no file (creating
+        files is the slowest thing a download does on many disks).  Two
+        downloads in one stripe wait for each other, which with a few dozen
+        parallel downloads happens rarely and only costs a little overlap.
+        """
+        key = content_hash.digest.hex()
+        directory = os.path.join(self.root, key[:2])
         try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise self._io_error("lock", directory, err) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-            os.close(fd)
+            os.close(fd)  # closing releases the lock
 
     # -- transactions -------------------------------------------------------
 
@@ -380,19 +375,6 @@ class Cache:
         self.quota.rebuild([(k, s) for k, s in self.scan()])
         shutil.rmtree(self.quarantine_dir, ignore_errors=True)
         self._mkdir(self.quarantine_dir)
-        for name in os.listdir(self.lock_dir):
-            path = os.path.join(self.lock_dir, name)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                os.unlink(path)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
         return removed
 
     def close(self) -> None:

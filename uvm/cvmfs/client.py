@@ -11,13 +11,21 @@ offline runs.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+import logging
+import time
+from typing import Any, Callable, List, Optional, Tuple
 
 from uvm import config as config_mod
 from uvm.cvmfs.cache import Cache
 from uvm.cvmfs.domains import public_key_files
 from uvm.cvmfs.fetcher import Fetcher, ObjectRequest
 from uvm.cvmfs.hashing import Suffix
+from uvm.errors import UvmError
+
+log = logging.getLogger(__name__)
+
+SHORT_TERM_TTL = 180.0
+"""Seconds before retrying a failed revision check (the stock ``kShortTermTTL``)."""
 
 
 def parse_target(text: str) -> Tuple[str, str]:
@@ -57,6 +65,118 @@ def open_repository(
         source=fetcher, state_dir=state_dir, environ=config.environ)
     fetcher.remember_verified()
     return repository
+
+
+class _Borrowed:
+    """The shared fetcher as seen by one revision: closing the revision keeps it open."""
+
+    def __init__(self, fetcher: Fetcher) -> None:
+        self._fetcher = fetcher
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fetcher, name)
+
+    def close(self) -> None:
+        pass
+
+
+class LiveRepository:
+    """A repository that moves to new revisions after the TTL, for long-running processes.
+
+    Every attribute is looked up on the current revision (a
+    :class:`~uvm.cvmfs.repository.Repository`); when the TTL (the root
+    catalog's, capped by ``CVMFS_MAX_TTL``) has passed, the manifest is
+    fetched and verified again and a newer revision becomes current for new
+    lookups.  Older revisions stay open until :meth:`close`, so files and
+    catalogs already in use keep working.  A run pinned to a tag, date or root
+    hash never moves.  A failed check (offline) is retried after 180 s.
+    """
+
+    def __init__(self, fqrn: str, config: Optional[config_mod.Config] = None, *,
+                 tag: Optional[str] = None, date: Optional[str] = None,
+                 root_hash: Optional[str] = None, cache: Optional[Cache] = None,
+                 state_dir: Optional[str] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        from uvm.cvmfs.repository import Repository
+
+        self._config = config or config_mod.load()
+        settings = self._config.settings(fqrn)
+        if tag is None and date is None and root_hash is None:
+            tag = settings.repository_tag or None
+            date = settings.repository_date or None
+            root_hash = settings.root_hash or None
+        self.fqrn = fqrn
+        self.pinned = any(x is not None for x in (tag, date, root_hash))
+        self._clock = clock
+        self._max_ttl = 60.0 * max(0, settings.max_ttl)
+        self.fetcher = Fetcher.from_settings(fqrn, settings, cache)
+        keys = public_key_files(settings.public_key, settings.keys_dir, fqrn) or None
+
+        def open_revision() -> Any:
+            repository = Repository.open(
+                fqrn, keys=keys, tag=tag, date=date, root_hash=root_hash,
+                source=_Borrowed(self.fetcher), state_dir=state_dir,
+                environ=self._config.environ)
+            self.fetcher.remember_verified()
+            return repository
+
+        self._open_revision = open_revision
+        try:
+            self.current = open_revision()
+        except BaseException:
+            self.fetcher.close()
+            raise
+        self._retired: List[Any] = []
+        self._next_check = clock() + self.ttl()
+
+    def ttl(self) -> float:
+        ttl = float(self.current.ttl)
+        return min(ttl, self._max_ttl) if self._max_ttl > 0 else ttl
+
+    def refresh(self, force: bool = False) -> bool:
+        """Check for a new revision if the TTL passed (or ``force``); True if it moved."""
+        now = self._clock()
+        if self.pinned or (not force and now < self._next_check):
+            return False
+        self.fetcher.expire()
+        try:
+            candidate = self._open_revision()
+        except UvmError as err:
+            log.warning("cannot check %s for a new revision (%s); staying on revision %d",
+                        self.fqrn, err.one_line(), self.current.revision)
+            self._next_check = now + SHORT_TERM_TTL
+            return False
+        if self.fetcher.offline:
+            self._next_check = now + SHORT_TERM_TTL
+        else:
+            self._next_check = now + self.ttl()
+        if candidate.revision > self.current.revision:
+            log.info("%s: revision %d → %d", self.fqrn, self.current.revision,
+                     candidate.revision)
+            self._retired.append(self.current)
+            self.current = candidate
+            self._next_check = now + self.ttl()
+            return True
+        candidate.close()
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        self.refresh()
+        return getattr(self.current, name)
+
+    def close(self) -> None:
+        for repository in self._retired + [self.current]:
+            repository.close()
+        self._retired.clear()
+        self.fetcher.close()
+
+    def __enter__(self) -> "LiveRepository":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def subtree_objects(repository: Any, path: str = "/") -> List[ObjectRequest]:

@@ -158,7 +158,7 @@ class Quota:
         """Account a newly committed object; evict if the limit is exceeded."""
 
         def body(db: sqlite3.Connection) -> None:
-            self._flush_locked(db)
+            self._flush_locked(db, counters=False)
             seq = self._next_seq(db)
             row = db.execute("SELECT size FROM cache_catalog WHERE sha1=?", (key,)).fetchone()
             self._recent[key] = time.monotonic()  # just got the newest acseq
@@ -187,14 +187,16 @@ class Quota:
                 return
             self._transaction("update access times", self._flush_locked)
 
-    def _flush_locked(self, db: sqlite3.Connection) -> None:
-        quick, self._quick_hits = self._quick_hits, 0
-        self._counts["hits"] += quick
+    def _flush_locked(self, db: sqlite3.Connection, counters: bool = True) -> None:
         if self._touched:
             seq = self._next_seq(db)
             db.executemany("UPDATE cache_catalog SET acseq=? WHERE sha1=?",
                            [(seq + i, key) for i, key in enumerate(self._touched)])
             self._touched.clear()
+        if not counters:
+            return
+        quick, self._quick_hits = self._quick_hits, 0
+        self._counts["hits"] += quick
         for name, value in self._counts.items():
             if value:
                 db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) "
