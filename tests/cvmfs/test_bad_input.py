@@ -353,3 +353,26 @@ def test_bad_date_and_tag_options(store, keydir, tmp_path):
 def test_no_server_configured(keydir, tmp_path):
     result = run_uvm("repo", "info", FQRN, "--keys", keydir)
     assert_one_line_error(result, "no server")
+
+
+def test_history_of_older_schema_revisions(tmp_path):
+    """Stock history databases before revision 3 lack 'branch' (and before 1, 'size')."""
+    import sqlite3
+
+    from uvm.cvmfs.history import History
+
+    path = str(tmp_path / "old-history.sqlite")
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE properties (key TEXT, value TEXT, CONSTRAINT pk_properties PRIMARY KEY (key));"
+        "CREATE TABLE tags (name TEXT, hash TEXT, revision INTEGER, timestamp INTEGER, "
+        "channel INTEGER, description TEXT, CONSTRAINT pk_tags PRIMARY KEY (name));"
+        "INSERT INTO properties VALUES ('schema', '1.0');"
+        "INSERT INTO tags VALUES ('old', '" + "ab" * 20 + "', 7, 1000, 0, 'x');"
+    )
+    db.commit()
+    db.close()
+    history = History(path)
+    assert history.find("old").revision == 7 and history.find("old").size == 0
+    assert history.find_by_date(2000).name == "old"
+    history.close()

@@ -77,7 +77,9 @@ class History:
         if "name" not in columns:
             self._db.close()
             raise CatalogError("history database has no tags table")
-        self._fields = _FIELDS if "branch" in columns else _FIELDS.replace("branch", "''")
+        # older schema revisions lack 'size' (rev 0) and 'branch' (before rev 3)
+        fields = _FIELDS if "size" in columns else _FIELDS.replace("size", "0")
+        self._fields = fields if "branch" in columns else fields.replace("branch", "''")
         self._has_branch = "branch" in columns
 
     @classmethod
