@@ -115,7 +115,10 @@ else:
             raise CvmfsError("the digest computation failed (or the codec was already finished)")
         if status == lib.CODEC_WRITE:
             code = result.sys_errno if result is not None else 0
-            raise DecodeError(f"cannot write output: {os.strerror(code)}", DecodeFailure.WRITE)
+            cause = OSError(code, os.strerror(code))  # as the twin's: errno for the caller
+            raise DecodeError(
+                f"cannot write output: {os.strerror(code)}", DecodeFailure.WRITE
+            ) from cause
         if status == lib.CODEC_TRUNCATED:
             raise DecodeError("zlib stream truncated", DecodeFailure.TRUNCATED)
         if status == lib.CODEC_CORRUPT:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -252,6 +253,7 @@ def test_write_failure(codec):
         codec.decode_bytes(STORED, Algorithm.SHA1, out.fileno(), None, len(GOOD))
     assert info.value.failure is DecodeFailure.WRITE
     assert "No space left on device" in str(info.value)
+    assert info.value.__cause__.errno == errno.ENOSPC
     with open("/dev/full", "wb") as out, pytest.raises(DecodeError) as info:
         decoder = codec.Decoder(Algorithm.SHA1, out.fileno(), compressed=False)
         decoder.feed(b"x" * 100)
