@@ -236,8 +236,11 @@ class Repository:
             return cls._open(fqrn, source, keys, tag, date, root_hash, state_dir, environ, now)
         except CvmfsError as err:
             source.close()
-            servers_text = ";".join(getattr(source, "servers", []) or [])
-            raise _located(err, f"{fqrn}" + (f" at {servers_text}" if servers_text else ""))
+            servers = getattr(source, "servers", None)
+            where = fqrn
+            if isinstance(servers, (list, tuple)) and all(isinstance(s, str) for s in servers):
+                where += f" at {';'.join(servers)}" if servers else ""
+            raise _located(err, where)
         except BaseException:
             source.close()
             raise
