@@ -116,10 +116,11 @@ class Tracer:
         self.last.pop(tgid, None)
         if pending is not None:
             self.exe[tgid] = pending[0]
-            try:
-                self._fix_execfn(tgid, pending[1])
-            except OSError:
-                pass
+            if pending[1]:
+                try:
+                    self._fix_execfn(tgid, pending[1])
+                except OSError:
+                    pass
 
     def _fix_execfn(self, tgid: int, given: str) -> None:
         """Make AT_EXECFN name what the guest executed, not the host path
@@ -411,20 +412,36 @@ class Tracer:
             self.logfn(f"[{tid}] {name}({path!r}) -> {host}" + (
                 f" argv {[a if isinstance(a, bytes) else '…' for a in new_argv]}" if changed else ""))
         envp = getattr(regs, args[envp_i])
-        # Build the new argument block below the stack pointer.
+        # One block below the stack pointer: the host path, the new strings,
+        # then the pointer array; written with a single process_vm_writev.
+        host_b = _enc(host) + b"\0"
+        strings = [item + b"\0" for item in new_argv if not isinstance(item, int)]
+        nptr = len(new_argv) + 1
+        size = len(host_b) + sum(len(x) for x in strings)
+        size = (size + 15) & ~15
+        top = (self._cursor - size - nptr * word) & ~15
+        self._cursor = top
+        host_addr = top + nptr * word
+        cursor = host_addr + len(host_b)
         ptrs = []
         for item in new_argv:
-            ptrs.append(item if isinstance(item, int) else self._put(tid, item + b"\0"))
+            if isinstance(item, int):
+                ptrs.append(item)
+            else:
+                ptrs.append(cursor)
+                cursor += len(item) + 1
         ptrs.append(0)
-        block = struct.pack("<%d%s" % (len(ptrs), "Q" if word == 8 else "I"), *ptrs)
-        argv_addr = self._put(tid, block)
-        host_addr = self._put(tid, _enc(host) + b"\0")
+        block = struct.pack("<%d%s" % (nptr, "Q" if word == 8 else "I"), *ptrs) + host_b + b"".join(strings)
+        mem.write_bytes(tid, top, block)
+        argv_addr = top
         if name == "execveat":
             regs.orig_rax = NUMBERS[abi]["execve"]
         setattr(regs, args[0], host_addr)
         setattr(regs, args[1], argv_addr)
         setattr(regs, args[2], envp)
-        self.pending_exe[tid] = (guest_prog, path)
+        # ld.so, run explicitly, sets AT_EXECFN itself; the tracer fixes it
+        # for programs the kernel runs directly.
+        self.pending_exe[tid] = (guest_prog, "" if changed else path)
         self.translated += 1
         return SETREGS
 
