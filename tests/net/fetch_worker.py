@@ -3,7 +3,8 @@
 Usage: ``fetch_worker.py LISTFILE [--slow]``; settings come from ``CVMFS_*``
 environment variables through :mod:`uvm.config`, as in a real run.  Each
 line of LISTFILE is ``<hash> <size>``; for every object the worker prints
-``<hash> <sha1 of the bytes read from the returned path>``.
+``<hash> <sha1 of the bytes read>``; ``--prefetch`` first fetches all of
+them in parallel.
 """
 
 from __future__ import annotations
@@ -27,12 +28,10 @@ def main() -> int:
     settings = config.load().settings(FQRN)
     with Fetcher.from_settings(FQRN, settings) as fetcher:
         if "--prefetch" in sys.argv:
-            paths = fetcher.prefetch(wanted)
-        else:
-            paths = [fetcher.fetch_object(*item) for item in wanted]
-        for (h, _, _, _), path in zip(wanted, paths):
-            with open(path, "rb") as obj:
-                print(h, hashlib.sha1(obj.read()).hexdigest(), flush=True)
+            fetcher.prefetch(wanted)  # warms the cache; paths may be evicted again
+        for item in wanted:
+            with fetcher.open_object(*item) as obj:
+                print(item[0], hashlib.sha1(obj.read()).hexdigest(), flush=True)
     return 0
 
 

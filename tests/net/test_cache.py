@@ -243,3 +243,47 @@ def test_shared_base_gives_group_writable_directories(tmp_path):
         assert os.stat(private.root).st_mode & 0o077 == 0
     finally:
         private.close()
+
+
+def test_quota_under_load_from_several_processes(mirror, put, cache_dir, tmp_path):
+    sets = [make_objects(put, 15, 120000, seed=b"load%d" % i) for i in range(4)]
+    env = fast_env([mirror.url_for()], cache_dir, CVMFS_QUOTA_LIMIT="1")
+    procs = []
+    for i, objects in enumerate(sets):
+        listfile = write_list(tmp_path / f"list{i}", objects)
+        procs.append(subprocess.Popen([sys.executable, WORKER, listfile, "--prefetch"], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    for proc, objects in zip(procs, sets):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        check_output(out, objects)
+    cache = Cache(cache_dir, 1)
+    try:
+        stats = cache.quota.stats()
+        assert stats["evictions"] > 0
+        assert stats["usage"] <= 1 << 20
+        assert sum(size for _key, size in cache.scan()) == stats["usage"]
+        assert stats["pinned"] == 0  # all workers are gone
+    finally:
+        cache.close()
+
+
+def test_lost_database_is_rebuilt_from_the_objects_on_disk(mirror, put, make_fetcher,
+                                                           cache_dir):
+    objects = make_objects(put, 4, 5000, seed=b"rebuild")
+    fetcher = make_fetcher(fast_settings([mirror.url_for()]))
+    for h in objects:
+        fetcher.fetch_object(h)
+    fetcher.close()
+    for suffix in ("", "-wal", "-shm"):
+        path = os.path.join(cache_dir, "shared", "cachedb" + suffix)
+        if os.path.exists(path):
+            os.unlink(path)
+    cache = Cache(cache_dir)
+    try:
+        stats = cache.quota.stats()
+        assert stats["objects"] == 4
+        assert stats["usage"] == sum(len(d) for d in objects.values())
+    finally:
+        cache.close()

@@ -83,9 +83,15 @@ class Cache:
         self._known: Dict[str, int] = {}
         self._generation = self._map_generation()
         self._seen_generation = self._generation[:8] if self._generation is not None else b""
-        self.quota = Quota(os.path.join(self.root, "cachedb"),
-                           quota_limit_mb * _MB if quota_limit_mb > 0 else 0,
+        db_path = os.path.join(self.root, "cachedb")
+        had_db = os.path.exists(db_path)
+        self.quota = Quota(db_path, quota_limit_mb * _MB if quota_limit_mb > 0 else 0,
                            self._remove, self._file_mode if self.shared else None)
+        if not had_db:
+            found = self.scan()
+            if found:  # the database was lost: account for what is on disk
+                log.info("rebuilding the accounting of %d cached objects", len(found))
+                self.quota.rebuild(found)
 
     # -- set-up -------------------------------------------------------------
 
@@ -197,6 +203,10 @@ class Cache:
             self.quota.forget([key])
             return None
         return path
+
+    def forget_known(self, key: str) -> None:
+        """Drop the memory that ``key`` is on disk (it was found missing)."""
+        self._known.pop(key, None)
 
     def contains(self, content_hash: ContentHash) -> bool:
         return os.path.exists(self.path_of(content_hash))
@@ -447,3 +457,49 @@ class Transaction:
             os.unlink(self.path)
         except OSError:
             pass
+
+
+def checks() -> Iterator["object"]:
+    """``uvm doctor``: the configuration loads and the cache directory is usable."""
+    from uvm import config as config_mod
+    from uvm.doctor import Check
+    from uvm.errors import UvmError
+
+    try:
+        settings = config_mod.load().settings()
+    except UvmError as err:
+        yield Check("config", False, err.one_line())
+        return
+    yield Check("config", True, "configuration loads (`uvm config show` for details)")
+    base = os.path.abspath(os.path.expanduser(settings.cache_base))
+    probe = base
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    writable = os.access(probe, os.W_OK | os.X_OK)
+    try:
+        usage = os.statvfs(probe)
+        free = usage.f_bavail * usage.f_frsize
+    except OSError:
+        free = 0
+    quota = settings.quota_limit * _MB if settings.quota_limit > 0 else 0
+    detail = f"cache {base}: {'writable' if writable else 'NOT writable'}, {free // _MB} MB free"
+    if quota:
+        detail += f", quota {settings.quota_limit} MB"
+        if free + _usage_of(base) < quota:
+            detail += " (more than the free space: lower CVMFS_QUOTA_LIMIT)"
+    yield Check("cache", writable, detail)
+
+
+def _usage_of(base: str) -> int:
+    """Bytes the cache already holds according to its database (0 if none)."""
+    import sqlite3
+
+    path = os.path.join(base, "shared", "cachedb")
+    if not os.path.exists(path):
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+            row = db.execute("SELECT value FROM properties WHERE key='usage'").fetchone()
+            return int(row[0]) if row else 0
+    except sqlite3.Error:
+        return 0

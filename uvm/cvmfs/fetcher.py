@@ -21,7 +21,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from uvm.cvmfs import servers
 from uvm.cvmfs.cache import Cache
@@ -220,6 +220,32 @@ class Fetcher:
             self.pin(content_hash)
         return path
 
+    def open_object(
+        self,
+        content_hash: ContentHash,
+        suffix: Suffix = Suffix.NONE,
+        expected_size: Optional[int] = None,
+        compressed: bool = True,
+    ) -> BinaryIO:
+        """The verified object as an open binary file.
+
+        Prefer this to ``open(fetch_object(...))``: an object can be evicted
+        by another process between the lookup and the ``open`` when the cache
+        is over quota; here that is detected and the object fetched again.  An
+        open file stays readable after eviction (POSIX), so nothing else can
+        pull it from under the caller.
+        """
+        for _attempt in range(4):
+            path = self.fetch_object(content_hash, suffix, expected_size, compressed)
+            try:
+                return open(path, "rb")
+            except FileNotFoundError:
+                self.cache.forget_known(str(content_hash))
+        raise FetchError(f"object {content_hash} keeps disappearing from the cache "
+                         f"{self.cache.root}", FetchFailure.LOCAL_IO,
+                         hint="the quota is too small for the working set: raise "
+                         "CVMFS_QUOTA_LIMIT")
+
     def _download(self, content_hash: ContentHash, suffix: Suffix,
                   expected_size: Optional[int], compressed: bool) -> str:
         what = f"object {content_hash}{suffix.value} of {self.fqrn}"
@@ -262,6 +288,9 @@ class Fetcher:
         parallel: Optional[int] = None,
     ) -> List[str]:
         """Fetch many objects with a bounded thread pool; return their paths in order.
+
+        The paths are valid as long as the quota does not evict the objects:
+        to read them, use :meth:`open_object`, which is then a cache hit.
 
         The decoder releases the GIL, so threads overlap network waits and
         inflation alike.  Every object is attempted; if some fail, a
