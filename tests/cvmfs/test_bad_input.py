@@ -376,3 +376,19 @@ def test_history_of_older_schema_revisions(tmp_path):
     assert history.find("old").revision == 7 and history.find("old").size == 0
     assert history.find_by_date(2000).name == "old"
     history.close()
+
+
+def test_concurrent_publish_is_refused(published, keydir, tmp_path):
+    import fcntl
+
+    src, original = published
+    store = copy_store(original, str(tmp_path / "store"))
+    fd = os.open(os.path.join(store, "data", "txn", ".lock"), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(PublishError) as err:
+            publish(src, FQRN, store, keydir)
+        assert "in progress" in str(err.value)
+    finally:
+        os.close(fd)
+    assert publish(src, FQRN, store, keydir).revision == 2

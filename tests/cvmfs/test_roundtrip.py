@@ -229,8 +229,11 @@ def test_kill_9_mid_publish_leaves_previous_revision(tmp_path, keydir):
     with Repository.open(FQRN, servers=store, keys=keydir, state_dir=str(tmp_path / "s")) as repo:
         assert repo.revision == 1 and repo.root_hash == first.root_hash
         assert not repo.exists("/more0.txt")
+    txn = os.path.join(store, "data", "txn")
+    assert set(os.listdir(txn)) - {".lock"}  # the killed publish left litter behind
     again = publish(src, FQRN, store, keydir, chunking=SMALL_CHUNKS)
     assert again.revision == 2
+    assert os.listdir(txn) == [".lock"]  # cleared under the lock by the next publish
     with Repository.open(FQRN, servers=store, keys=keydir, state_dir=str(tmp_path / "s")) as repo:
         assert repo.read("/more99.txt") == b"more 99\n" * 50
 

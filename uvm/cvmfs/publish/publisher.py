@@ -388,6 +388,21 @@ def publish(
     keys: PublishKeys = load_publish_keys(fqrn, keydir)
     objects = ObjectStore(store, algorithm)
     objects.prepare()
+    objects.lock()
+    try:
+        return _publish_locked(objects, src, src_st, fqrn, store, keys, tag, description,
+                               algorithm, whitelist_days, chunking, autocatalogs,
+                               autocatalog_max, ttl, now, progress)
+    finally:
+        objects.unlock()
+
+
+def _publish_locked(objects: ObjectStore, src: str, src_st: os.stat_result, fqrn: str,
+                    store: str, keys: PublishKeys, tag: Optional[str],
+                    description: Optional[str], algorithm: Algorithm, whitelist_days: int,
+                    chunking: ChunkPolicy, autocatalogs: bool, autocatalog_max: int, ttl: int,
+                    now: Optional[int], progress: Optional[Callable[[str], None]]
+                    ) -> PublishResult:
 
     previous = None
     old = objects.read_file(".cvmfspublished")

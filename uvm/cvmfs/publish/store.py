@@ -17,7 +17,9 @@ so a republish adds only new objects and a killed publish leaves only
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import tempfile
 from typing import Iterable, Optional
 
@@ -35,6 +37,7 @@ class ObjectStore:
         self.txn = os.path.join(root, "data", "txn")
         self.new_objects = 0
         self.new_bytes = 0
+        self._lock_fd: Optional[int] = None
 
     def prepare(self) -> None:
         """Create the layout (all 256 ``data/XX`` directories and ``txn``) and check access."""
@@ -50,6 +53,37 @@ class ObjectStore:
                 f"store {self.root} is not writable: {err.strerror or err}",
                 hint="choose a directory you can write to with --to",
             ) from None
+
+    def lock(self) -> None:
+        """Take the store's publish lock, then clear what killed publishes left in ``txn``.
+
+        An advisory ``flock`` on ``data/txn/.lock``: the kernel drops it when
+        the holder dies, even by SIGKILL, so there is never a stale lock.
+        """
+        path = os.path.join(self.txn, ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise PublishError(f"another publish into {self.root} is in progress") from None
+        self._lock_fd = fd
+        for name in os.listdir(self.txn):
+            if name == ".lock":
+                continue
+            litter = os.path.join(self.txn, name)
+            if os.path.isdir(litter) and not os.path.islink(litter):
+                shutil.rmtree(litter, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(litter)
+                except OSError:
+                    pass
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def path_of(self, content_hash: ContentHash, suffix: Suffix = Suffix.NONE) -> str:
         return os.path.join(self.root, content_hash.object_path(suffix))
