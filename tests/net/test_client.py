@@ -191,3 +191,17 @@ def test_long_running_reader_moves_to_a_new_revision_after_the_ttl(stratum, mirr
     finally:
         live.close()
         pinned.close()
+
+
+def test_damaged_manifest_on_one_mirror_is_retried_on_the_next(published, mirror, mirror2,
+                                                               cache_dir, tmp_path):
+    mirror.add_fault("corrupt", match=".cvmfspublished")
+    env = environment([mirror.url_for(), mirror2.url_for()], cache_dir, published, tmp_path)
+    cfg = config.load(environ=env, system_files=[])
+    with open_repository(FQRN, cfg, state_dir=str(tmp_path / "state")) as repo:
+        assert repo.read("/etc/conf") == FILES["etc/conf"]
+    assert mirror2.count(".cvmfspublished") == 1
+    mirror2.add_fault("corrupt", match=".cvmfspublished")
+    from uvm.errors import IntegrityError, ManifestError
+    with pytest.raises((IntegrityError, ManifestError)):
+        open_repository(FQRN, cfg, state_dir=str(tmp_path / "state"))

@@ -20,7 +20,8 @@ from uvm.cvmfs.cache import Cache
 from uvm.cvmfs.domains import public_key_files
 from uvm.cvmfs.fetcher import Fetcher, ObjectRequest
 from uvm.cvmfs.hashing import Suffix
-from uvm.errors import UvmError
+from uvm.errors import (ManifestError, RollbackError, SignatureError, UvmError,
+                        WhitelistError)
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +61,61 @@ def open_repository(
         root_hash = settings.root_hash or None
     fetcher = Fetcher.from_settings(fqrn, settings, cache)
     keys: Optional[List[str]] = public_key_files(settings.public_key, settings.keys_dir, fqrn)
-    repository = Repository.open(
-        fqrn, keys=keys or None, tag=tag, date=date, root_hash=root_hash,
-        source=fetcher, state_dir=state_dir, environ=config.environ)
+    handle = _SourceHandle(fetcher)
+
+    def open_once() -> Any:
+        return Repository.open(
+            fqrn, keys=keys or None, tag=tag, date=date, root_hash=root_hash,
+            source=handle, state_dir=state_dir, environ=config.environ)
+
+    try:
+        repository = _with_mirror_retry(fetcher, open_once)
+    except BaseException:
+        fetcher.close()
+        raise
     fetcher.remember_verified()
+    handle.owns = True  # from now on, closing the repository closes the fetcher
     return repository
 
 
-class _Borrowed:
-    """The shared fetcher as seen by one revision: closing the revision keeps it open."""
+# Failures of a verified open that another mirror may not have (stale or
+# damaged copies); as in the stock client, the next stratum 1 gets one chance.
+_MIRROR_SPECIFIC = (SignatureError, WhitelistError, RollbackError, ManifestError)
 
-    def __init__(self, fetcher: Fetcher) -> None:
+
+def _with_mirror_retry(fetcher: Fetcher, open_once: Callable[[], Any]) -> Any:
+    try:
+        return open_once()
+    except _MIRROR_SPECIFIC as err:
+        transport = fetcher._transport
+        if transport is None or fetcher.offline or fetcher.fresh_from_cache \
+                or len(transport.chain.hosts) < 2:
+            raise
+        failed, _ = transport.chain.current(allow_reset=False)
+        log.warning("%s (from %s); trying the next mirror", err.one_line(),
+                    transport.chain.hosts[failed])
+        transport.chain.switch_host(failed)
+        return open_once()
+
+
+class _SourceHandle:
+    """The fetcher as one repository revision sees it.
+
+    ``Repository`` closes its source on close and on a failed open; the
+    handle passes that on only when it ``owns`` the fetcher, so that a retry
+    or several revisions can share one fetcher.
+    """
+
+    def __init__(self, fetcher: Fetcher, owns: bool = False) -> None:
         self._fetcher = fetcher
+        self.owns = owns
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._fetcher, name)
 
     def close(self) -> None:
-        pass
+        if self.owns:
+            self._fetcher.close()
 
 
 class LiveRepository:
@@ -113,10 +151,10 @@ class LiveRepository:
         keys = public_key_files(settings.public_key, settings.keys_dir, fqrn) or None
 
         def open_revision() -> Any:
-            repository = Repository.open(
+            repository = _with_mirror_retry(self.fetcher, lambda: Repository.open(
                 fqrn, keys=keys, tag=tag, date=date, root_hash=root_hash,
-                source=_Borrowed(self.fetcher), state_dir=state_dir,
-                environ=self._config.environ)
+                source=_SourceHandle(self.fetcher), state_dir=state_dir,
+                environ=self._config.environ))
             self.fetcher.remember_verified()
             return repository
 
