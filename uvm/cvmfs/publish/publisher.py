@@ -360,6 +360,22 @@ def _load_history(store: ObjectStore, previous: Optional[manifest_mod.Manifest],
     return History.create(path, fqrn)
 
 
+@dataclass(frozen=True)
+class PublishOptions:
+    """Everything about a publish except its source, repository, store and keys."""
+
+    tag: Optional[str] = None
+    description: Optional[str] = None
+    algorithm: Algorithm = Algorithm.SHA1
+    whitelist_days: int = whitelist_mod.DEFAULT_DAYS
+    chunking: ChunkPolicy = ChunkPolicy()
+    autocatalogs: bool = False
+    autocatalog_max: int = DEFAULT_AUTOCATALOG_MAX
+    ttl: int = manifest_mod.DEFAULT_TTL
+    now: Optional[int] = None
+    progress: Optional[Callable[[str], None]] = None
+
+
 def publish(
     src: str,
     fqrn: str,
@@ -376,7 +392,13 @@ def publish(
     now: Optional[int] = None,
     progress: Optional[Callable[[str], None]] = None,
 ) -> PublishResult:
-    """Publish ``src`` as the next revision of ``fqrn`` in ``store`` (see module docstring)."""
+    """Publish ``src`` as the next revision of ``fqrn`` in ``store`` (see module docstring).
+
+    ``now`` fixes the publish time (tests of dates); ``progress`` is called
+    with each source file once its content is stored.
+    """
+    options = PublishOptions(tag, description, algorithm, whitelist_days, chunking,
+                             autocatalogs, autocatalog_max, ttl, now, progress)
     try:
         src_st = os.stat(src)
     except OSError as err:
@@ -385,44 +407,80 @@ def publish(
         raise PublishError(f"source {src} is not a directory")
     if whitelist_days < 1:
         raise PublishError("whitelist lifetime must be at least one day")
-    keys: PublishKeys = load_publish_keys(fqrn, keydir)
+    keys = load_publish_keys(fqrn, keydir)
     objects = ObjectStore(store, algorithm)
     objects.prepare()
     objects.lock()
     try:
-        return _publish_locked(objects, src, src_st, fqrn, store, keys, tag, description,
-                               algorithm, whitelist_days, chunking, autocatalogs,
-                               autocatalog_max, ttl, now, progress)
+        return _publish_locked(objects, src, src_st, fqrn, keys, options)
     finally:
         objects.unlock()
 
 
-def _publish_locked(objects: ObjectStore, src: str, src_st: os.stat_result, fqrn: str,
-                    store: str, keys: PublishKeys, tag: Optional[str],
-                    description: Optional[str], algorithm: Algorithm, whitelist_days: int,
-                    chunking: ChunkPolicy, autocatalogs: bool, autocatalog_max: int, ttl: int,
-                    now: Optional[int], progress: Optional[Callable[[str], None]]
-                    ) -> PublishResult:
-
-    previous = None
+def _read_previous(objects: ObjectStore, fqrn: str,
+                   algorithm: Algorithm) -> Optional[manifest_mod.Manifest]:
+    """The store's current manifest (our own, so parsed but not re-verified), if any."""
     old = objects.read_file(".cvmfspublished")
-    if old is not None:
+    if old is None:
+        return None
+    try:
+        previous = manifest_mod.parse_manifest(old)
+    except CvmfsError as err:
+        raise PublishError(f"store {objects.root} holds an unreadable manifest: {err}") from None
+    if previous.fqrn not in (None, fqrn):
+        raise PublishError(f"store {objects.root} holds repository {previous.fqrn}, not {fqrn}")
+    if previous.algorithm is not algorithm:
+        raise PublishError(
+            f"store {objects.root} uses hash algorithm {previous.algorithm.name.lower()}",
+            hint="republish with the same --hash-algorithm",
+        )
+    return previous
+
+
+def _write_history(objects: ObjectStore, previous: Optional[manifest_mod.Manifest], fqrn: str,
+                   workdir: str, trunk_tag: Tag, options: PublishOptions) -> ContentHash:
+    """Move ``trunk`` to ``trunk-previous``, add the new ``trunk`` and the user's tag."""
+    path = os.path.join(workdir, "history.sqlite")
+    history = _load_history(objects, previous, fqrn, path)
+    try:
         try:
-            previous = manifest_mod.parse_manifest(old)
-        except CvmfsError as err:
-            raise PublishError(f"store {store} holds an unreadable manifest: {err}") from None
-        if previous.fqrn not in (None, fqrn):
-            raise PublishError(f"store {store} holds repository {previous.fqrn}, not {fqrn}")
-        if previous.algorithm is not algorithm:
-            raise PublishError(
-                f"store {store} uses hash algorithm {previous.algorithm.name.lower()}",
-                hint="republish with the same --hash-algorithm",
-            )
-    timestamp = int(time.time()) if now is None else int(now)
+            trunk = history.find(TRUNK)
+        except CvmfsError:
+            trunk = None
+        if trunk is not None:
+            history.set_tag(Tag(TRUNK_PREVIOUS, trunk.root_hash, trunk.revision,
+                                trunk.timestamp, "default undo target", trunk.size))
+        history.set_tag(trunk_tag)
+        if options.tag:
+            history.set_tag(Tag(options.tag, trunk_tag.root_hash, trunk_tag.revision,
+                                trunk_tag.timestamp, options.description or "", trunk_tag.size))
+        if previous is not None and previous.history is not None:
+            history.set_property("previous_revision", str(previous.history))
+    finally:
+        history.close()
+    return objects.put_file(path, Suffix.HISTORY)
+
+
+def _sign_and_commit(objects: ObjectStore, keys: PublishKeys, fqrn: str,
+                     new_manifest: manifest_mod.Manifest, options: PublishOptions) -> None:
+    """Whitelist first, then the manifest: the one rename that makes the revision visible."""
+    algorithm = options.algorithm
+    fingerprint = signature.certificate_fingerprint(keys.certificate, algorithm)
+    created = _dt.datetime.now(_dt.timezone.utc)
+    body = whitelist_mod.render(fqrn, fingerprint, created, options.whitelist_days)
+    objects.replace_file(".cvmfswhitelist", whitelist_mod.sign(body, keys.master_key, algorithm))
+    signed = manifest_mod.sign(manifest_mod.render(new_manifest), keys.repository_key, algorithm)
+    objects.replace_file(".cvmfspublished", signed)
+
+
+def _publish_locked(objects: ObjectStore, src: str, src_st: os.stat_result, fqrn: str,
+                    keys: PublishKeys, options: PublishOptions) -> PublishResult:
+    previous = _read_previous(objects, fqrn, options.algorithm)
+    timestamp = int(time.time()) if options.now is None else int(options.now)
     if previous is not None and previous.timestamp is not None and timestamp < previous.timestamp:
-        if now is not None:
+        if options.now is not None:
             raise PublishError("publish time is older than the previous revision's")
-        timestamp = previous.timestamp
+        timestamp = previous.timestamp  # the clock went back: T must not
     revision = (previous.revision + 1) if previous is not None else 1
 
     workdir = tempfile.mkdtemp(prefix="publish.", dir=objects.txn)
@@ -430,49 +488,23 @@ def _publish_locked(objects: ObjectStore, src: str, src_st: os.stat_result, fqrn
         previous_catalogs = (
             _previous_catalogs(objects, previous.root_hash, workdir) if previous else {}
         )
-        auto = plan_autocatalogs(src, autocatalog_max) if autocatalogs else set()
-        previous_tree = _open_previous_tree(store, previous) if previous else None
-        builder = _Builder(src, objects, chunking, revision, timestamp, ttl,
-                           previous_catalogs, workdir, auto, progress, previous_tree)
+        auto = plan_autocatalogs(src, options.autocatalog_max) if options.autocatalogs else set()
+        previous_tree = _open_previous_tree(objects.root, previous) if previous else None
+        builder = _Builder(src, objects, options.chunking, revision, timestamp, options.ttl,
+                           previous_catalogs, workdir, auto, options.progress, previous_tree)
         try:
             root_hash, root_size, _ = builder.build("", src, src_st)
         finally:
             if previous_tree is not None:
                 previous_tree.close()
                 previous_tree.source.close()
-
-        history_path = os.path.join(workdir, "history.sqlite")
-        history = _load_history(objects, previous, fqrn, history_path)
-        try:
-            try:
-                trunk = history.find(TRUNK)
-            except CvmfsError:
-                trunk = None
-            if trunk is not None:
-                history.set_tag(Tag(TRUNK_PREVIOUS, trunk.root_hash, trunk.revision,
-                                    trunk.timestamp, "default undo target", trunk.size))
-            history.set_tag(Tag(TRUNK, root_hash, revision, timestamp, "current HEAD", root_size))
-            if tag:
-                history.set_tag(Tag(tag, root_hash, revision, timestamp, description or "", root_size))
-            if previous is not None and previous.history is not None:
-                history.set_property("previous_revision", str(previous.history))
-        finally:
-            history.close()
-        history_hash = objects.put_file(history_path, Suffix.HISTORY)
+        trunk = Tag(TRUNK, root_hash, revision, timestamp, "current HEAD", root_size)
+        history_hash = _write_history(objects, previous, fqrn, workdir, trunk, options)
         certificate_hash = objects.put_bytes(keys.certificate_pem, Suffix.CERTIFICATE)
-
-        fingerprint = signature.certificate_fingerprint(keys.certificate, algorithm)
-        created = _dt.datetime.now(_dt.timezone.utc)
-        whitelist_body = whitelist_mod.render(fqrn, fingerprint, created, whitelist_days)
-        objects.replace_file(
-            ".cvmfswhitelist", whitelist_mod.sign(whitelist_body, keys.master_key, algorithm)
-        )
-        new_manifest = manifest_mod.Manifest(
-            root_hash=root_hash, catalog_size=root_size, revision=revision, ttl=ttl,
+        _sign_and_commit(objects, keys, fqrn, manifest_mod.Manifest(
+            root_hash=root_hash, catalog_size=root_size, revision=revision, ttl=options.ttl,
             fqrn=fqrn, certificate=certificate_hash, history=history_hash, timestamp=timestamp,
-        )
-        signed = manifest_mod.sign(manifest_mod.render(new_manifest), keys.repository_key, algorithm)
-        objects.replace_file(".cvmfspublished", signed)
+        ), options)
     except OSError as err:
         where = f" ({err.filename})" if err.filename else ""
         raise PublishError(f"publish failed: {err.strerror or err}{where}") from None
