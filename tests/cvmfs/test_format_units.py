@@ -102,3 +102,14 @@ def test_whitelist_text_and_fingerprint_lines():
 def test_letter_without_separator_is_a_signature_error():
     with pytest.raises(SignatureError):
         signature.split_letter(b"Cabc\nS1\n", "manifest")
+
+
+def test_xattr_blobs_parse_as_the_stock_client_packs_them():
+    from uvm.cvmfs.catalog import parse_xattrs
+    from uvm.errors import CatalogError
+
+    blob = bytes([1, 2, 3, 1]) + b"a.bX" + bytes([19, 4]) + b"security.capability" + b"\x01\x02\x03\x04"
+    assert parse_xattrs(blob) == {"a.b": b"X", "security.capability": b"\x01\x02\x03\x04"}
+    assert parse_xattrs(None) == {}
+    with pytest.raises(CatalogError):
+        parse_xattrs(blob[:-1])

@@ -62,6 +62,25 @@ def parent_pair(path: str) -> Tuple[int, int]:
     return (0, 0) if path == "" else md5_pair(parent_path(path))
 
 
+def parse_xattrs(blob: Optional[bytes]) -> Dict[str, bytes]:
+    """The ``xattr`` column: ``u8 version(1), u8 count``, then ``u8 klen, u8 vlen, key, value``."""
+    if not blob:
+        return {}
+    if len(blob) < 2 or blob[0] != 1:
+        raise CatalogError("extended attributes of unknown version")
+    count, pos, result = blob[1], 2, {}
+    for _ in range(count):
+        if pos + 2 > len(blob):
+            raise CatalogError("truncated extended attributes")
+        klen, vlen = blob[pos], blob[pos + 1]
+        pos += 2
+        if pos + klen + vlen > len(blob):
+            raise CatalogError("truncated extended attributes")
+        result[decode_text(blob[pos:pos + klen])] = bytes(blob[pos + klen:pos + klen + vlen])
+        pos += klen + vlen
+    return result
+
+
 @dataclass(frozen=True)
 class DirEntry:
     """One catalog row, decoded.  ``path`` is the repository path ('' = root)."""
@@ -134,6 +153,11 @@ class DirEntry:
     def st_size(self) -> int:
         """What ``stat`` reports: devices have size 0."""
         return 0 if self.rdev else self.size
+
+    @property
+    def xattrs(self) -> Dict[str, bytes]:
+        """Extended attributes published with the entry (``security.capability``, ...)."""
+        return parse_xattrs(self.xattr)
 
     @property
     def mtime_float(self) -> float:
