@@ -21,12 +21,14 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 import roots
-from harness import SCRATCH_BASE
+from harness import SCRATCH_BASE, native_chroot
 
 needs_uvm = pytest.mark.usefixtures("uvm_available")
 
@@ -367,3 +369,140 @@ def test_tricks_hold_under_native_chroot(host_root, test_user, sentinel, mode):
         shutil.rmtree(scratch, ignore_errors=True)
         for leftover in host_root.joinpath("w").glob(f"*{unique}*"):
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+
+
+# ---------------------------------------------------------------- other ABIs
+#
+# The kernel takes i386 system calls (int $0x80) from a 64-bit process and
+# 64-bit ones (a far jump to the 64-bit code segment) from a 32-bit process;
+# the seccomp filter sees each with its own architecture, and the tracer must
+# read each with that ABI's numbers and registers.  x32 calls (number with
+# bit 30) are refused by kernels without x32 support, and must not open
+# host paths where it exists.
+
+INT80_C = r"""#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static char path[4096];
+static char buf[256];
+static void show(const char *what, long fd) {
+    printf("%s %ld", what, fd);
+    if (fd >= 0) {
+        long n = read((int)fd, buf, sizeof buf - 1);
+        if (n > 0) { buf[n] = 0; printf(" read %s", buf); }
+        close((int)fd);
+    }
+    printf("\n");
+}
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        long r;
+        strncpy(path, argv[i], sizeof path - 1);
+        /* i386 ABI from a 64-bit process: open = 5, openat = 295 */
+        __asm__ volatile ("int $0x80" : "=a"(r) : "a"(5L), "b"(path), "c"(0L), "d"(0L) : "memory");
+        show("int80-open", r);
+        __asm__ volatile ("int $0x80" : "=a"(r) : "a"(295L), "b"(-100L), "c"(path), "d"(0L) : "memory");
+        show("int80-openat", r);
+        /* x32 ABI: openat | __X32_SYSCALL_BIT */
+        register long r10 __asm__("r10") = 0;
+        __asm__ volatile ("syscall" : "=a"(r) : "a"(0x40000000L | 257L), "D"(-100L), "S"(path), "d"(0L), "r"(r10) : "rcx", "r11", "memory");
+        show("x32-openat", r);
+    }
+    return 0;
+}
+"""
+
+GATE_C = r"""/* A 32-bit program that makes 64-bit system calls through a far jump to the
+   64-bit code segment ("heaven's gate"): openat(AT_FDCWD, path, O_RDONLY). */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static char path[4096];
+static char buf[256];
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        int r;
+        strncpy(path, argv[i], sizeof path - 1);
+        __asm__ volatile (
+            "pushl $0x33\n\t"
+            "pushl $1f\n\t"
+            "lret\n\t"
+            "1:\n\t"
+            ".byte 0xb8\n\t.long 257\n\t"       /* mov $257, %eax (openat) */
+            ".byte 0xbf\n\t.long -100\n\t"      /* mov $-100, %edi */
+            ".byte 0xbe\n\t.long path\n\t"      /* mov $path, %esi */
+            ".byte 0x31, 0xd2\n\t"              /* xor %edx, %edx */
+            ".byte 0x0f, 0x05\n\t"              /* syscall */
+            ".byte 0x6a, 0x23\n\t"              /* push $0x23 */
+            ".byte 0x68\n\t.long 2f\n\t"        /* push $2f */
+            ".byte 0x48, 0xcb\n\t"              /* lretq */
+            "2:\n\t"
+            : "=a"(r) : : "ecx", "edx", "esi", "edi", "memory");
+        printf("gate-openat %d", r);
+        if (r >= 0) {
+            int n = read(r, buf, sizeof buf - 1);
+            if (n > 0) { buf[n] = 0; printf(" read %s", buf); }
+            close(r);
+        }
+        printf("\n");
+    }
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def abi_programs():
+    """int80 (64-bit, static, non-PIE) and gate (32-bit, static, non-PIE)."""
+    SCRATCH_BASE.mkdir(parents=True, exist_ok=True)
+    os.chmod(SCRATCH_BASE, 0o1777)
+    directory = Path(tempfile.mkdtemp(prefix="abi-", dir=SCRATCH_BASE))
+    os.chmod(directory, 0o755)
+    (directory / "int80.c").write_text(INT80_C)
+    (directory / "gate.c").write_text(GATE_C)
+    for out, flags, src in [("int80", [], "int80.c"), ("gate", ["-m32"], "gate.c")]:
+        subprocess.run(["gcc", *flags, "-O1", "-static", "-no-pie", "-o",
+                        str(directory / out), str(directory / src)], check=True)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _check_abi_output(res, token, calls):
+    out = res.stdout + res.stderr
+    assert token not in out, f"the guest read the sentinel through another ABI:\n{out}"
+    lines = [line for line in res.stdout.splitlines() if line.strip()]
+    assert [line.split()[0] for line in lines] == calls, res.stdout + res.stderr
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2:         # "<call> <fd> read <content>"
+            assert fields[3] == roots.GUEST_HOSTNAME, f"not the guest's file: {line}"
+
+
+@needs_uvm
+def test_i386_system_calls_from_a_64_bit_guest(uvm_runner, host_root, sentinel, abi_programs):
+    """int $0x80 open/openat of /etc/hostname and of the sentinel's host path."""
+    path, token = sentinel
+    res = uvm_runner.run(host_root, "/mnt/int80", "/etc/hostname", str(path),
+                         binds=[(abi_programs, "/mnt")])
+    _check_abi_output(res, token, ["int80-open", "int80-openat", "x32-openat"] * 2)
+
+
+@needs_uvm
+def test_64_bit_system_calls_from_a_32_bit_guest(uvm_runner, i386_root, sentinel, abi_programs):
+    path, token = sentinel
+    res = uvm_runner.run(i386_root, "/mnt/gate", "/etc/hostname", str(path),
+                         binds=[(abi_programs, "/mnt")])
+    _check_abi_output(res, token, ["gate-openat"] * 2)
+
+
+def test_abi_probes_natively(host_root, i386_root, sentinel, abi_programs):
+    """Under native chroot both probes read the guest's /etc/hostname."""
+    path, token = sentinel
+    res = native_chroot(host_root, ["/mnt/int80", "/etc/hostname", str(path)],
+                        binds=[(abi_programs, "/mnt")])
+    _check_abi_output(res, token, ["int80-open", "int80-openat", "x32-openat"] * 2)
+    assert res.stdout.count(f"read {roots.GUEST_HOSTNAME}") == 2
+    res = native_chroot(i386_root, ["/mnt/gate", "/etc/hostname", str(path)],
+                        binds=[(abi_programs, "/mnt")])
+    _check_abi_output(res, token, ["gate-openat"] * 2)
+    assert res.stdout.count(f"read {roots.GUEST_HOSTNAME}") == 1
