@@ -506,3 +506,70 @@ def test_abi_probes_natively(host_root, i386_root, sentinel, abi_programs):
                         binds=[(abi_programs, "/mnt")])
     _check_abi_output(res, token, ["gate-openat"] * 2)
     assert res.stdout.count(f"read {roots.GUEST_HOSTNAME}") == 1
+
+
+# ---------------------------------------------------------------- races
+#
+# A path is translated while the guest is stopped, and resolved by the kernel
+# after it resumes: if another guest process swaps a directory on that path
+# for an absolute symlink in between, the kernel follows the symlink on the
+# host.  Native chroot resolves everything in the kernel and has no window.
+
+RACE_PROBE = r"""import os, sys, time
+S = sys.argv[1]; base = sys.argv[2]; dur = float(sys.argv[3])
+os.makedirs(base, exist_ok=True)
+d = base + "/d"
+pid = os.fork()
+if pid == 0:
+    end = time.time() + dur
+    while time.time() < end:
+        try:
+            os.mkdir(d); os.rmdir(d)
+            os.symlink("/", d); os.unlink(d)
+        except OSError:
+            pass
+    os._exit(0)
+hits = tries = 0
+end = time.time() + dur
+while time.time() < end:
+    tries += 1
+    try:
+        with open(d + S) as f:
+            print("ESCAPE", f.read().strip()); hits += 1
+            break
+    except OSError:
+        pass
+os.waitpid(pid, 0)
+print("tries", tries, "hits", hits)
+"""
+RACE_SECONDS = 4
+
+
+def _race(run, token, path, unique):
+    res = run("python3", "-c", RACE_PROBE, str(path), f"/w/race-{unique}", str(RACE_SECONDS))
+    out = res.stdout + res.stderr
+    assert "tries" in res.stdout, out
+    assert token not in out and "ESCAPE" not in out, (
+        f"a directory swapped for a symlink to / during the call let the guest "
+        f"read the sentinel:\n{out}")
+
+
+@needs_uvm
+@pytest.mark.slow
+def test_symlink_swap_race(uvm_runner, host_root, sentinel):
+    path, token = sentinel
+    unique = secrets.token_hex(4)
+    try:
+        _race(lambda *cmd: uvm_runner.run(host_root, *cmd), token, path, unique)
+    finally:
+        shutil.rmtree(host_root / "w" / f"race-{unique}", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_symlink_swap_race_natively(host_root, sentinel):
+    path, token = sentinel
+    unique = secrets.token_hex(4)
+    try:
+        _race(lambda *cmd: native_chroot(host_root, cmd), token, path, unique)
+    finally:
+        shutil.rmtree(host_root / "w" / f"race-{unique}", ignore_errors=True)
