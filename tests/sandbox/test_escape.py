@@ -573,3 +573,61 @@ def test_symlink_swap_race_natively(host_root, sentinel):
         _race(lambda *cmd: native_chroot(host_root, cmd), token, path, unique)
     finally:
         shutil.rmtree(host_root / "w" / f"race-{unique}", ignore_errors=True)
+
+
+UNIX_PROBE = r"""
+import socket, sys
+sock_path, bound = sys.argv[1], sys.argv[2]
+for p in [sock_path, "/../../.." + sock_path, "/proc/self/root" + sock_path, bound]:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        s = socket.socket(socket.AF_UNIX, kind)
+        try:
+            s.connect(p)
+            if kind == socket.SOCK_STREAM:
+                print("connected", p, s.recv(100).decode().strip())
+            else:
+                print("connected-dgram", p)
+        except OSError as exc:
+            print("refused", p, exc.errno)
+        s.close()
+print("DONE")
+"""
+
+
+@needs_uvm
+def test_unix_socket_outside_the_root(uvm_runner, host_root, sentinel):
+    """connect() to a host socket by its host path fails; through a bind it works."""
+    import socket
+    import threading
+    path, token = sentinel
+    sock_path = path.parent / "sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_path))
+    os.chmod(sock_path, 0o777)
+    server.listen(8)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            conn.sendall(token.encode() + b"\n")
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        res = uvm_runner.run(host_root, "python3", "-c", UNIX_PROBE, str(sock_path), "/mnt/sock",
+                             binds=[(path.parent, "/mnt")])
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    lines = res.stdout.splitlines()
+    assert lines[-1:] == ["DONE"], res.stdout + res.stderr
+    outside = [line for line in lines if str(sock_path) in line]
+    assert len(outside) == 6 and all(line.startswith("refused") for line in outside), res.stdout
+    assert f"connected /mnt/sock {token}" in lines     # the bind is the way in
