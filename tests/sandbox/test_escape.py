@@ -631,3 +631,63 @@ def test_unix_socket_outside_the_root(uvm_runner, host_root, sentinel):
     outside = [line for line in lines if str(sock_path) in line]
     assert len(outside) == 6 and all(line.startswith("refused") for line in outside), res.stdout
     assert f"connected /mnt/sock {token}" in lines     # the bind is the way in
+
+
+BIND_POINT_PROBE = r"""
+import os, sys
+T = sys.argv[1]
+for op, args in [("rename", ("/mnt", f"/w/moved-{T}")), ("rmdir", ("/mnt",)),
+                 ("rename", ("/mnt/inner", f"/w/inner-{T}"))]:
+    try:
+        getattr(os, op)(*args)
+        print(op, args[0], "done")
+    except OSError as exc:
+        print(op, args[0], exc.errno)
+print("DONE")
+"""
+
+
+@needs_uvm
+def test_a_bind_point_cannot_be_moved_or_removed(uvm_runner, host_root, scratch):
+    """Like a mount point (EBUSY natively), a bind's guest path stays put: the
+    guest must not move or delete the host directory behind it."""
+    import errno
+    unique = secrets.token_hex(4)
+    empty = scratch / "empty"
+    empty.mkdir()
+    os.chmod(empty, 0o777)
+    (empty / "inner").mkdir()               # an ordinary directory inside the bind
+    os.chmod(empty / "inner", 0o777)
+    try:
+        res = uvm_runner.run(host_root, "python3", "-c", BIND_POINT_PROBE, unique,
+                             binds=[(empty, "/mnt")])
+        lines = res.stdout.splitlines()
+        assert lines[-1:] == ["DONE"], res.stdout + res.stderr
+        assert empty.is_dir(), f"the bind's host directory was moved or removed: {lines}"
+        assert lines[0] == f"rename /mnt {errno.EBUSY}", lines
+        assert lines[1] == f"rmdir /mnt {errno.EBUSY}", lines
+        assert lines[2] == "rename /mnt/inner done" or lines[2].endswith(str(errno.EXDEV)), lines
+    finally:
+        for leftover in host_root.joinpath("w").glob(f"*-{unique}"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def test_a_bind_point_natively(host_root, scratch_root):
+    """The native baseline of the test above: EBUSY for the mount point itself."""
+    import errno
+    empty = scratch_root
+    (empty / "inner").mkdir()
+    res = native_chroot(host_root, ["python3", "-c", BIND_POINT_PROBE, "native"],
+                        binds=[(empty, "/mnt")])
+    lines = res.stdout.splitlines()
+    assert lines[:2] == [f"rename /mnt {errno.EBUSY}", f"rmdir /mnt {errno.EBUSY}"], res.stdout + res.stderr
+    assert lines[2] == f"rename /mnt/inner {errno.EXDEV}"
+    assert empty.is_dir()
+
+
+@pytest.fixture
+def scratch_root():
+    from harness import UvmRunner
+    path = UvmRunner("root", 0, 0).make_scratch("native")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
