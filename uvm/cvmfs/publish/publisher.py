@@ -23,6 +23,7 @@ import shutil
 import stat
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
@@ -136,7 +137,9 @@ class _Builder:
         auto_split: Set[str],
         progress: Optional[Callable[[str], None]],
         previous_tree: Optional[CatalogTree] = None,
+        pool: Optional[ThreadPoolExecutor] = None,
     ) -> None:
+        self.pool = pool or ThreadPoolExecutor(max_workers=1)
         self.previous_tree = previous_tree
         self.reused = 0
         self.src = src
@@ -185,23 +188,47 @@ class _Builder:
             log.debug("no reuse for %s: %s", path, err)
             return None
 
-    def _file_data(self, path: str, host_path: str, st: os.stat_result) -> _FileData:
-        key = (st.st_dev, st.st_ino)
-        cached = self.by_inode.get(key) if st.st_nlink > 1 else None
-        if cached is not None:
-            return cached
+    def _content(self, path: str, host_path: str, st: os.stat_result) -> Tuple[_FileData, bool]:
+        """Stored content of one file (runs in a worker thread); True if reused unchanged."""
         data = self._unchanged(path, st)
         if data is not None:
-            self.reused += 1
-        else:
-            data = self._store_file(host_path, st.st_size)
-        if st.st_nlink > 1:
-            self.by_inode[key] = data
-        self.files += 1
-        self.file_bytes += st.st_size
-        if self.progress is not None:
-            self.progress(host_path)
-        return data
+            return data, True
+        return self._store_file(host_path, st.st_size), False
+
+    def _store_many(self, files: List[Tuple[str, str, os.stat_result]]) -> Dict[str, _FileData]:
+        """Content of a directory's regular files, compressed in parallel (the codec drops the GIL).
+
+        Files of one inode (hard links) are stored once; results are taken in
+        order, so ``progress`` sees files in scan order.
+        """
+        result: Dict[str, _FileData] = {}
+        todo: List[Tuple[str, str, os.stat_result]] = []
+        first_of: Dict[Tuple[int, int], str] = {}
+        aliases: List[Tuple[str, str]] = []
+        for path, host_path, st in files:
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1:
+                if key in self.by_inode:
+                    result[path] = self.by_inode[key]
+                    continue
+                if key in first_of:
+                    aliases.append((path, first_of[key]))
+                    continue
+                first_of[key] = path
+            todo.append((path, host_path, st))
+        outcomes = self.pool.map(lambda item: self._content(*item), todo)
+        for (path, host_path, st), (data, reused) in zip(todo, outcomes):
+            result[path] = data
+            if st.st_nlink > 1:
+                self.by_inode[(st.st_dev, st.st_ino)] = data
+            self.files += 1
+            self.file_bytes += st.st_size
+            self.reused += reused
+            if self.progress is not None:
+                self.progress(host_path)
+        for path, original in aliases:
+            result[path] = result[original]
+        return result
 
     def _store_file(self, host_path: str, size: int) -> _FileData:
         flags = FLAG_FILE | self.algo_bits
@@ -254,6 +281,10 @@ class _Builder:
                     key = (st.st_dev, st.st_ino)
                     links[key] = links.get(key, 0) + 1
             group_of: Dict[Tuple[int, int], int] = {}
+            contents = self._store_many([
+                (f"{path}/{entry.name}", entry.path, st)
+                for entry, st in stats if stat.S_ISREG(st.st_mode)
+            ])
             for entry, st in stats:
                 child = f"{path}/{entry.name}"
                 mode = st.st_mode
@@ -272,7 +303,7 @@ class _Builder:
                         counters["dir"] += 1
                         stack.append((child, entry.path))
                 elif stat.S_ISREG(mode):
-                    data = self._file_data(child, entry.path, st)
+                    data = contents[child]
                     key = (st.st_dev, st.st_ino)
                     hardlinks = 1
                     if links.get(key, 0) > 1:
@@ -374,6 +405,7 @@ class PublishOptions:
     ttl: int = manifest_mod.DEFAULT_TTL
     now: Optional[int] = None
     progress: Optional[Callable[[str], None]] = None
+    workers: int = 0  # threads compressing files; 0 = min(4, CPUs)
 
 
 def publish(
@@ -490,11 +522,14 @@ def _publish_locked(objects: ObjectStore, src: str, src_st: os.stat_result, fqrn
         )
         auto = plan_autocatalogs(src, options.autocatalog_max) if options.autocatalogs else set()
         previous_tree = _open_previous_tree(objects.root, previous) if previous else None
+        pool = ThreadPoolExecutor(max_workers=options.workers or min(4, os.cpu_count() or 1),
+                                  thread_name_prefix="publish")
         builder = _Builder(src, objects, options.chunking, revision, timestamp, options.ttl,
-                           previous_catalogs, workdir, auto, options.progress, previous_tree)
+                           previous_catalogs, workdir, auto, options.progress, previous_tree, pool)
         try:
             root_hash, root_size, _ = builder.build("", src, src_st)
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             if previous_tree is not None:
                 previous_tree.close()
                 previous_tree.source.close()

@@ -21,6 +21,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import threading
 from typing import Iterable, Optional
 
 from uvm._native import Decoder, Encoder
@@ -38,6 +39,7 @@ class ObjectStore:
         self.new_objects = 0
         self.new_bytes = 0
         self._lock_fd: Optional[int] = None
+        self._counting = threading.Lock()  # put_* run in several threads
 
     def prepare(self) -> None:
         """Create the layout (all 256 ``data/XX`` directories and ``txn``) and check access."""
@@ -103,13 +105,14 @@ class ObjectStore:
             finally:
                 os.close(fd)
             final = self.path_of(result.content_hash, suffix)
-            if os.path.exists(final):
-                os.unlink(tmp)
-            else:
-                os.chmod(tmp, 0o644)
-                os.rename(tmp, final)
-                self.new_objects += 1
-                self.new_bytes += result.compressed_size
+            os.chmod(tmp, 0o644)
+            with self._counting:  # two threads may have stored the same content
+                if os.path.exists(final):
+                    os.unlink(tmp)
+                else:
+                    os.rename(tmp, final)
+                    self.new_objects += 1
+                    self.new_bytes += result.compressed_size
             return result.content_hash
         except BaseException:
             if os.path.exists(tmp):
