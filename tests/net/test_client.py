@@ -205,3 +205,14 @@ def test_damaged_manifest_on_one_mirror_is_retried_on_the_next(published, mirror
     from uvm.errors import IntegrityError, ManifestError
     with pytest.raises((IntegrityError, ManifestError)):
         open_repository(FQRN, cfg, state_dir=str(tmp_path / "state"))
+
+
+def test_preload_a_template_by_name(published, mirror, cache_dir, tmp_path):
+    env = environment([mirror.url_for()], cache_dir, published, tmp_path)
+    cfg = tmp_path / "uvm.toml"
+    cfg.write_text(f'[templates.docs]\nrepository = "{FQRN}"\npath = "/share/doc"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "uvm", "--config", str(cfg), "cache", "preload", "docs"],
+        env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"{FQRN}:/share/doc" in result.stdout and "2 objects" in result.stdout

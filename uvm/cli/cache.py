@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     preload = commands.add_parser(
         "preload", help="download a repository subtree into the cache, in parallel")
-    preload.add_argument("target", metavar="FQRN[:/path]")
+    preload.add_argument("target", metavar="FQRN[:/path]|TEMPLATE",
+                         help="a repository subtree, or a template from the configuration")
     choice = preload.add_mutually_exclusive_group()
     choice.add_argument("--tag", metavar="NAME", help="the revision with this tag")
     choice.add_argument("--date", metavar="ISO8601",
@@ -125,8 +126,12 @@ def _preload(args: argparse.Namespace) -> int:
     from uvm import config as config_mod
     from uvm.cvmfs.client import open_repository, parse_target, subtree_objects
 
-    fqrn, path = parse_target(args.target)
     config = config_mod.load(getattr(args, "config", None))
+    template = config.templates.get(args.target)
+    if template is not None:  # a template name preloads its tree
+        fqrn, path = template.repository, template.path
+    else:
+        fqrn, path = parse_target(args.target)
     started = time.monotonic()
     with open_repository(fqrn, config, tag=args.tag, date=args.date,
                          root_hash=args.root_hash) as repository:

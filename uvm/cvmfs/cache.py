@@ -204,6 +204,10 @@ class Cache:
             return None
         return path
 
+    def generation(self) -> Optional[bytes]:
+        """The eviction counter's current bytes (None: no memory of hits is safe)."""
+        return self._generation[:8] if self._generation is not None else None
+
     def forget_known(self, key: str) -> None:
         """Drop the memory that ``key`` is on disk (it was found missing)."""
         self._known.pop(key, None)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 REGULAR, CATALOG = 0, 1
 _FLUSH_SECONDS = 5.0
 _FLUSH_COUNT = 4096
-_TOUCH_PRECISION = 60.0
+TOUCH_PRECISION = 60.0
 _RECENT_MAX = 1 << 18
 
 _SCHEMA = """
@@ -134,13 +134,13 @@ class Quota:
     def touch(self, key: str) -> None:
         """Note an access; written lazily (see the module docstring).
 
-        An object accessed again within ``_TOUCH_PRECISION`` seconds is not
+        An object accessed again within ``TOUCH_PRECISION`` seconds is not
         re-queued: LRU order at a minute's precision is plenty for eviction,
         and it keeps repeated warm reads free of database writes.
         """
         now = time.monotonic()
         last = self._recent.get(key)
-        if last is not None and now - last < _TOUCH_PRECISION:
+        if last is not None and now - last < TOUCH_PRECISION:
             self._quick_hits += 1  # unlocked: a lost increment only blurs statistics
             return
         with self._lock:
@@ -153,6 +153,10 @@ class Quota:
                    or now - self._last_flush >= _FLUSH_SECONDS)
         if due:
             self.flush()
+
+    def count_hit(self) -> None:
+        """A hit on an object touched less than a minute ago (see :meth:`touch`)."""
+        self._quick_hits += 1  # unlocked: a lost increment only blurs statistics
 
     def insert(self, key: str, size: int, kind: int = REGULAR) -> None:
         """Account a newly committed object; evict if the limit is exceeded."""

@@ -211,6 +211,15 @@ def is_network_failure(failure: FetchFailure) -> bool:
     )
 
 
+def is_unavailable(failure: FetchFailure) -> bool:
+    """No usable answer from any mirror: unreachable, or failing with server errors.
+
+    This is when a reader falls back to its last verified state (offline);
+    "not found" is not included: a mirror that answers 404 is reachable.
+    """
+    return is_network_failure(failure) or failure is FetchFailure.HOST_HTTP
+
+
 # --- backoff ---------------------------------------------------------------
 
 
