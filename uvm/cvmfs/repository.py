@@ -247,39 +247,30 @@ class Repository:
 
     @classmethod
     def _open(cls, fqrn, source, keys, tag, date, root_hash, state_dir, environ, now) -> "Repository":
-        master_keys = signature.load_master_keys(_key_paths(keys))
-        data = source.fetch_file(".cvmfspublished")
-        manifest = manifest_mod.parse_manifest(data)
-        manifest_mod.check_identity(manifest, fqrn)
-        assert manifest.certificate is not None
-        cert_path = source.fetch_object(manifest.certificate, Suffix.CERTIFICATE)
-        with open(cert_path, "rb") as handle:
-            certificate = signature.load_certificate(handle.read())
-        manifest_mod.verify_signature(data, signature.certificate_public_key(certificate))
-        from cryptography.hazmat.primitives import serialization
-
-        whitelist_mod.verify(
-            source.fetch_file(".cvmfswhitelist"), master_keys, fqrn,
-            certificate.public_bytes(serialization.Encoding.DER), now=now,
-        )
+        manifest = verify_bootstrap(source, fqrn, signature.load_master_keys(_key_paths(keys)), now)
         RollbackState(state_dir or default_state_dir()).check_and_record(fqrn, manifest)
-
-        selected = None
         history = None
-        if tag is not None or date is not None:
-            history = _open_history(source, manifest)
-            if tag is not None:
-                selected = history.find(tag)
+        try:
+            selected = None
+            if tag is not None or date is not None:
+                history = _open_history(source, manifest)
+                if tag is not None:
+                    selected = history.find(tag)
+                else:
+                    timestamp = date if isinstance(date, int) else parse_date(str(date))
+                    selected = history.find_by_date(timestamp)
+                root, size = selected.root_hash, selected.size or None
+            elif root_hash is not None:
+                root = (root_hash if isinstance(root_hash, ContentHash)
+                        else _parse_root_hash(root_hash))
+                size = manifest.catalog_size if root == manifest.root_hash else None
             else:
-                timestamp = date if isinstance(date, int) else parse_date(str(date))
-                selected = history.find_by_date(timestamp)
-            root, size = selected.root_hash, selected.size or None
-        elif root_hash is not None:
-            root = root_hash if isinstance(root_hash, ContentHash) else _parse_root_hash(root_hash)
-            size = manifest.catalog_size if root == manifest.root_hash else None
-        else:
-            root, size = manifest.root_hash, manifest.catalog_size or None
-        tree = CatalogTree(source, root, size)
+                root, size = manifest.root_hash, manifest.catalog_size or None
+            tree = CatalogTree(source, root, size)
+        except BaseException:
+            if history is not None:
+                history.close()
+            raise
         repo = cls(fqrn, source, manifest, tree, environ, selected)
         repo._history = history
         return repo
@@ -433,6 +424,31 @@ def _located(err: CvmfsError, where: str) -> CvmfsError:
     if err.args and isinstance(err.args[0], str) and not err.args[0].startswith(where):
         err.args = (f"{where}: {err.args[0]}",) + err.args[1:]
     return err
+
+
+def verify_bootstrap(source: ObjectSource, fqrn: str, master_keys: Sequence,
+                     now: Optional[_dt.datetime] = None) -> manifest_mod.Manifest:
+    """Manifest → certificate → manifest signature → whitelist, as ``manifest_fetch.cc`` does.
+
+    Returns the manifest once every check passed; raises the error of the
+    first stage that failed (``ManifestError``, ``SignatureError``,
+    ``WhitelistError``, ``FetchError``, ``DecodeError``).
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    data = source.fetch_file(".cvmfspublished")
+    manifest = manifest_mod.parse_manifest(data)
+    manifest_mod.check_identity(manifest, fqrn)
+    assert manifest.certificate is not None
+    cert_path = source.fetch_object(manifest.certificate, Suffix.CERTIFICATE)
+    with open(cert_path, "rb") as handle:
+        certificate = signature.load_certificate(handle.read())
+    manifest_mod.verify_signature(data, signature.certificate_public_key(certificate))
+    whitelist_mod.verify(
+        source.fetch_file(".cvmfswhitelist"), master_keys, fqrn,
+        certificate.public_bytes(serialization.Encoding.DER), now=now,
+    )
+    return manifest
 
 
 def _parse_root_hash(text: str) -> ContentHash:
