@@ -691,3 +691,49 @@ def scratch_root():
     path = UvmRunner("root", 0, 0).make_scratch("native")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the tracer
+#
+# The first guest process is a child of the tracer (uvm) and runs with the
+# same uid: unless uvm prevents it, the guest can write the tracer's memory
+# through /proc/PID/mem (writes there ignore page protections) or read and
+# write it with process_vm_readv/writev, or take its descriptors with
+# pidfd_getfd, and so run anything with uvm's view of the host.
+
+TRACER_PROBE = r"""
+import ctypes, os
+ppid = os.getppid()
+print("parent", open(f"/proc/{ppid}/comm").read().strip())
+def attempt(what, fn):
+    try:
+        r = fn()
+        print(what, "ok" if r is None or r >= 0 else f"refused {ctypes.get_errno()}")
+    except OSError as exc:
+        print(what, "refused", exc.errno)
+attempt("mem-write", lambda: open(f"/proc/{ppid}/mem", "r+b", buffering=0).close())
+attempt("mem-read", lambda: open(f"/proc/{ppid}/mem", "rb", buffering=0).close())
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+try:
+    start = int(open(f"/proc/{ppid}/maps").readline().split("-")[0], 16)
+except (OSError, ValueError):
+    start = 0x400000
+buf = ctypes.create_string_buffer(16)
+local, remote = iovec(ctypes.cast(buf, ctypes.c_void_p), 16), iovec(start, 16)
+attempt("process_vm_readv", lambda: libc.process_vm_readv(
+    ppid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0))
+pidfd = libc.syscall(434, ppid, 0)          # pidfd_open
+attempt("pidfd_getfd", lambda: -1 if pidfd < 0 else libc.syscall(438, pidfd, 0, 0))
+print("DONE")
+"""
+
+
+@needs_uvm
+def test_guest_cannot_reach_into_the_tracer(uvm_runner, host_root):
+    res = uvm_runner.run(host_root, "python3", "-c", TRACER_PROBE)
+    lines = res.stdout.splitlines()
+    assert lines[-1:] == ["DONE"], res.stdout + res.stderr
+    reached = [line for line in lines[1:-1] if line.endswith(" ok")]
+    assert not reached, f"the guest ({uvm_runner.mode}) reaches the tracer {lines[0]}: {reached}"
