@@ -392,3 +392,18 @@ def test_concurrent_publish_is_refused(published, keydir, tmp_path):
     finally:
         os.close(fd)
     assert publish(src, FQRN, store, keydir).revision == 2
+
+
+def test_public_key_list_needs_one_match_and_wins_over_keys_dir(store, keydir, other_keydir,
+                                                                 tmp_path):
+    wrong = os.path.join(other_keydir, f"{FQRN}.pub")
+    right = os.path.join(keydir, f"{FQRN}.pub")
+    with open_repo(store, f"{wrong}:{right}", tmp_path) as repo:  # CVMFS_PUBLIC_KEY style
+        assert repo.revision == 1
+    env = {"CVMFS_PUBLIC_KEY": f"{wrong}:{right}", "CVMFS_KEYS_DIR": other_keydir,
+           "CVMFS_SERVER_URL": store}
+    result = run_uvm("repo", "info", FQRN, "--state-dir", str(tmp_path / "state"), env_extra=env)
+    assert result.returncode == 0, result.stderr
+    env["CVMFS_PUBLIC_KEY"] = wrong
+    result = run_uvm("repo", "info", FQRN, "--state-dir", str(tmp_path / "state"), env_extra=env)
+    assert_one_line_error(result, "master public key")
