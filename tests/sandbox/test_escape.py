@@ -737,3 +737,37 @@ def test_guest_cannot_reach_into_the_tracer(uvm_runner, host_root):
     assert lines[-1:] == ["DONE"], res.stdout + res.stderr
     reached = [line for line in lines[1:-1] if line.endswith(" ok")]
     assert not reached, f"the guest ({uvm_runner.mode}) reaches the tracer {lines[0]}: {reached}"
+
+
+UNTRACED_PROBE = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_UNTRACED, SIGCHLD = 0x00800000, 17
+pid = libc.syscall(56, CLONE_UNTRACED | SIGCHLD, 0, 0, 0, 0)     # clone, fork-like
+if pid == 0:
+    out = []
+    for p in [sys.argv[1], "/etc/hostname"]:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+            out.append("read " + os.read(fd, 200).decode().strip())
+        except OSError as exc:
+            out.append(f"refused {exc.errno}")
+    os.write(1, ("\n".join(out) + "\n").encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+print("DONE")
+"""
+
+
+@needs_uvm
+def test_untraced_child_gets_nothing(uvm_runner, host_root, sentinel):
+    """clone(CLONE_UNTRACED) escapes the tracer's automatic attach; the child
+    keeps the seccomp filter, whose trapped calls then fail without a tracer."""
+    path, token = sentinel
+    res = uvm_runner.run(host_root, "python3", "-c", UNTRACED_PROBE, str(path))
+    out = res.stdout + res.stderr
+    assert token not in out, out
+    lines = res.stdout.splitlines()
+    assert lines[-1:] == ["DONE"], out
+    for line in lines[:-1]:
+        assert line.startswith("refused") or line == f"read {roots.GUEST_HOSTNAME}", out
