@@ -233,10 +233,10 @@ def test_filter_covers_every_table_row_for_both_abis():
     from uvm.sandbox.dispatch import filter_numbers
     from uvm.sandbox.handlers import TABLE
 
-    traced, refused = filter_numbers()
+    traced, refused, traced_if = filter_numbers()
     for abi in (0, 1):
-        assert len(traced[abi]) + len(refused[abi]) >= 0.8 * len(TABLE)
-    prog = seccomp.build_filter(traced, refused)
+        assert len(traced[abi]) + len(refused[abi]) + len(traced_if[abi]) >= 0.8 * len(TABLE)
+    prog = seccomp.build_filter(traced, refused, traced_if)
     assert len(prog) < 4096 and prog[-1][0] == seccomp.BPF_RET_K
 
 
@@ -250,11 +250,15 @@ def test_docs_list_every_syscall_row():
     assert not missing
 
 
-def _run_bpf(prog, arch, nr):
+def _run_bpf(prog, arch, nr, args=None, ip=0x401000):
     """A tiny classic-BPF interpreter for the instructions the filter uses."""
     from uvm.sandbox import seccomp as sc
 
-    data = {0: nr, 4: arch}
+    data = {0: nr, 4: arch, 8: ip & 0xFFFFFFFF, 12: ip >> 32}
+    for i in range(6):
+        value = (args or {}).get(i, 0)
+        data[16 + 8 * i] = value & 0xFFFFFFFF
+        data[20 + 8 * i] = value >> 32
     acc, pc = 0, 0
     while True:
         code, jt, jf, k = prog[pc]
@@ -291,10 +295,20 @@ def test_filter_decisions_per_abi():
     assert _run_bpf(prog, x64, 0x40000000 | 2) == sc.RET_ERRNO | E.ENOSYS  # x32 open
     assert _run_bpf(prog, x64, 999) == sc.RET_ERRNO | E.ENOSYS             # unknown, new
     # i386 numbers are different: 5 is open there, read on x86_64 is 0
-    assert _run_bpf(prog, i386, 5) == sc.RET_TRACE
-    assert _run_bpf(prog, i386, number(1, "stat64")) == sc.RET_TRACE
-    assert _run_bpf(prog, i386, number(1, "statx")) == sc.RET_TRACE
-    assert _run_bpf(prog, i386, number(1, "socketcall")) == sc.RET_TRACE
+    assert _run_bpf(prog, i386, 5) == sc.RET_TRACE | 1  # data 1: the i386 ABI
+    assert _run_bpf(prog, i386, number(1, "stat64")) == sc.RET_TRACE | 1
+    assert _run_bpf(prog, i386, number(1, "statx")) == sc.RET_TRACE | 1
+    assert _run_bpf(prog, i386, number(1, "socketcall")) == sc.RET_TRACE | 1
+    # int $0x80 path calls from 64-bit code above 4 GiB are refused
+    assert _run_bpf(prog, i386, 5, ip=0x7F0000001000) == sc.RET_ERRNO | E.ENOSYS
+    assert _run_bpf(prog, i386, 20, ip=0x7F0000001000) == sc.RET_ALLOW   # getpid
     assert _run_bpf(prog, i386, 3) == sc.RET_ALLOW                         # read
     assert _run_bpf(prog, x64, 5) == sc.RET_ALLOW                          # fstat
     assert _run_bpf(prog, 0xC00000B7, 56) == sc.RET_KILL_PROCESS           # aarch64
+    # sendto stops only with a destination address
+    sendto = number(0, "sendto")
+    assert _run_bpf(prog, x64, sendto, args={4: 0}) == sc.RET_ALLOW
+    assert _run_bpf(prog, x64, sendto, args={4: 0x7FFF00001000}) == sc.RET_TRACE
+    assert _run_bpf(prog, x64, sendto, args={4: 0x1000}) == sc.RET_TRACE
+    assert _run_bpf(prog, i386, number(1, "sendto"), args={4: 0x1000}) == sc.RET_TRACE | 1
+    assert _run_bpf(prog, x64, number(0, "sendmsg")) == sc.RET_TRACE

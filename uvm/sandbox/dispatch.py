@@ -38,7 +38,7 @@ _AT_FDCWD32 = 0xFFFFFF9C
 _SKIP = _MASK64  # orig_rax of a skipped call
 AF_UNIX = 1
 SOCKADDR_UN_PATH = 108
-SYS_BIND, SYS_CONNECT = 2, 3
+SYS_BIND, SYS_CONNECT, SYS_SENDTO, SYS_SENDMSG = 2, 3, 11, 16
 
 
 def _err(code: int) -> OSError:
@@ -79,6 +79,8 @@ class Tracer:
                     continue
                 self.handlers[abi][nr] = (getattr(self, "_k_" + row[0]), name) + row[1:]
         self._cursor = 0
+        self.fallback = False  # set by the loop when every call stops
+        self._bind_points = frozenset(b.guest for b in ns.binds)
         # Names that never take the one-name shortcut of _translate: ".",
         # "..", and every bind's last component (a bind may sit on it).
         self._not_simple = frozenset({"", ".", ".."} | {b.guest.rpartition("/")[2] for b in ns.binds})
@@ -153,6 +155,13 @@ class Tracer:
         self.stops += 1
         regs = mem.getregs(tid)
         abi = 1 if regs.cs == 0x23 else 0
+        if abi == 0 and regs.rip < 0x100000000 and self._compat_call(tid, regs):
+            # int $0x80 from 64-bit code at a low address (non-PIE): its
+            # 32-bit pointers cannot reach the scratch space; refuse.
+            regs.orig_rax = _SKIP
+            regs.rax = (-errno.ENOSYS) & _MASK64
+            mem.setregs(tid, regs)
+            return
         row = self.handlers[abi].get(regs.orig_rax)
         if row is None:
             return
@@ -167,6 +176,15 @@ class Tracer:
             regs.orig_rax = _SKIP
             regs.rax = (-code) & _MASK64
             mem.setregs(tid, regs)
+
+    def _compat_call(self, tid: int, regs) -> bool:
+        """Is the call at this stop an i386 one made from 64-bit code?"""
+        if self.fallback:
+            try:
+                return mem.read_bytes(tid, regs.rip - 2, 2) == b"\xcd\x80"
+            except OSError:
+                return False
+        return mem.geteventmsg(tid) == 1
 
     # -- helpers for handlers ------------------------------------------------------------
 
@@ -215,9 +233,12 @@ class Tracer:
             rec[1][addr] = guest_given
         self.translated += 1
 
-    def _translate(self, tid: int, regs, abi: int, path_i: int, dirfd_i: int, follow: bool, name: str) -> int:
+    def _translate(self, tid: int, regs, abi: int, path_i: int, dirfd_i: int, follow: bool,
+                   name: str, busy: bool = False) -> int:
         """Translate the path in argument ``path_i``; returns SETREGS, or 0
-        when the kernel can be left to resolve it as it is."""
+        when the kernel can be left to resolve it as it is.  ``busy``: the
+        call would move or remove its path, which must not be a bind point
+        (EBUSY, as for a mount point)."""
         args = ARG_REGS[abi]
         path = self._read_path(tid, regs, getattr(regs, args[path_i]))
         if path and path[0] != "/" and "/" not in path and path not in self._not_simple:
@@ -237,6 +258,8 @@ class Tracer:
                 return 0
         base = self._base(tid, path, getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32)
         guest, host = self.resolve(path, base, follow, tid)
+        if busy and guest in self._bind_points:
+            raise _err(errno.EBUSY)
         if self.verbose:
             self.logfn(f"[{tid}] {name}({path!r}) -> {host}")
         self._put_path(tid, regs, abi, path_i, path, host)
@@ -248,7 +271,7 @@ class Tracer:
         _fn, name, idx, follow, mutates = row
         if mutates:
             self.resolver.invalidate()
-        return self._translate(tid, regs, abi, idx, -1, follow, name)
+        return self._translate(tid, regs, abi, idx, -1, follow, name, busy=mutates)
 
     def _k_open(self, tid, regs, abi, row):
         _fn, name, idx, flags_i = row
@@ -286,13 +309,14 @@ class Tracer:
             follow = not follow
         if mutates:
             self.resolver.invalidate()
-        return self._translate(tid, regs, abi, idx, dirfd_i, follow, name)
+        return self._translate(tid, regs, abi, idx, dirfd_i, follow, name, busy=mutates)
 
     def _k_two(self, tid, regs, abi, row):
         _fn, name, old_i, new_i, follow_old = row
         self.resolver.invalidate()
-        return (self._translate(tid, regs, abi, old_i, -1, follow_old, name)
-                | self._translate(tid, regs, abi, new_i, -1, False, name))
+        moves = name == "rename"
+        return (self._translate(tid, regs, abi, old_i, -1, follow_old, name, busy=moves)
+                | self._translate(tid, regs, abi, new_i, -1, False, name, busy=moves))
 
     def _k_two_at(self, tid, regs, abi, row):
         _fn, name, odfd, old_i, ndfd, new_i, flags_i, follow_flag = row
@@ -302,8 +326,9 @@ class Tracer:
             if not path:
                 return self._translate(tid, regs, abi, new_i, ndfd, False, name)
         self.resolver.invalidate()
-        return (self._translate(tid, regs, abi, old_i, odfd, bool(flags & follow_flag), name)
-                | self._translate(tid, regs, abi, new_i, ndfd, False, name))
+        moves = name != "linkat"
+        return (self._translate(tid, regs, abi, old_i, odfd, bool(flags & follow_flag), name, busy=moves)
+                | self._translate(tid, regs, abi, new_i, ndfd, False, name, busy=moves))
 
     def _k_symlink(self, tid, regs, abi, row):
         _fn, name, _target_i, dirfd_i, idx = row
@@ -493,11 +518,54 @@ class Tracer:
         self.translated += 1
         return SETREGS
 
+    def _k_sendto(self, tid, regs, abi, row):
+        return self._k_sock(tid, regs, abi, (None, "sendto", row[2], row[3], False))
+
+    def _k_sendmsg(self, tid, regs, abi, row):
+        args = ARG_REGS[abi]
+        msg = getattr(regs, args[1])
+        if not msg:
+            return 0
+        size, fmt = (56, "<QI") if abi == 0 else (28, "<II")
+        header = mem.read_bytes(tid, msg, size)
+        name, namelen = struct.unpack_from(fmt, header)
+        new = self._sun_path(tid, name, namelen, False)
+        if new is None:
+            return 0
+        name_addr = self._put(tid, new)
+        header = struct.pack(fmt, name_addr, len(new)) + header[struct.calcsize(fmt):]
+        setattr(regs, args[1], self._put(tid, header))
+        self.translated += 1
+        return SETREGS
+
     def _k_socketcall(self, tid, regs, abi, row):
         call = regs.rbx & 0xFFFFFFFF
+        argp = regs.rcx & 0xFFFFFFFF
+        if call == SYS_SENDTO:
+            values = list(struct.unpack("<6I", mem.read_bytes(tid, argp, 24)))
+            new = self._sun_path(tid, values[4], values[5], False)
+            if new is None:
+                return 0
+            values[4], values[5] = self._put(tid, new), len(new)
+            regs.rcx = self._put(tid, struct.pack("<6I", *values))
+            self.translated += 1
+            return SETREGS
+        if call == SYS_SENDMSG:
+            values = list(struct.unpack("<3I", mem.read_bytes(tid, argp, 12)))
+            if not values[1]:
+                return 0
+            header = mem.read_bytes(tid, values[1], 28)
+            name, namelen = struct.unpack_from("<II", header)
+            new = self._sun_path(tid, name, namelen, False)
+            if new is None:
+                return 0
+            header = struct.pack("<II", self._put(tid, new), len(new)) + header[8:]
+            values[1] = self._put(tid, header)
+            regs.rcx = self._put(tid, struct.pack("<3I", *values))
+            self.translated += 1
+            return SETREGS
         if call not in (SYS_BIND, SYS_CONNECT):
             return 0
-        argp = regs.rcx & 0xFFFFFFFF
         fd, addr, length = struct.unpack("<III", mem.read_bytes(tid, argp, 12))
         new = self._sun_path(tid, addr, length, call == SYS_BIND)
         if new is None:
@@ -514,10 +582,12 @@ class Tracer:
             shutil.rmtree(self.sock_dir, ignore_errors=True)
 
 
-def filter_numbers() -> Tuple[Dict[int, List[int]], Dict[int, Dict[int, int]]]:
-    """(traced numbers, refused number -> errno) per ABI, from the table."""
+def filter_numbers() -> Tuple[Dict[int, List[int]], Dict[int, Dict[int, int]], Dict[int, Dict[int, int]]]:
+    """(traced numbers, refused number -> errno, traced-if-argument-set
+    number -> argument) per ABI, from the table."""
     traced: Dict[int, List[int]] = {0: [], 1: []}
     refused: Dict[int, Dict[int, int]] = {0: {}, 1: {}}
+    traced_if: Dict[int, Dict[int, int]] = {0: {}, 1: {}}
     for abi in (0, 1):
         numbers = NUMBERS[abi]
         for name, row in TABLE.items():
@@ -526,9 +596,11 @@ def filter_numbers() -> Tuple[Dict[int, List[int]], Dict[int, Dict[int, int]]]:
                 continue
             if row[0] == "refuse":
                 refused[abi][nr] = row[1]
+            elif row[0] == "sendto":
+                traced_if[abi][nr] = row[1]
             else:
                 traced[abi].append(nr)
-    return traced, refused
+    return traced, refused, traced_if
 
 
 def refused_errno(abi: int, nr: int) -> Optional[int]:

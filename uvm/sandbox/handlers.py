@@ -24,6 +24,9 @@ onto names); a row is a tuple whose first item is its kind:
 ``("exec", dirfd_i, path_i, argv_i, envp_i, flags_i)``  see ``execve.py``.
 ``("getcwd",)``  answered by the tracer from the tracee's cwd.
 ``("sock", addr_i, len_i, bind)`` / ``("socketcall",)``  AF_UNIX paths.
+``("sendto", addr_i, len_i)``
+    the filter stops only when the destination pointer is not NULL.
+``("sendmsg",)``  ``msg_name`` of the message header.
 ``("refuse", errno)``
     refused in the filter itself (no stop): mount and friends, chroot,
     io_uring (it would open paths without a system call), ...
@@ -130,6 +133,8 @@ TABLE: Dict[str, Tuple] = {
     "bind": ("sock", 1, 2, True),
     "connect": ("sock", 1, 2, False),
     "socketcall": ("socketcall",),
+    "sendto": ("sendto", 4, 5),
+    "sendmsg": ("sendmsg",),
     # refused (in the filter, no stop)
     "chroot": ("refuse", errno.EPERM),
     "pivot_root": ("refuse", errno.EPERM),

@@ -42,6 +42,7 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
     """Trace until the main program ends (and, with ``wait_all``, until every
     tracee has).  Returns the main program's wait status and counters."""
     restart = mem.PTRACE_SYSCALL if fallback else mem.PTRACE_CONT
+    tracer.fallback = fallback
     resume = mem.resume
     waitpid = os.waitpid
     enter = tracer.enter
@@ -140,7 +141,14 @@ def _fallback_enter(tracer: Tracer, tid: int) -> None:
     """Entry of any system call when every call stops (no seccomp)."""
     regs = mem.getregs(tid)
     abi = 1 if regs.cs == 0x23 else 0
+    if abi == 0 and tracer._compat_call(tid, regs):
+        abi = 1
     nr = regs.orig_rax
+    if abi == 1 and regs.cs != 0x23 and (nr in tracer.handlers[1] or nr == 102):
+        regs.orig_rax = 0xFFFFFFFFFFFFFFFF
+        regs.rax = (-38) & 0xFFFFFFFFFFFFFFFF
+        mem.setregs(tid, regs)
+        return
     code = refused_errno(abi, nr)
     if code is None and HIGHEST_KNOWN < nr < 0xFFFFFFFF:
         code = 38  # ENOSYS: newer than uvm knows, as the filter does

@@ -122,6 +122,7 @@ class Namespace:
         )
         self._guest_prefixes = tuple((b.guest, b.guest + "/", b.host) for b in self.binds)
         self._root_prefix = "" if self.root == "/" else self.root
+        self._bind_points = frozenset(b.guest for b in self.binds)
 
     # -- guest → host --------------------------------------------------------
 
@@ -137,7 +138,8 @@ class Namespace:
         return self._root_prefix + guest
 
     def is_bind_point(self, guest: str) -> bool:
-        return any(guest == b.guest for b in self.binds)
+        """Is ``guest`` exactly where a bind sits (a mount point)?"""
+        return guest in self._bind_points
 
     # -- host → guest --------------------------------------------------------
 

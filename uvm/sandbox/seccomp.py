@@ -42,29 +42,66 @@ SECCOMP_FILTER_FLAG_SPEC_ALLOW = 1 << 2
 
 _OFF_NR = 0
 _OFF_ARCH = 4
+_OFF_IP = 8
+_OFF_ARGS = 16
 
 Insn = Tuple[int, int, int, int]
 
 
-def _abi_block(traced: Iterable[int], refused: Dict[int, int]) -> List[Insn]:
-    prog: List[Insn] = [(BPF_LD_W_ABS, 0, 0, _OFF_NR)]
+_TRACE = ("trace",)  # placeholder, resolved by _resolve_trace
+
+
+def _abi_block(traced: Iterable[int], refused: Dict[int, int],
+               traced_if: Dict[int, int] = None, compat: bool = False) -> List[Insn]:
+    """One ABI's decisions.  For the i386 ABI (``compat``) every stop goes
+    through a last check: a path call made with ``int $0x80`` from 64-bit
+    code (instruction pointer above 4 GiB) is refused with ENOSYS (its
+    pointers are truncated to 32 bits, and the tracer's scratch space above
+    the stack cannot be reached), and stops carry data 1 so that the tracer
+    can tell an i386 call made from a low 64-bit code address."""
+    prog: List = [(BPF_LD_W_ABS, 0, 0, _OFF_NR)]
     for nr in sorted(traced):
         prog.append((BPF_JEQ_K, 0, 1, nr))
-        prog.append((BPF_RET_K, 0, 0, RET_TRACE))
+        prog.append(_TRACE)
     for nr, code in sorted(refused.items()):
         prog.append((BPF_JEQ_K, 0, 1, nr))
         prog.append((BPF_RET_K, 0, 0, RET_ERRNO | code))
+    # Calls traced only when an argument (a pointer) is not NULL.
+    for nr, arg in sorted((traced_if or {}).items()):
+        low = _OFF_ARGS + 8 * arg
+        prog.extend([
+            (BPF_JEQ_K, 0, 6, nr),
+            (BPF_LD_W_ABS, 0, 0, low),
+            (BPF_JEQ_K, 0, 2, 0),
+            (BPF_LD_W_ABS, 0, 0, low + 4),
+            (BPF_JEQ_K, 1, 0, 0),
+            _TRACE,
+            (BPF_RET_K, 0, 0, RET_ALLOW),
+        ])
     prog.append((BPF_JGE_K, 0, 1, HIGHEST_KNOWN + 1))
     prog.append((BPF_RET_K, 0, 0, RET_ERRNO | errno.ENOSYS))
     prog.append((BPF_RET_K, 0, 0, RET_ALLOW))
-    return prog
+    if not compat:
+        return [(BPF_RET_K, 0, 0, RET_TRACE) if insn is _TRACE else insn for insn in prog]
+    check = len(prog)
+    prog.extend([
+        (BPF_LD_W_ABS, 0, 0, _OFF_IP + 4),
+        (BPF_JEQ_K, 0, 1, 0),
+        (BPF_RET_K, 0, 0, RET_TRACE | 1),
+        (BPF_RET_K, 0, 0, RET_ERRNO | errno.ENOSYS),
+    ])
+    return [(BPF_JA, 0, 0, check - i - 1) if insn is _TRACE else insn
+            for i, insn in enumerate(prog)]
 
 
-def build_filter(traced: Dict[int, Iterable[int]], refused: Dict[int, Dict[int, int]]) -> List[Insn]:
+def build_filter(traced: Dict[int, Iterable[int]], refused: Dict[int, Dict[int, int]],
+                 traced_if: Dict[int, Dict[int, int]] = None) -> List[Insn]:
     """BPF program: ``traced[abi]`` numbers stop the tracee, ``refused[abi]``
-    maps numbers to the errno they fail with."""
-    block64 = _abi_block(traced[ABI_X86_64], refused[ABI_X86_64])
-    block32 = _abi_block(traced[ABI_I386], refused[ABI_I386])
+    maps numbers to the errno they fail with, ``traced_if[abi]`` maps
+    numbers to the argument that must be non-NULL for a stop."""
+    traced_if = traced_if or {ABI_X86_64: {}, ABI_I386: {}}
+    block64 = _abi_block(traced[ABI_X86_64], refused[ABI_X86_64], traced_if[ABI_X86_64])
+    block32 = _abi_block(traced[ABI_I386], refused[ABI_I386], traced_if[ABI_I386], compat=True)
     # Layout: [0] ld arch, [1] jeq x86_64 ? next : ja-to-i386, ...
     prog: List[Insn] = [
         (BPF_LD_W_ABS, 0, 0, _OFF_ARCH),
