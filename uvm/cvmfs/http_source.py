@@ -129,8 +129,12 @@ class SimpleSource:
             try:
                 decoder = Decoder(content_hash.algorithm, fd, expected_hash=content_hash,
                                   expected_size=expected_size, compressed=compressed)
-                for piece in self._stream(name):
-                    decoder.feed(piece)
+                stream = self._stream(name)
+                try:
+                    for piece in stream:
+                        decoder.feed(piece)
+                finally:
+                    stream.close()  # releases the connection at once, also on bad data
                 decoder.finish()
             finally:
                 os.close(fd)
