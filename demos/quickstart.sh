@@ -73,7 +73,7 @@ step "uvm repo export $fqrn:/ (modes, mtimes, symlinks as published)"
 cmp "$work/src/lib/big/blob" "$work/export/lib/big/blob" && echo "  3 MiB chunked file: identical"
 
 step "a tampered object is refused"
-obj=$(find "$work/www/cvmfs/$fqrn/data" -type f -size +1k ! -name '*C' ! -name '*H' | head -n 1)
+obj=$(find "$work/www/cvmfs/$fqrn/data" -type f -name '*P' | head -n 1)   # a chunk of the blob
 printf 'X' | dd of="$obj" bs=1 seek=100 conv=notrunc 2>/dev/null
 if "$uvm" repo cat "$fqrn:/lib/big/blob" >/dev/null; then
     echo "  unexpected: tampered data was accepted"; exit 1
