@@ -46,7 +46,8 @@ def _policy(args: argparse.Namespace):
         low, avg, high = (int(part) for part in args.chunk_sizes.split(","))
         return ChunkPolicy(low, avg, high)
     except ValueError:
-        raise UsageError("--chunk-sizes wants MIN,AVG,MAX bytes with 32 <= MIN < AVG < MAX") from None
+        raise UsageError(
+            "--chunk-sizes wants MIN,AVG,MAX bytes with 32 <= MIN < AVG < MAX") from None
 
 
 def _publish(args: argparse.Namespace) -> int:

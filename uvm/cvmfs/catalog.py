@@ -286,7 +286,8 @@ class Catalog:
             "ORDER BY offset",
             md5_pair(entry.path),
         ).fetchall()
-        return [Chunk(offset, size, ContentHash(algorithm, bytes(blob))) for offset, size, blob in rows]
+        return [Chunk(offset, size, ContentHash(algorithm, bytes(blob)))
+                for offset, size, blob in rows]
 
     def nested_catalogs(self) -> List[NestedRef]:
         """The immediate children of this catalog (read once, they are few)."""

@@ -78,7 +78,8 @@ def export(repo, path: str, dest: str) -> ExportReport:
             os.utime(target, ns=(_ns(entry), _ns(entry)))
             report.specials += 1
         else:
-            report.skipped.append(f"{entry.path} ({stat.filemode(entry.mode)[0]}: needs privileges)")
+            kind = stat.filemode(entry.mode)[0]
+            report.skipped.append(f"{entry.path} ({kind}: needs privileges)")
 
     if not top.is_dir:
         write_one(top, os.fsencode(dest))

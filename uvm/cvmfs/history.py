@@ -138,7 +138,8 @@ class History:
         ).fetchone()
         if row is None:
             when = _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc)
-            raise TagNotFoundError(f"no revision was published at or before {when:%Y-%m-%dT%H:%M:%SZ}")
+            raise TagNotFoundError(
+                f"no revision was published at or before {when:%Y-%m-%dT%H:%M:%SZ}")
         return _row_to_tag(row)
 
     # --- writing ------------------------------------------------------------------

@@ -78,7 +78,8 @@ def _hash(fields: Dict[str, str], key: str, required: bool = False) -> Optional[
     try:
         return ContentHash.parse(value)
     except CvmfsError:
-        raise ManifestError(f"manifest line '{key}' holds no content hash: {value[:60]!r}") from None
+        raise ManifestError(
+            f"manifest line '{key}' holds no content hash: {value[:60]!r}") from None
 
 
 def _int(fields: Dict[str, str], key: str, required: bool = False, default: int = 0) -> int:

@@ -36,7 +36,8 @@ Keys = Union[None, str, Sequence[str]]
 
 
 def default_state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    base = (os.environ.get("XDG_STATE_HOME")
+            or os.path.join(os.path.expanduser("~"), ".local", "state"))
     return os.path.join(base, "uvm")
 
 
@@ -246,7 +247,8 @@ class Repository:
             raise
 
     @classmethod
-    def _open(cls, fqrn, source, keys, tag, date, root_hash, state_dir, environ, now) -> "Repository":
+    def _open(cls, fqrn, source, keys, tag, date, root_hash, state_dir, environ,
+              now) -> "Repository":
         manifest = verify_bootstrap(source, fqrn, signature.load_master_keys(_key_paths(keys)), now)
         RollbackState(state_dir or default_state_dir()).check_and_record(fqrn, manifest)
         history = None
@@ -372,7 +374,7 @@ class Repository:
     open = _ClassOrInstance(classmethod(_open_repository), open_file)
 
     def prefetch(self, path: str) -> None:
-        """Fetch and verify every object of a regular file, so that reading it cannot fail halfway."""
+        """Fetch and verify every object of a regular file: reading it cannot fail halfway."""
         entry = self.stat(path)
         if not entry.is_regular or not entry.is_chunked:
             self.open_file(path).close()

@@ -89,7 +89,8 @@ def verify(
     """Hash line, master-key signature, name, expiry and (optionally) the certificate."""
     letter = signature.split_letter(data, "whitelist")
     signature.check_letter_hash(letter, "whitelist")
-    if not signature.verify_raw_pkcs1(master_keys, letter.hash_text.encode("ascii"), letter.signature):
+    hash_text = letter.hash_text.encode("ascii")
+    if not signature.verify_raw_pkcs1(master_keys, hash_text, letter.signature):
         raise SignatureError("whitelist signature does not verify with any master public key")
     whitelist = parse(letter.body)
     if whitelist.fqrn != fqrn:
@@ -108,7 +109,8 @@ def verify(
 def check_certificate(whitelist: Whitelist, certificate_der: bytes) -> None:
     """The certificate's fingerprint, in each algorithm the whitelist uses, must be listed."""
     if whitelist.requires_ca_chain:
-        raise WhitelistError("whitelist requires X.509 CA-chain verification, which uvm does not do")
+        raise WhitelistError(
+            "whitelist requires X.509 CA-chain verification, which uvm does not do")
     for listed in whitelist.fingerprints:
         if ContentHash.of(certificate_der, listed.algorithm) == listed:
             return

@@ -74,7 +74,8 @@ def create_keys(fqrn: str, keydir: str) -> KeyPaths:
             raise PublishError(f"key file {path} already exists", hint="keys are never overwritten")
     master = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
     repo = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{fqrn} CernVM-FS Release Managers")])
+    name = x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, f"{fqrn} CernVM-FS Release Managers")])
     now = _dt.datetime.now(_dt.timezone.utc)
     cert = (
         x509.CertificateBuilder()
@@ -117,6 +118,7 @@ def load_publish_keys(fqrn: str, keydir: str) -> PublishKeys:
         certificate_pem=cert_pem,
         certificate=signature.load_certificate(cert_pem),
     )
-    if keys.certificate.public_key().public_numbers() != keys.repository_key.public_key().public_numbers():
+    cert_numbers = keys.certificate.public_key().public_numbers()
+    if cert_numbers != keys.repository_key.public_key().public_numbers():
         raise PublishError(f"{paths.crt} does not belong to {paths.key}")
     return keys

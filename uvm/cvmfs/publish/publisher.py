@@ -177,8 +177,10 @@ class _Builder:
                     or old.mtime * 1_000_000_000 + (old.mtime_ns or 0) != st.st_mtime_ns):
                 return None
             if old.is_chunked:
-                chunks = [(c.offset, c.size, c.content_hash) for c in self.previous_tree.chunks(old)]
-                if not chunks or not all(self.store.exists(h, Suffix.PARTIAL) for _, _, h in chunks):
+                chunks = [(c.offset, c.size, c.content_hash)
+                          for c in self.previous_tree.chunks(old)]
+                if not chunks or not all(self.store.exists(h, Suffix.PARTIAL)
+                                         for _, _, h in chunks):
                     return None
                 return _FileData(FLAG_FILE | FLAG_CHUNKED | self.algo_bits, None, chunks)
             if old.content_hash is None or not self.store.exists(old.content_hash):
@@ -257,7 +259,8 @@ class _Builder:
         return Row(path, FLAG_DIR | extra_flags, st.st_mode, st.st_size, mtime, mtime_ns,
                    st.st_uid, st.st_gid, st.st_nlink & 0xFFFFFFFF)
 
-    def build(self, mountpoint: str, host_dir: str, root_st: os.stat_result) -> Tuple[ContentHash, int, Counters]:
+    def build(self, mountpoint: str, host_dir: str,
+              root_st: os.stat_result) -> Tuple[ContentHash, int, Counters]:
         """Write the catalog rooted at ``mountpoint`` (and, first, its nested catalogs)."""
         fd, db_path = tempfile.mkstemp(dir=self.workdir, suffix=".catalog")
         os.close(fd)
@@ -344,7 +347,8 @@ class _Builder:
         return content_hash, size, writer.counters
 
 
-def _previous_catalogs(store: ObjectStore, root: ContentHash, workdir: str) -> Dict[str, ContentHash]:
+def _previous_catalogs(store: ObjectStore, root: ContentHash,
+                       workdir: str) -> Dict[str, ContentHash]:
     """Mountpoint → hash of every catalog of the previous revision (for ``previous_revision``)."""
     found: Dict[str, ContentHash] = {}
     pending = [("", root)]
