@@ -178,7 +178,8 @@ def _export(args: argparse.Namespace) -> int:
     with _open(args, fqrn) as repo:
         report = export(repo, path, args.dest)
     if not args.quiet:
-        print(f"exported {report.files} file(s), {report.directories} director{'y' if report.directories == 1 else 'ies'}, "
+        dirs = "directory" if report.directories == 1 else "directories"
+        print(f"exported {report.files} file(s), {report.directories} {dirs}, "
               f"{report.symlinks} symlink(s), {report.hardlinks} hard link(s) to {args.dest}")
         for skipped in report.skipped:
             print(f"uvm: warning: not exported: {skipped}", file=sys.stderr)
