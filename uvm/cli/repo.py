@@ -181,6 +181,6 @@ def _export(args: argparse.Namespace) -> int:
         dirs = "directory" if report.directories == 1 else "directories"
         print(f"exported {report.files} file(s), {report.directories} {dirs}, "
               f"{report.symlinks} symlink(s), {report.hardlinks} hard link(s) to {args.dest}")
-        for skipped in report.skipped:
-            print(f"uvm: warning: not exported: {skipped}", file=sys.stderr)
+    for skipped in report.skipped:  # even with -q: the copy is incomplete
+        print(f"uvm: warning: not exported: {skipped}", file=sys.stderr)
     return 0
