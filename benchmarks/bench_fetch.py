@@ -14,8 +14,9 @@ The server (``tests/net/faultserver.py``) runs in its own process.
   ``parallel_downloads`` setting), into another empty cache;
 - warm: the same files read from the plain source directory, from the
   cache's files by path (what a guest does once a file is materialized),
-  and through the fetcher (cache lookup + open + read); median of
-  ``--repeat`` alternating rounds.
+  and through the fetcher (cache lookup + open + read); best of
+  ``--repeat`` alternating rounds (the machine is shared: the best round is
+  the least disturbed one).
 
 Both cold runs include the walk of the catalogs only once, outside the timed
 part; every object really is downloaded, inflated and verified.
@@ -29,7 +30,6 @@ import argparse
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,7 +73,7 @@ def main() -> int:
     parser.add_argument("--size-mb", type=float, default=200)
     parser.add_argument("--latency", type=float, default=0.02)
     parser.add_argument("--parallel", type=int, default=None)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--quick", action="store_true", help="500 files, 20 MB")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
@@ -168,7 +168,7 @@ def main() -> int:
                 start = time.perf_counter()
                 fn()
                 sink.append(time.perf_counter() - start)
-        plain_m, files_m, cached_m = (statistics.median(t) for t in runs.values())
+        plain_m, files_m, cached_m = (min(t) for t in runs.values())
         print(f"warm plain dir:          {plain_m * 1000:7.1f} ms for {len(plain)} files")
         print(f"warm cache files:        {files_m * 1000:7.1f} ms (open+read of cached paths)")
         print(f"warm fetcher + read:     {cached_m * 1000:7.1f} ms (lookup, then open+read)")
