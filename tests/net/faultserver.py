@@ -37,6 +37,7 @@ class Fault:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    block_on_close = False  # stop() must not wait for keep-alive handlers
     allow_reuse_address = True
     request_queue_size = 128
 
