@@ -225,15 +225,20 @@ class Fetcher:
                 if suffix is Suffix.CATALOG:
                     self.pin(content_hash)
                 return path
+        generation = self.cache.generation()  # read before the lookup: never too new
         path = self._fetch_slow(content_hash, suffix, expected_size, compressed)
-        generation = self.cache.generation()
         if generation is not None:
+            size = expected_size
+            if size is None:
+                try:
+                    size = os.stat(path).st_size
+                except OSError:
+                    return path  # evicted already; the caller's open will tell
             if len(self._memo) > 1 << 20:
                 self._memo.clear()
             self._memo[content_hash.digest] = (
-                content_hash.algorithm, path,
-                expected_size if expected_size is not None else os.stat(path).st_size,
-                generation, time.monotonic(), str(content_hash))
+                content_hash.algorithm, path, size, generation, time.monotonic(),
+                str(content_hash))
         return path
 
     def _fetch_slow(self, content_hash: ContentHash, suffix: Suffix,
