@@ -209,3 +209,25 @@ def test_dead_proxy_fails_over_to_the_next_in_its_group_and_then_direct(
     assert read(fetcher.fetch_object(h)) == DATA
     assert fetcher.transport.chain.proxies == [dead, "DIRECT"]
     assert fetcher.transport.chain.current()[1] == 1
+
+
+def test_content_length_shorter_than_the_body_is_bad_data_then_next_mirror(
+        mirror, mirror2, put, make_fetcher):
+    h = put(DATA)
+    mirror.add_fault("bad_length", extra=-100)  # the client stops early: truncated stream
+    fetcher = make_fetcher(fast_settings([mirror.url_for(), mirror2.url_for()]))
+    assert read(fetcher.fetch_object(h)) == DATA
+    assert mirror.count(h.object_path()) == 2  # once more without caches
+    assert mirror2.count(h.object_path()) == 1
+
+
+def test_proxy_http_errors_move_to_the_next_proxy(mirror, mirror2, put, make_fetcher):
+    # mirror2 plays a forward proxy that refuses (403): a proxy error, not the mirror's
+    h = put(DATA)
+    mirror2.add_fault("status", code=403)
+    fetcher = make_fetcher(fast_settings([mirror.url_for()],
+                                         proxies=f"{mirror2.url};DIRECT"))
+    assert read(fetcher.fetch_object(h)) == DATA
+    assert mirror2.count(h.object_path()) == 1  # asked as a proxy, once (not retried)
+    assert mirror.count(h.object_path()) == 1
+    assert fetcher.transport.chain.current(allow_reset=False) == (0, 1)
