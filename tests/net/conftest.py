@@ -33,7 +33,8 @@ FQRN = "test.uvm.local"
 SQUID = shutil.which("squid") or "/usr/sbin/squid"
 
 
-def fast_settings(hosts: List[str], proxies: str = DIRECT, **overrides: object) -> TransportSettings:
+def fast_settings(hosts: List[str], proxies: str = DIRECT,
+                  **overrides: object) -> TransportSettings:
     """Transport settings with test-sized timeouts and backoffs."""
     from uvm.cvmfs.servers import expand_server_urls, parse_proxy_groups
 

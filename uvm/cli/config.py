@@ -50,7 +50,8 @@ def _show(args: argparse.Namespace) -> int:
     if args.repo:
         from uvm.cvmfs.servers import expand_server_urls, parse_proxy_groups
 
-        print(f"# mirrors: {' ; '.join(expand_server_urls(settings.server_url, args.repo)) or '(none)'}")
+        mirrors = expand_server_urls(settings.server_url, args.repo)
+        print(f"# mirrors: {' ; '.join(mirrors) or '(none)'}")
         groups = parse_proxy_groups(settings.http_proxy, settings.fallback_proxy)
         print("# proxy groups: " + " ; ".join(" | ".join(g) for g in groups))
         keys = public_key_files(settings.public_key, settings.keys_dir, args.repo)

@@ -153,7 +153,8 @@ class Chain:
             if self._host and self._host_reset > 0 and now - self._host_since >= self._host_reset:
                 log.info("back to the first mirror %s", self.hosts[0])
                 self._host = 0
-            if self._proxy and self._proxy_reset > 0 and now - self._proxy_since >= self._proxy_reset:
+            if (self._proxy and self._proxy_reset > 0
+                    and now - self._proxy_since >= self._proxy_reset):
                 log.info("back to the first proxy %s", self.proxies[0])
                 self._proxy = 0
             return self._host, self._proxy
