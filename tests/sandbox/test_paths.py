@@ -312,3 +312,28 @@ def test_filter_decisions_per_abi():
     assert _run_bpf(prog, x64, sendto, args={4: 0x1000}) == sc.RET_TRACE
     assert _run_bpf(prog, i386, number(1, "sendto"), args={4: 0x1000}) == sc.RET_TRACE | 1
     assert _run_bpf(prog, x64, number(0, "sendmsg")) == sc.RET_TRACE
+
+
+def test_anchors_pin_the_parent_directory(tmp_path):
+    from uvm.sandbox.anchors import Anchors
+
+    (tmp_path / "a/b").mkdir(parents=True)
+    (tmp_path / "a/b/f").write_text("x")
+    anchors = Anchors()
+    try:
+        name = anchors.anchored(str(tmp_path / "a/b/f"))
+        assert name.startswith(f"/proc/{os.getpid()}/fd/") and name.endswith("/f")
+        # the name keeps working after the path is swapped for a symlink
+        (tmp_path / "a/b").rename(tmp_path / "a/old")
+        os.symlink("/", tmp_path / "a/b")
+        assert open(name).read() == "x"
+        # a directory kept as a name (trailing slash): rename acts on it
+        dirname = anchors.anchored(str(tmp_path / "a/old") + "/")
+        assert dirname.endswith("/old/")
+        # a fresh anchor through a symlink is refused (a race)
+        anchors.retire()
+        with pytest.raises(OSError) as exc:
+            anchors.anchored(str(tmp_path / "a/b/etc/passwd"))
+        assert exc.value.errno == errno.ELOOP
+    finally:
+        anchors.close()

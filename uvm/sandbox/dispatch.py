@@ -13,9 +13,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import struct
 from typing import Callable, Dict, List, Optional, Tuple
 
+from uvm.sandbox import anchors as _anchors
 from uvm.sandbox import execve as _execve
 from uvm.sandbox import memory as mem
 from uvm.sandbox.arch import ABI_I386, ABI_NAMES, ARG_REGS, RED_ZONE, WORD_SIZE
@@ -56,7 +58,8 @@ def _dec(raw: bytes) -> str:
 class Tracer:
     """Translation state shared by all tracees of one sandbox run."""
 
-    def __init__(self, ns: Namespace, verbose: int = 0, logfn: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(self, ns: Namespace, verbose: int = 0, logfn: Optional[Callable[[str], None]] = None,
+                 anchor: bool = True) -> None:
         self.ns = ns
         self.tracees: Dict[int, int] = {}  # tid -> tgid (0 until known)
         self.resolver = Resolver(ns, is_tracee=self.tracees.__contains__, tgid_of=self.tgid_of)
@@ -65,7 +68,7 @@ class Tracer:
         self.logfn = logfn or (lambda line: log.info("%s", line))
         self.exe: Dict[int, str] = {}  # tgid -> guest path of the program
         self.pending_exe: Dict[int, Tuple[str, str]] = {}  # tid -> (program, name given)
-        self.last: Dict[int, Tuple[int, Dict[int, str]]] = {}  # tid -> (rip, {addr: guest})
+        self.last: Dict[int, Tuple[int, int, Dict[int, str]]] = {}  # tid -> (rip, sp, {addr: guest})
         self.stops = 0
         self.translated = 0
         self.sock_dir: Optional[str] = None
@@ -80,7 +83,19 @@ class Tracer:
                 self.handlers[abi][nr] = (getattr(self, "_k_" + row[0]), name) + row[1:]
         self._cursor = 0
         self.fallback = False  # set by the loop when every call stops
+        # Translated paths reach the kernel through directory descriptors of
+        # the tracer (anchors.py) so that a swapped directory cannot redirect
+        # them.  As root, only for tracees that can still reach the tracer's
+        # /proc entry (CAP_SYS_PTRACE); an unprivileged guest always can.
+        self.anchors = _anchors.Anchors() if anchor and _anchors.available() else None
+        self._root_mode = os.geteuid() == 0
+        self._creds: Dict[int, bool] = {}
         self._bind_points = frozenset(b.guest for b in ns.binds)
+        # The tracer's own memory and descriptors stay out of the guest's
+        # reach (the filter refuses process_vm_*, pidfd_open and ptrace on it).
+        self._tracer_proc = f"/proc/{os.getpid()}/"
+        self._tracer_private = re.compile(
+            rf"/proc/{os.getpid()}/(?:task/\d+/)?(?:mem|fd|map_files|fdinfo)(?:/|\Z)")
         # Names that never take the one-name shortcut of _translate: ".",
         # "..", and every bind's last component (a bind may sit on it).
         self._not_simple = frozenset({"", ".", ".."} | {b.guest.rpartition("/")[2] for b in ns.binds})
@@ -106,6 +121,7 @@ class Tracer:
 
     def forget(self, tid: int) -> None:
         self.tracees.pop(tid, None)
+        self._creds.pop(tid, None)
         self.last.pop(tid, None)
         self.pending_exe.pop(tid, None)
         self.exe.pop(tid, None)
@@ -177,6 +193,42 @@ class Tracer:
             regs.rax = (-code) & _MASK64
             mem.setregs(tid, regs)
 
+    def _invalidate(self) -> None:
+        self.resolver.invalidate()
+        if self.anchors is not None:
+            self.anchors.retire()
+
+    def _may_anchor(self, tid: int) -> bool:
+        if not self._root_mode:
+            return True
+        ok = self._creds.get(tid)
+        if ok is None:
+            ok = False
+            try:
+                with open(f"/proc/{tid}/status", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"CapEff:"):
+                            ok = bool(int(line.split()[1], 16) & (1 << 19))  # CAP_SYS_PTRACE
+                            break
+            except OSError:
+                pass
+            self._creds[tid] = ok
+        return ok
+
+    def _kernel_path(self, tid: int, host: str) -> str:
+        """The name the kernel gets for ``host``: anchored on a directory
+        descriptor of the tracer where possible (see anchors.py)."""
+        if self.anchors is None or host.startswith("/proc/") or not self._may_anchor(tid):
+            return host
+        try:
+            return self.anchors.anchored(host)
+        except OSError as exc:
+            raise _err(_anchors.errno_for_race(exc)) from None
+
+    def _k_creds(self, tid, regs, abi, row):
+        self._creds.clear()
+        return 0
+
     def _compat_call(self, tid: int, regs) -> bool:
         """Is the call at this stop an i386 one made from 64-bit code?"""
         if self.fallback:
@@ -190,10 +242,15 @@ class Tracer:
 
     def _read_path(self, tid: int, regs, ptr: int) -> str:
         rec = self.last.get(tid)
-        if rec is not None and rec[0] == regs.rip:
-            guest = rec[1].get(ptr)
+        if rec is not None and rec[0] == regs.rip and rec[1] == regs.rsp:
+            # Same instruction, same stack pointer, and a pointer into our
+            # scratch space below it (where no live guest data can be): a
+            # call restarted after a signal, whose copy may have been
+            # overwritten by the signal frame.  Translate the guest's path
+            # again.
+            guest = rec[2].get(ptr)
             if guest is not None:
-                return guest  # a restarted call: our scratch copy may be gone
+                return guest
         return _dec(mem.read_cstring(tid, ptr))
 
     def _base(self, tid: int, path: str, dirfd: int) -> str:
@@ -227,10 +284,10 @@ class Tracer:
         addr = self._put(tid, _enc(host) + b"\0")
         setattr(regs, ARG_REGS[abi][idx], addr)
         rec = self.last.get(tid)
-        if rec is None or rec[0] != regs.rip:
-            self.last[tid] = (regs.rip, {addr: guest_given})
+        if rec is None or rec[0] != regs.rip or rec[1] != regs.rsp:
+            self.last[tid] = (regs.rip, regs.rsp, {addr: guest_given})
         else:
-            rec[1][addr] = guest_given
+            rec[2][addr] = guest_given
         self.translated += 1
 
     def _translate(self, tid: int, regs, abi: int, path_i: int, dirfd_i: int, follow: bool,
@@ -260,9 +317,11 @@ class Tracer:
         guest, host = self.resolve(path, base, follow, tid)
         if busy and guest in self._bind_points:
             raise _err(errno.EBUSY)
+        if host.startswith(self._tracer_proc) and self._tracer_private.match(host):
+            raise _err(errno.EACCES)
         if self.verbose:
             self.logfn(f"[{tid}] {name}({path!r}) -> {host}")
-        self._put_path(tid, regs, abi, path_i, path, host)
+        self._put_path(tid, regs, abi, path_i, path, self._kernel_path(tid, host))
         return SETREGS
 
     # -- handler kinds (see handlers.py) ---------------------------------------------------
@@ -270,7 +329,7 @@ class Tracer:
     def _k_path(self, tid, regs, abi, row):
         _fn, name, idx, follow, mutates = row
         if mutates:
-            self.resolver.invalidate()
+            self._invalidate()
         return self._translate(tid, regs, abi, idx, -1, follow, name, busy=mutates)
 
     def _k_open(self, tid, regs, abi, row):
@@ -308,12 +367,12 @@ class Tracer:
         if flags & toggle:
             follow = not follow
         if mutates:
-            self.resolver.invalidate()
+            self._invalidate()
         return self._translate(tid, regs, abi, idx, dirfd_i, follow, name, busy=mutates)
 
     def _k_two(self, tid, regs, abi, row):
         _fn, name, old_i, new_i, follow_old = row
-        self.resolver.invalidate()
+        self._invalidate()
         moves = name == "rename"
         return (self._translate(tid, regs, abi, old_i, -1, follow_old, name, busy=moves)
                 | self._translate(tid, regs, abi, new_i, -1, False, name, busy=moves))
@@ -325,14 +384,14 @@ class Tracer:
             path = self._read_path(tid, regs, getattr(regs, ARG_REGS[abi][old_i]))
             if not path:
                 return self._translate(tid, regs, abi, new_i, ndfd, False, name)
-        self.resolver.invalidate()
+        self._invalidate()
         moves = name != "linkat"
         return (self._translate(tid, regs, abi, old_i, odfd, bool(flags & follow_flag), name, busy=moves)
                 | self._translate(tid, regs, abi, new_i, ndfd, False, name, busy=moves))
 
     def _k_symlink(self, tid, regs, abi, row):
         _fn, name, _target_i, dirfd_i, idx = row
-        self.resolver.invalidate()
+        self._invalidate()
         return self._translate(tid, regs, abi, idx, dirfd_i, False, name)
 
     def _k_readlink(self, tid, regs, abi, row):
@@ -341,11 +400,13 @@ class Tracer:
         path = self._read_path(tid, regs, getattr(regs, args[idx]))
         base = self._base(tid, path, getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32)
         _guest, host = self.resolve(path, base, False, tid)
+        if host.startswith(self._tracer_proc) and self._tracer_private.match(host):
+            raise _err(errno.EACCES)
         answer = self._proc_link(tid, host)
         if answer is None:
             if self.verbose:
                 self.logfn(f"[{tid}] {name}({path!r}) -> {host}")
-            self._put_path(tid, regs, abi, idx, path, host)
+            self._put_path(tid, regs, abi, idx, path, self._kernel_path(tid, host))
             return SETREGS
         size = getattr(regs, args[size_i]) & 0xFFFFFFFF
         if size == 0 or size >= 0x80000000:
@@ -439,7 +500,7 @@ class Tracer:
         envp = getattr(regs, args[envp_i])
         # One block below the stack pointer: the host path, the new strings,
         # then the pointer array; written with a single process_vm_writev.
-        host_b = _enc(host) + b"\0"
+        host_b = _enc(self._kernel_path(tid, host)) + b"\0"
         strings = [item + b"\0" for item in new_argv if not isinstance(item, int)]
         nptr = len(new_argv) + 1
         size = len(host_b) + sum(len(x) for x in strings)
@@ -484,7 +545,7 @@ class Tracer:
         _guest, host = self.resolve(path, base, not bind, tid)
         if self.verbose:
             self.logfn(f"[{tid}] {'bind' if bind else 'connect'}(unix:{path!r}) -> {host}")
-        data = _enc(host)
+        data = _enc(self._kernel_path(tid, host))
         if len(data) >= SOCKADDR_UN_PATH:
             data = _enc(self._short_socket_path(host))
         return struct.pack("<H", AF_UNIX) + data + b"\0"
@@ -576,6 +637,8 @@ class Tracer:
         return SETREGS
 
     def cleanup(self) -> None:
+        if self.anchors is not None:
+            self.anchors.close()
         if self.sock_dir:
             import shutil
 

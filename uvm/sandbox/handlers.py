@@ -27,6 +27,10 @@ onto names); a row is a tuple whose first item is its kind:
 ``("sendto", addr_i, len_i)``
     the filter stops only when the destination pointer is not NULL.
 ``("sendmsg",)``  ``msg_name`` of the message header.
+``("creds",)``
+    set*id and capset: the tracer forgets what it knew of the caller's
+    credentials (they decide whether /proc/<tracer>/fd anchors can be used;
+    see ``anchors.py``); the call itself runs unchanged.
 ``("refuse", errno)``
     refused in the filter itself (no stop): mount and friends, chroot,
     io_uring (it would open paths without a system call), ...
@@ -135,6 +139,11 @@ TABLE: Dict[str, Tuple] = {
     "socketcall": ("socketcall",),
     "sendto": ("sendto", 4, 5),
     "sendmsg": ("sendmsg",),
+    # credentials (only noted)
+    **{name: ("creds",) for name in (
+        "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid",
+        "setfsuid", "setfsgid", "capset", "setuid16", "setgid16", "setreuid16",
+        "setregid16", "setresuid16", "setresgid16", "setfsuid16", "setfsgid16")},
     # refused (in the filter, no stop)
     "chroot": ("refuse", errno.EPERM),
     "pivot_root": ("refuse", errno.EPERM),

@@ -132,7 +132,7 @@ class Sandbox:
         if not os.path.isdir(host_cwd):
             raise SandboxError(f"guest directory {self.guest_cwd} does not exist in the guest root",
                                hint="pick another with -w")
-        prog = seccomp.build_filter(*filter_numbers())
+        prog = seccomp.build_filter(*filter_numbers(), tracer_pid=os.getpid())
         no_new_privs = os.geteuid() != 0
         env_list = {k: v for k, v in self.env.items()}
         go_r, go_w = os.pipe()

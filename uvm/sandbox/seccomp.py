@@ -52,7 +52,8 @@ _TRACE = ("trace",)  # placeholder, resolved by _resolve_trace
 
 
 def _abi_block(traced: Iterable[int], refused: Dict[int, int],
-               traced_if: Dict[int, int] = None, compat: bool = False) -> List[Insn]:
+               traced_if: Dict[int, int] = None, compat: bool = False,
+               deny_pid: Dict[int, Tuple[int, int]] = None) -> List[Insn]:
     """One ABI's decisions.  For the i386 ABI (``compat``) every stop goes
     through a last check: a path call made with ``int $0x80`` from 64-bit
     code (instruction pointer above 4 GiB) is refused with ENOSYS (its
@@ -60,6 +61,15 @@ def _abi_block(traced: Iterable[int], refused: Dict[int, int],
     the stack cannot be reached), and stops carry data 1 so that the tracer
     can tell an i386 call made from a low 64-bit code address."""
     prog: List = [(BPF_LD_W_ABS, 0, 0, _OFF_NR)]
+    # Calls refused when an argument names one pid (the tracer's).
+    for nr, (arg, pid) in sorted((deny_pid or {}).items()):
+        prog.extend([
+            (BPF_JEQ_K, 0, 4, nr),
+            (BPF_LD_W_ABS, 0, 0, _OFF_ARGS + 8 * arg),
+            (BPF_JEQ_K, 0, 1, pid),
+            (BPF_RET_K, 0, 0, RET_ERRNO | errno.EPERM),
+            (BPF_LD_W_ABS, 0, 0, _OFF_NR),
+        ])
     for nr in sorted(traced):
         prog.append((BPF_JEQ_K, 0, 1, nr))
         prog.append(_TRACE)
@@ -94,14 +104,33 @@ def _abi_block(traced: Iterable[int], refused: Dict[int, int],
             for i, insn in enumerate(prog)]
 
 
+# Calls that would let the guest reach into the tracer's memory or
+# descriptors: name -> the argument holding the target pid.
+TRACER_PID_ARG = {"process_vm_readv": 0, "process_vm_writev": 0, "pidfd_open": 0,
+                  "ptrace": 1}
+
+
 def build_filter(traced: Dict[int, Iterable[int]], refused: Dict[int, Dict[int, int]],
-                 traced_if: Dict[int, Dict[int, int]] = None) -> List[Insn]:
+                 traced_if: Dict[int, Dict[int, int]] = None,
+                 tracer_pid: int = 0) -> List[Insn]:
     """BPF program: ``traced[abi]`` numbers stop the tracee, ``refused[abi]``
     maps numbers to the errno they fail with, ``traced_if[abi]`` maps
-    numbers to the argument that must be non-NULL for a stop."""
+    numbers to the argument that must be non-NULL for a stop; calls that
+    target ``tracer_pid`` with another process's memory or descriptors
+    (:data:`TRACER_PID_ARG`) get EPERM."""
+    from uvm.sandbox.sysnums import NUMBERS
+
     traced_if = traced_if or {ABI_X86_64: {}, ABI_I386: {}}
-    block64 = _abi_block(traced[ABI_X86_64], refused[ABI_X86_64], traced_if[ABI_X86_64])
-    block32 = _abi_block(traced[ABI_I386], refused[ABI_I386], traced_if[ABI_I386], compat=True)
+    deny = {abi: {} for abi in (ABI_X86_64, ABI_I386)}
+    if tracer_pid:
+        for abi in deny:
+            for name, arg in TRACER_PID_ARG.items():
+                if name in NUMBERS[abi]:
+                    deny[abi][NUMBERS[abi][name]] = (arg, tracer_pid)
+    block64 = _abi_block(traced[ABI_X86_64], refused[ABI_X86_64], traced_if[ABI_X86_64],
+                         deny_pid=deny[ABI_X86_64])
+    block32 = _abi_block(traced[ABI_I386], refused[ABI_I386], traced_if[ABI_I386], compat=True,
+                         deny_pid=deny[ABI_I386])
     # Layout: [0] ld arch, [1] jeq x86_64 ? next : ja-to-i386, ...
     prog: List[Insn] = [
         (BPF_LD_W_ABS, 0, 0, _OFF_ARCH),
