@@ -28,16 +28,11 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from uvm.errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.9/3.10 only
-    import tomli as tomllib
 
 
 # --- the settings table ----------------------------------------------------
@@ -52,8 +47,7 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a yes/no value: {text!r}")
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     """One setting: its TOML key, environment variable, type and default."""
 
     key: str
@@ -188,8 +182,7 @@ def _parse_template(name: str, table: Any, where: str) -> Template:
 # --- sources ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(NamedTuple):
     """Values from one place, for one scope (global, a domain or a repository)."""
 
     origin: str
@@ -220,6 +213,11 @@ def _check_keys(table: Mapping[str, Any], where: str) -> Dict[str, Any]:
 
 def parse_toml(text: str, path: str) -> FileData:
     """Parse one configuration file's text (pure; ``path`` only names it in errors)."""
+    # Imported here: most runs have no configuration file, and start-up counts.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.9/3.10 only
+        import tomli as tomllib
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -258,7 +256,8 @@ def parse_toml(text: str, path: str) -> FileData:
 
 def read_file(path: str) -> FileData:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read configuration file: {err.strerror}") from None
     except UnicodeDecodeError:
@@ -309,8 +308,7 @@ def domain_of_name(fqrn: str, domains: Sequence[str]) -> Optional[str]:
 # --- effective settings ----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Value:
+class Value(NamedTuple):
     """An effective value and where it came from."""
 
     value: Any
