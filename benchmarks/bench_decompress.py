@@ -21,6 +21,7 @@ native / Python.  Then the native decoder's scaling from 1 to 2 threads
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import tempfile
@@ -143,6 +144,16 @@ def scaling(run: Callable, codec, sets: List[List[Obj]], workdir: str, repeat: i
     return best[1], best[len(sets)], busy
 
 
+def run_control(_codec, objects: List[Obj], _fd: int) -> int:
+    """No codec: hashlib.sha1 over 1 MiB buffers (it releases the GIL), a
+    control for how much parallelism the machine gives this process now."""
+    done = 0
+    for stored, _pieces, _want, _size in objects:
+        hashlib.sha1(stored).digest()
+        done += len(stored)
+    return done
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="less data, fewer repeats")
@@ -185,15 +196,20 @@ def main() -> int:
         print()
         print("threads: aggregate MB/s of wall-clock time, each thread decoding its own "
               f"objects (stream API); load average now {os.getloadavg()[0]:.2f}")
+        print("control: the same for hashlib.sha1 over 1 MiB buffers (no codec), run just "
+              "before: how much parallelism the machine gave this process then")
         print(f"{'object':>8} {'backend':>8} {'1 thread':>9} {'2 threads':>10} {'scaling':>8} "
-              f"{'cores busy':>11}")
+              f"{'cores busy':>11} {'control':>10}")
+        control_sets = [make_objects(source[n * 977 :], 1 << 20, 8 << 20) for n in range(2)]
         for label, size in SIZES:
             sets = [make_objects(source[n * 977 :], size, total // 4) for n in range(2)]
             rounds = 4
             for name, codec in (("native", _native), ("python", _pycodec)):
+                # The control right before each row: the machine's share changes by the second.
+                c_one, c_two, _ = scaling(run_control, None, control_sets, workdir, repeat, 4)
                 one, two, busy = scaling(run_stream, codec, sets, workdir, repeat, rounds)
                 print(f"{label:>8} {name:>8} {one:9.0f} {two:10.0f} {two / one:7.2f}x "
-                      f"{busy:11.2f}", flush=True)
+                      f"{busy:11.2f} {c_two / c_one:9.2f}x", flush=True)
     return 0
 
 
