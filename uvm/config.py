@@ -23,11 +23,11 @@ the stock client, where ``domain.d`` and ``config.d`` override
 ``CVMFS_*`` settings just work.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: typing.NamedTuple would then
+# compile every field's annotation string at import, which costs start-up.
 
 import os
 import sys
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -141,8 +141,7 @@ def _coerce(setting: Setting, value: Any, where: str) -> Any:
 # --- templates -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Template:
+class Template(NamedTuple):
     """A named run environment: a repository path used as ``/`` plus binds and env.
 
     Parsed and kept here; ``uvm run --template`` interprets it.
@@ -152,9 +151,9 @@ class Template:
     repository: str
     path: str = "/"
     binds: Tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = MappingProxyType({})
     origin: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = MappingProxyType({})
 
 
 def _parse_template(name: str, table: Any, where: str) -> Template:
@@ -189,8 +188,7 @@ class Layer(NamedTuple):
     values: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class FileData:
+class FileData(NamedTuple):
     """One parsed TOML file."""
 
     path: str
@@ -315,8 +313,7 @@ class Value(NamedTuple):
     origin: str
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """Effective settings for one repository (or for none: the cache-wide view)."""
 
     fqrn: Optional[str]
@@ -340,8 +337,7 @@ def default_cache_base(environ: Mapping[str, str]) -> str:
     return os.path.join(environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache"), "uvm")
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     """Everything read from files and the environment; ask it for a repository's view."""
 
     files: Tuple[FileData, ...]
