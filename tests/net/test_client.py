@@ -216,3 +216,18 @@ def test_preload_a_template_by_name(published, mirror, cache_dir, tmp_path):
         env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert f"{FQRN}:/share/doc" in result.stdout and "2 objects" in result.stdout
+
+
+def test_published_repository_through_squid_with_a_dead_first_mirror(
+        published, squid, mirror, mirror2, cache_dir, tmp_path):
+    mirror.stop()  # squid answers 503 + X-Squid-Error: a proxy error, then the next mirror
+    env = environment([mirror.url_for(), mirror2.url_for()], cache_dir, published, tmp_path,
+                      CVMFS_HTTP_PROXY=squid.url, CVMFS_TIMEOUT="3")
+    result = subprocess.run([sys.executable, "-m", "uvm", "cache", "preload", FQRN],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert any("squid" in headers.get("via", "") for _, headers in mirror2.headers)
+    cfg = config.load(environ=env, system_files=[])
+    with open_repository(FQRN, cfg, state_dir=str(tmp_path / "state")) as repo:
+        for name, data in FILES.items():
+            assert repo.read("/" + name) == data
