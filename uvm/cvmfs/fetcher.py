@@ -324,7 +324,7 @@ class Fetcher:
 
     def prefetch(
         self,
-        requests: Iterable[ObjectRequest],
+        wanted: Iterable[ObjectRequest],
         progress: Optional[ProgressCallback] = None,
         parallel: Optional[int] = None,
     ) -> List[str]:
@@ -338,7 +338,7 @@ class Fetcher:
         :class:`FetchError` naming the first and counting the rest is raised
         at the end.
         """
-        items = list(dict.fromkeys(requests))
+        items = list(dict.fromkeys(wanted))
         state = Progress(0, len(items), 0, sum(r[2] or 0 for r in items), 0, time.monotonic())
         paths: List[Optional[str]] = [None] * len(items)
         errors: List[FetchError] = []
