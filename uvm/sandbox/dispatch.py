@@ -193,9 +193,12 @@ class Tracer:
             regs.rax = (-code) & _MASK64
             mem.setregs(tid, regs)
 
-    def _invalidate(self) -> None:
+    def _invalidate(self, dirs_moved: bool = False) -> None:
+        """After a call that may change what a path names: drop the cached
+        resolutions; when a directory may have been moved or removed, start
+        a new generation of directory anchors too."""
         self.resolver.invalidate()
-        if self.anchors is not None:
+        if dirs_moved and self.anchors is not None:
             self.anchors.retire()
 
     def _may_anchor(self, tid: int) -> bool:
@@ -329,7 +332,7 @@ class Tracer:
     def _k_path(self, tid, regs, abi, row):
         _fn, name, idx, follow, mutates = row
         if mutates:
-            self._invalidate()
+            self._invalidate(name == "rmdir")
         return self._translate(tid, regs, abi, idx, -1, follow, name, busy=mutates)
 
     def _k_open(self, tid, regs, abi, row):
@@ -367,13 +370,13 @@ class Tracer:
         if flags & toggle:
             follow = not follow
         if mutates:
-            self._invalidate()
+            self._invalidate(name == "unlinkat" and bool(getattr(regs, args[2]) & 0x200))
         return self._translate(tid, regs, abi, idx, dirfd_i, follow, name, busy=mutates)
 
     def _k_two(self, tid, regs, abi, row):
         _fn, name, old_i, new_i, follow_old = row
-        self._invalidate()
         moves = name == "rename"
+        self._invalidate(moves)
         return (self._translate(tid, regs, abi, old_i, -1, follow_old, name, busy=moves)
                 | self._translate(tid, regs, abi, new_i, -1, False, name, busy=moves))
 
@@ -384,8 +387,8 @@ class Tracer:
             path = self._read_path(tid, regs, getattr(regs, ARG_REGS[abi][old_i]))
             if not path:
                 return self._translate(tid, regs, abi, new_i, ndfd, False, name)
-        self._invalidate()
         moves = name != "linkat"
+        self._invalidate(moves)
         return (self._translate(tid, regs, abi, old_i, odfd, bool(flags & follow_flag), name, busy=moves)
                 | self._translate(tid, regs, abi, new_i, ndfd, False, name, busy=moves))
 
