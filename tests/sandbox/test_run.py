@@ -162,6 +162,36 @@ def test_unix_sockets_on_long_paths(uvm_runner, host_root, scratch):
     assert (deep / "sock").exists()  # the socket is where the guest put it
 
 
+def test_unix_datagrams_sendto_and_sendmsg(uvm_runner, host_root, scratch):
+    code = (
+        "import socket\n"
+        "srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind('/mnt/log')\n"
+        "cli = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        "cli.sendto(b'one', '/mnt/log'); cli.sendmsg([b'two'], [], 0, '/mnt/log')\n"
+        "print(srv.recv(9).decode(), srv.recv(9).decode())\n"
+    )
+    out = ok(uvm_runner.run(host_root, "python3", "-c", code, binds=[(scratch, "/mnt")]))
+    assert out.strip() == "one two"
+    assert (scratch / "log").exists()
+
+
+def test_guest_dropping_privileges_keeps_its_paths(uvm_runner, host_root):
+    """A root guest that becomes another user (as su does) loses access to
+    the tracer's /proc entry; its paths must still be translated."""
+    code = (
+        "import os\n"
+        "if os.getuid() == 0:\n"
+        "    os.setgroups([]); os.setgid(4242); os.setuid(4242)\n"
+        "print(os.getuid(), open('/etc/hostname').read().strip(), os.listdir('/bench')[:1] != [])\n"
+        "os.chdir('/usr/bin'); print(os.getcwd(), os.path.exists('python3'))\n"
+    )
+    out = ok(uvm_runner.run(host_root, "python3", "-c", code))
+    lines = out.splitlines()
+    assert lines[0].split()[0] == "4242"
+    assert lines[0].split()[1] == (host_root / "etc/hostname").read_text().strip()
+    assert lines[1] == "/usr/bin True"
+
+
 def test_refused_calls(uvm_runner, host_root):
     code = (
         "import os, errno\n"
