@@ -104,6 +104,7 @@ def test_preload_fetches_a_subtree_in_parallel(published, mirror, cache_dir, tmp
     info = subprocess.run([sys.executable, "-m", "uvm", "cache", "info"], env=env,
                           capture_output=True, text=True)
     assert info.returncode == 0 and "hit rate:" in info.stdout
+    assert f"repository:  {FQRN} revision 1" in info.stdout
     assert os.path.join(cache_dir, "shared") in info.stdout
     clean = subprocess.run([sys.executable, "-m", "uvm", "cache", "clean"], env=env,
                            capture_output=True, text=True)

@@ -53,6 +53,7 @@ def _info(args: argparse.Namespace) -> int:
     cache = _open_cache(args)
     try:
         info = cache.info()
+        repositories = cache.known_repositories()
     finally:
         cache.close()
     quota = info["quota_limit"]
@@ -70,7 +71,24 @@ def _info(args: argparse.Namespace) -> int:
     if info["in_progress"] or info["quarantined"]:
         print(f"in progress: {info['in_progress']} downloads; "
               f"{info['quarantined']} quarantined objects")
+    now = time.time()
+    for fqrn, fields, verified in repositories:
+        published = fields.get("T")
+        when = (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(int(published)))
+                if published and published.isdigit() else "?")
+        print(f"repository:  {fqrn} revision {fields.get('S', '?')}, published {when}, "
+              f"verified {_ago(now - verified)} (offline runs start from here)")
     return 0
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{max(0, int(seconds))} s ago"
+    if seconds < 7200:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 172800:
+        return f"{int(seconds // 3600)} h ago"
+    return f"{int(seconds // 86400)} days ago"
 
 
 def _clean(args: argparse.Namespace) -> int:

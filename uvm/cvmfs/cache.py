@@ -339,6 +339,26 @@ class Cache:
         except FileNotFoundError:
             return None
 
+    def known_repositories(self) -> List[Tuple[str, Dict[str, str], float]]:
+        """Repositories with a verified manifest here: (fqrn, manifest fields, verified at)."""
+        found = []
+        suffix = ".cvmfspublished"
+        try:
+            names = sorted(os.listdir(self.manifest_dir))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            if not name.endswith(suffix):
+                continue
+            fqrn = name[: -len(suffix)]
+            data = self.load_file(fqrn, suffix) or b""
+            fields = {}
+            for line in data.split(b"\n--\n", 1)[0].split(b"\n"):
+                if line[:1] in (b"S", b"T", b"C"):
+                    fields[line[:1].decode()] = line[1:].decode(errors="replace")
+            found.append((fqrn, fields, self.file_time(fqrn, suffix) or 0.0))
+        return found
+
     # -- maintenance --------------------------------------------------------
 
     def scan(self) -> List[Tuple[str, int]]:
