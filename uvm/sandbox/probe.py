@@ -120,5 +120,13 @@ def checks() -> Iterator["object"]:
     why = _probe_child(True)
     yield Check("sandbox: seccomp filter", not why,
                 why or "only path system calls stop the tracer")
+    from uvm.sandbox import anchors
+
+    ok = anchors.available()
+    yield Check("sandbox: path anchors", ok,
+                "translated paths reach the kernel through the tracer's directory "
+                "descriptors (no symlink-swap races)" if ok else
+                "openat2 or /proc/PID/fd missing (Linux < 5.6?): a directory swapped "
+                "for a symlink during a call could redirect it")
     why = _i386_exec()
     yield Check("sandbox: 32-bit guests", not why, why or "i386 programs run on this kernel")

@@ -195,6 +195,9 @@ class Sandbox:
         if self.verbose:
             for line in self.ns.describe():
                 self._log(line)
+            if self.tracer.anchors is None:
+                self._log("path anchors unavailable (openat2 or /proc/PID/fd missing): "
+                          "no protection against directories swapped during a call")
         saved = {}
         for sig in _IGNORED:
             saved[sig] = signal.signal(sig, signal.SIG_IGN)
