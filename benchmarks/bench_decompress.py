@@ -206,7 +206,7 @@ def main() -> int:
             rounds = 4
             for name, codec in (("native", _native), ("python", _pycodec)):
                 # The control right before each row: the machine's share changes by the second.
-                c_one, c_two, _ = scaling(run_control, None, control_sets, workdir, repeat, 4)
+                c_one, c_two, _ = scaling(run_control, None, control_sets, workdir, repeat, 24)
                 one, two, busy = scaling(run_stream, codec, sets, workdir, repeat, rounds)
                 print(f"{label:>8} {name:>8} {one:9.0f} {two:10.0f} {two / one:7.2f}x "
                       f"{busy:11.2f} {c_two / c_one:9.2f}x", flush=True)
