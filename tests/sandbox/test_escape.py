@@ -511,12 +511,14 @@ def test_abi_probes_natively(host_root, i386_root, sentinel, abi_programs):
 # ---------------------------------------------------------------- races
 #
 # A path is translated while the guest is stopped, and resolved by the kernel
-# after it resumes: if another guest process swaps a directory on that path
-# for an absolute symlink in between, the kernel follows the symlink on the
-# host.  Native chroot resolves everything in the kernel and has no window.
+# after it resumes: if another guest process swaps a component of that path
+# (a directory on the way, or the last component) for a symlink in between,
+# the kernel must not follow it on the host.  Native chroot resolves
+# everything in the kernel and has no window.
 
-RACE_PROBE = r"""import os, sys, time
-S = sys.argv[1]; base = sys.argv[2]; dur = float(sys.argv[3])
+RACE_PROBE = r"""
+import os, sys, time
+S, base, dur, mode = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 os.makedirs(base, exist_ok=True)
 d = base + "/d"
 pid = os.fork()
@@ -524,53 +526,69 @@ if pid == 0:
     end = time.time() + dur
     while time.time() < end:
         try:
-            os.mkdir(d); os.rmdir(d)
-            os.symlink("/", d); os.unlink(d)
+            if mode == "dir":        # a directory on the path <-> an absolute symlink to /
+                os.mkdir(d); os.rmdir(d); os.symlink("/", d); os.unlink(d)
+            elif mode == "rel":      # ... <-> a relative symlink climbing past the root
+                os.mkdir(d); os.rmdir(d); os.symlink("../../../../../../../..", d); os.unlink(d)
+            else:                    # the last component: a file <-> an absolute symlink to S
+                with open(d, "w") as f:
+                    f.write("plain\n")
+                os.unlink(d); os.symlink(S, d); os.unlink(d)
         except OSError:
             pass
     os._exit(0)
 hits = tries = 0
+target = d if mode == "last" else d + S
 end = time.time() + dur
 while time.time() < end:
     tries += 1
     try:
-        with open(d + S) as f:
-            print("ESCAPE", f.read().strip()); hits += 1
+        with open(target) as f:
+            data = f.read().strip()
+        if data not in ("", "plain"):
+            print("ESCAPE", data)
+            hits += 1
             break
     except OSError:
         pass
 os.waitpid(pid, 0)
 print("tries", tries, "hits", hits)
 """
-RACE_SECONDS = 4
+RACE_SECONDS = 3
 
 
-def _race(run, token, path, unique):
-    res = run("python3", "-c", RACE_PROBE, str(path), f"/w/race-{unique}", str(RACE_SECONDS))
+def _race(run, token, path, unique, mode):
+    res = run("python3", "-c", RACE_PROBE, str(path), f"/w/race-{unique}", str(RACE_SECONDS),
+              mode)
     out = res.stdout + res.stderr
     assert "tries" in res.stdout, out
     assert token not in out and "ESCAPE" not in out, (
-        f"a directory swapped for a symlink to / during the call let the guest "
-        f"read the sentinel:\n{out}")
+        f"a path component swapped for a symlink ({mode}) during the call let the "
+        f"guest read the sentinel:\n{out}")
+
+
+RACE_MODES = ["dir", "rel", "last"]
 
 
 @needs_uvm
 @pytest.mark.slow
-def test_symlink_swap_race(uvm_runner, host_root, sentinel):
+@pytest.mark.parametrize("mode", RACE_MODES)
+def test_symlink_swap_race(uvm_runner, host_root, sentinel, mode):
     path, token = sentinel
     unique = secrets.token_hex(4)
     try:
-        _race(lambda *cmd: uvm_runner.run(host_root, *cmd), token, path, unique)
+        _race(lambda *cmd: uvm_runner.run(host_root, *cmd), token, path, unique, mode)
     finally:
         shutil.rmtree(host_root / "w" / f"race-{unique}", ignore_errors=True)
 
 
 @pytest.mark.slow
-def test_symlink_swap_race_natively(host_root, sentinel):
+@pytest.mark.parametrize("mode", RACE_MODES)
+def test_symlink_swap_race_natively(host_root, sentinel, mode):
     path, token = sentinel
     unique = secrets.token_hex(4)
     try:
-        _race(lambda *cmd: native_chroot(host_root, cmd), token, path, unique)
+        _race(lambda *cmd: native_chroot(host_root, cmd), token, path, unique, mode)
     finally:
         shutil.rmtree(host_root / "w" / f"race-{unique}", ignore_errors=True)
 
