@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from uvm.cli import run_cvmfs
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -14,8 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run CMD with DIR as its root directory, without privileges: "
         "a ptrace tracer translates every path the guest uses.",
     )
-    parser.add_argument("--root", "-r", required=True, metavar="DIR",
-                        help="host directory to use as the guest's /")
+    parser.add_argument("--root", "-r", metavar="DIR",
+                        help="host directory to use as the guest's / (or --template, or "
+                        "--cvmfs alone for the host's /)")
     parser.add_argument("-b", "--bind", action="append", default=[], metavar="HOST[:GUEST]",
                         help="make host path HOST visible at GUEST (default: the same path); repeatable")
     parser.add_argument("-w", "--cwd", metavar="DIR",
@@ -37,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="write tracer counters (stops, processes, seccomp) as JSON to FILE")
     parser.add_argument("--no-seccomp", action="store_true",
                         help="stop on every system call (debugging; slow)")
+    run_cvmfs.add_arguments(parser)  # --template, --cvmfs, --record, --replay
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                         help="the command to run")
     parser.set_defaults(handler=_run)
@@ -70,10 +74,23 @@ def _run(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    cv = run_cvmfs.CvmfsRun(args) if run_cvmfs.wanted(args) else None
+    if cv is not None:
+        command = cv.command(command)
+        cv.apply_replay_options()
+    elif not args.root:
+        raise UsageError("no guest root given", hint="use --root DIR, --template SPEC or --cvmfs FQRN")
     if not command:
         raise UsageError("no command given", hint="uvm run --root DIR -- CMD ARGS")
-    ns = Namespace(args.root, binds_from_specs(args.bind),
-                   default_binds=not args.no_default_binds)
+    status = None
+    try:
+        ns = (cv.namespace(binds_from_specs(args.bind), not args.no_default_binds) if cv
+              else Namespace(args.root, binds_from_specs(args.bind),
+                             default_binds=not args.no_default_binds))
+    except BaseException:
+        if cv is not None:
+            cv.close()
+        raise
     log = open(args.log, "a") if args.log else None
     try:
         box = Sandbox(ns, command, cwd=args.cwd, env=_environment(args),
@@ -85,5 +102,8 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if log:
             log.close()
+        if cv is not None:
+            cv.finish(status, command)
+            cv.close()
     sys.stdout.flush()
     return reraise_status(box.result.status) if box.result else status

@@ -94,6 +94,8 @@ class Tracer:
         # The tracer's own memory and descriptors stay out of the guest's
         # reach (the filter refuses process_vm_*, pidfd_open and ptrace on it).
         self._tracer_proc = f"/proc/{os.getpid()}/"
+        # CernVM-FS trees (materialize.py): content before open/exec, EROFS for writes.
+        self._lazy = getattr(ns, "lazy", None)
         self._tracer_private = re.compile(
             rf"/proc/{os.getpid()}/(?:task/\d+/)?(?:mem|fd|map_files|fdinfo)(?:/|\Z)")
         # Names that never take the one-name shortcut of _translate: ".",
@@ -294,14 +296,15 @@ class Tracer:
         self.translated += 1
 
     def _translate(self, tid: int, regs, abi: int, path_i: int, dirfd_i: int, follow: bool,
-                   name: str, busy: bool = False) -> int:
+                   name: str, busy: bool = False, flags: int = 0) -> int:
         """Translate the path in argument ``path_i``; returns SETREGS, or 0
         when the kernel can be left to resolve it as it is.  ``busy``: the
         call would move or remove its path, which must not be a bind point
         (EBUSY, as for a mount point)."""
         args = ARG_REGS[abi]
         path = self._read_path(tid, regs, getattr(regs, args[path_i]))
-        if path and path[0] != "/" and "/" not in path and path not in self._not_simple:
+        if path and path[0] != "/" and "/" not in path and path not in self._not_simple \
+                and self._lazy is None:
             # One plain name below the cwd or a dirfd, which the guest opened
             # through translated paths: the kernel's lookup is the guest's,
             # unless the name is a symlink to follow (absolute targets
@@ -318,6 +321,8 @@ class Tracer:
                 return 0
         base = self._base(tid, path, getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32)
         guest, host = self.resolve(path, base, follow, tid)
+        if self._lazy is not None:
+            self._lazy.before(name, host, flags)
         if busy and guest in self._bind_points:
             raise _err(errno.EBUSY)
         if host.startswith(self._tracer_proc) and self._tracer_private.match(host):
@@ -339,13 +344,13 @@ class Tracer:
         _fn, name, idx, flags_i = row
         flags = getattr(regs, ARG_REGS[abi][flags_i]) if flags_i >= 0 else 0
         follow = not (flags & O_NOFOLLOW or flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL)
-        return self._translate(tid, regs, abi, idx, -1, follow, name)
+        return self._translate(tid, regs, abi, idx, -1, follow, name, flags=flags)
 
     def _k_openat(self, tid, regs, abi, row):
         _fn, name, dirfd_i, idx, flags_i = row
         flags = getattr(regs, ARG_REGS[abi][flags_i])
         follow = not (flags & O_NOFOLLOW or flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL)
-        return self._translate(tid, regs, abi, idx, dirfd_i, follow, name)
+        return self._translate(tid, regs, abi, idx, dirfd_i, follow, name, flags=flags)
 
     def _k_openat2(self, tid, regs, abi, row):
         _fn, name, dirfd_i, idx, how_i = row
@@ -354,7 +359,7 @@ class Tracer:
         if resolve:
             raise _err(errno.ENOSYS)  # RESOLVE_* would be judged on host paths
         follow = not (flags & O_NOFOLLOW or flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL)
-        return self._translate(tid, regs, abi, idx, dirfd_i, follow, name)
+        return self._translate(tid, regs, abi, idx, dirfd_i, follow, name, flags=flags)
 
     def _k_at(self, tid, regs, abi, row):
         _fn, name, dirfd_i, idx, flags_i, follow, toggle, mutates = row
@@ -492,7 +497,10 @@ class Tracer:
         def resolve(p: str, first=[True]) -> Tuple[str, str]:
             b = base if first[0] else cwd_base
             first[0] = False
-            return self.resolve(p, b, True, tid)
+            g, h = self.resolve(p, b, True, tid)
+            if self._lazy is not None:
+                self._lazy.before("execve", h)
+            return g, h
 
         argv_ptr = getattr(regs, args[argv_i])
         argv: List = mem.read_words(tid, argv_ptr, word) if argv_ptr else []

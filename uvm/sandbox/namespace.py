@@ -15,7 +15,7 @@ directory.  A user bind on the same guest path wins over a default.
 from __future__ import annotations
 
 import os
-from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from uvm.errors import SandboxError
 
@@ -75,6 +75,7 @@ class Namespace:
         root: str,
         binds: Iterable[Tuple[str, str]] = (),
         default_binds: bool = True,
+        lazy: Optional[Any] = None,
     ) -> None:
         if not os.path.isdir(root):
             what = "does not exist" if not os.path.exists(root) else "is not a directory"
@@ -123,6 +124,18 @@ class Namespace:
         self._guest_prefixes = tuple((b.guest, b.guest + "/", b.host) for b in self.binds)
         self._root_prefix = "" if self.root == "/" else self.root
         self._bind_points = frozenset(b.guest for b in self.binds)
+        # Trees filled on first touch (CernVM-FS, materialize.py): every host
+        # path handed out is made to exist first; ``lazy.before`` is for the tracer.
+        self.lazy = lazy
+        if lazy is not None:
+            plain, ensure = self.host_of, lazy.ensure
+
+            def host_of(guest: str) -> str:
+                host = plain(guest)
+                ensure(host)
+                return host
+
+            self.host_of = host_of  # type: ignore[method-assign]
 
     # -- guest → host --------------------------------------------------------
 

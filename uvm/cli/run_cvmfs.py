@@ -1,0 +1,244 @@
+"""``uvm run --template / --cvmfs / --record / --replay``: CernVM-FS trees in the sandbox.
+
+The wiring for ``uvm/cli/run.py``: opens each repository once (its revision
+pinned for the whole run), presents it as a shadow tree
+(``uvm.sandbox.materialize``), and builds the :class:`Namespace`: the
+template's subtree as ``/``, or the host's ``/`` for grid worker nodes, and
+``/cvmfs/FQRN`` for every repository asked for.  Writes and reads run
+records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+HOST_BINDS = ("/proc", "/sys", "/dev", "/tmp")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("CernVM-FS")
+    group.add_argument("--template", "-t", metavar="SPEC",
+                       help="use a repository subtree as the guest's /: NAME[@TAG|@DATE] "
+                       "from the configuration, or FQRN:/path[@TAG|@DATE]")
+    group.add_argument("--cvmfs", action="append", default=[], metavar="FQRN|all",
+                       help="make repository FQRN visible at /cvmfs/FQRN (repeatable; "
+                       "'all': every repository named in the configuration); without "
+                       "--template or --root the host's / is the guest's /")
+    group.add_argument("--record", metavar="FILE",
+                       help="write a JSON record of the run: command, revisions (root "
+                       "catalog hashes), exit status")
+    group.add_argument("--replay", metavar="FILE",
+                       help="run the command of a record again, on the same revisions")
+
+
+def wanted(args: argparse.Namespace) -> bool:
+    return bool(args.template or args.cvmfs or args.replay or args.record)
+
+
+class CvmfsRun:
+    """Repositories, shadow trees and the record of one ``uvm run``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from uvm import config as config_mod
+        from uvm.errors import UsageError
+        from uvm.record import RunRecord
+
+        self.args = args
+        self.config = config_mod.load(getattr(args, "config", None))
+        self.repositories: List[Any] = []
+        self.trees: Any = None
+        self.template: Any = None
+        self.template_repo: Any = None
+        self.mounted: List[Tuple[str, Any]] = []
+        self.started = time.time()
+        self.replayed: Optional[RunRecord] = None
+        if args.replay:
+            try:
+                with open(args.replay) as handle:
+                    self.replayed = RunRecord.from_json(handle.read(), args.replay)
+            except OSError as err:
+                raise UsageError(f"cannot read {args.replay}: {err.strerror}") from None
+            if args.template or args.cvmfs or args.root:
+                raise UsageError("--replay takes the template and repositories from the record",
+                                 hint="drop --template, --cvmfs and --root")
+        if args.template and args.root:
+            raise UsageError("--template and --root both choose the guest's /",
+                             hint="give one of them")
+
+    # -- the command -------------------------------------------------------------------
+
+    def command(self, given: Sequence[str]) -> List[str]:
+        if self.replayed is not None and not given:
+            return list(self.replayed.command)
+        return list(given)
+
+    def apply_replay_options(self) -> None:
+        """Fill cwd, binds and --env from the record (options given now come after)."""
+        record = self.replayed
+        if record is None:
+            return
+        if not self.args.cwd and record.cwd:
+            self.args.cwd = record.cwd
+        self.args.bind = list(record.binds) + list(self.args.bind)
+        self.args.env = list(record.env) + list(self.args.env)
+
+    # -- opening -----------------------------------------------------------------------
+
+    def _open(self, fqrn: str, tag: Optional[str] = None, date: Optional[str] = None,
+              root_hash: Optional[str] = None) -> Any:
+        from uvm.cvmfs.client import open_repository
+
+        for repo in self.repositories:
+            if repo.fqrn == fqrn and root_hash is not None and str(repo.root_hash) == root_hash:
+                return repo
+            if repo.fqrn == fqrn and root_hash is None and tag is None and date is None \
+                    and repo.selected_tag is None and getattr(repo, "_head", False):
+                return repo
+        repo = open_repository(fqrn, self.config, tag=tag, date=date, root_hash=root_hash)
+        repo._head = tag is None and date is None and root_hash is None
+        self.repositories.append(repo)
+        return repo
+
+    def _cvmfs_names(self) -> List[str]:
+        from uvm.errors import UsageError
+
+        names: List[str] = []
+        for item in self.args.cvmfs:
+            for name in item.split(","):
+                name = name.strip()
+                if not name:
+                    continue
+                if name == "all":
+                    everything = set(self.config.repositories())
+                    everything.update(t.repository for t in self.config.templates.values())
+                    if not everything:
+                        raise UsageError("--cvmfs all: no repository is named in the configuration",
+                                         hint="add [repositories.\"FQRN\"] tables or name them")
+                    names.extend(sorted(everything))
+                else:
+                    names.append(name)
+        return list(dict.fromkeys(names))
+
+    def namespace(self, binds: List[Tuple[str, str]], default_binds: bool) -> Any:
+        from uvm.errors import SandboxError, UsageError
+        from uvm.sandbox import materialize
+        from uvm.sandbox.namespace import Namespace, binds_from_specs
+        from uvm.templates import parse_spec
+
+        settings = self.config.settings()
+        show = None
+        if sys.stderr.isatty() and not getattr(self.args, "quiet", False):
+            def show(line: str) -> None:
+                sys.stderr.write(f"uvm: {line}\n")
+                sys.stderr.flush()
+        self.fetch_log = materialize.FetchLog(show)
+        self.trees = materialize.CvmfsTrees(materialize.shadow_base(settings.cache_base),
+                                            self.fetch_log)
+        record = self.replayed
+        root: Optional[str] = None
+        pre_binds: List[Tuple[str, str]] = []
+        if record is not None and record.template is not None:
+            t = record.template
+            self._use_template(t.repository, t.path, None, None, t.root_hash, t.spec)
+        elif self.args.template:
+            spec = parse_spec(self.args.template, self.config.templates)
+            self.spec = spec
+            self._use_template(spec.repository, spec.path, spec.tag, spec.date, None,
+                               spec.text)
+            if spec.env:
+                self.args.env = [f"{k}={v}" for k, v in spec.env.items()] + list(self.args.env)
+            pre_binds += binds_from_specs(list(spec.binds))
+        if self.template is not None:
+            tree, path = self.template
+            root = tree.host_of(path)
+            if not os.path.isdir(root):
+                raise UsageError(f"template {self.template_spec}: {path} is not a directory "
+                                 f"in {tree.fqrn}")
+            if default_binds:
+                pre_binds = [(p, p) for p in HOST_BINDS if os.path.isdir(p)] + pre_binds
+        elif self.args.root:
+            root = self.args.root
+        else:
+            root = "/"
+        if record is not None:
+            mounts = [(r.repository, r.root_hash) for r in record.repositories]
+        else:
+            mounts = [(name, None) for name in self._cvmfs_names()]
+        cvmfs_binds: List[Tuple[str, str]] = []
+        if mounts:
+            names = [name for name, _ in mounts]
+            cvmfs_binds.append((materialize.mounts_dir(self.trees.base, names), "/cvmfs"))
+            for name, root_hash in mounts:
+                if self.template is not None and name == self.template[0].fqrn \
+                        and root_hash in (None, self.template[0].root_hash):
+                    tree = self.template[0]
+                else:
+                    tree = self.trees.add(self._open(name, root_hash=root_hash))
+                self.mounted.append((name, tree))
+                cvmfs_binds.append((tree.top, f"/cvmfs/{name}"))
+        try:
+            return Namespace(root, pre_binds + cvmfs_binds + list(binds),
+                             default_binds=default_binds, lazy=self.trees)
+        except SandboxError:
+            raise
+
+    def _use_template(self, fqrn: str, path: str, tag: Optional[str], date: Optional[str],
+                      root_hash: Optional[str], text: Optional[str]) -> None:
+        repo = self._open(fqrn, tag=tag, date=date, root_hash=root_hash)
+        tree = self.trees.add(repo, sysroot=path if path != "/" else "")
+        self.template = (tree, path)
+        self.template_repo = repo
+        self.template_spec = text or f"{fqrn}:{path}"
+
+    # -- the end -----------------------------------------------------------------------
+
+    def finish(self, status: Optional[int], command: Sequence[str]) -> None:
+        from uvm import __version__
+        from uvm.record import RunRecord, TreeRecord
+
+        summary = self.fetch_log.summary() if getattr(self, "fetch_log", None) else None
+        if summary and self.fetch_log.show is not None:
+            self.fetch_log.show(summary)
+        if self.args.record:
+            template = None
+            if self.template is not None:
+                tree, path = self.template
+                template = TreeRecord(tree.fqrn, tree.root_hash, self.template_repo.revision,
+                                      path, self.template_spec)
+            repos = []
+            for name, tree in self.mounted:
+                repos.append(TreeRecord(name, tree.root_hash, tree.repo.revision))
+            record = RunRecord(
+                command=list(command), cwd=self.args.cwd, template=template,
+                repositories=repos, binds=list(self.args.bind), env=list(self.args.env),
+                exit_status=status,
+                started=_dt.datetime.fromtimestamp(self.started, _dt.timezone.utc)
+                .strftime("%Y-%m-%dT%H:%M:%SZ"),
+                elapsed_s=round(time.time() - self.started, 3), uvm_version=__version__)
+            tmp = f"{self.args.record}.{os.getpid()}.tmp"
+            with open(tmp, "w") as handle:
+                handle.write(record.to_json())
+            os.replace(tmp, self.args.record)
+
+    def close(self) -> None:
+        if self.trees is not None:
+            self.trees.close()
+        for repo in self.repositories:
+            try:
+                repo.close()
+            except Exception:  # closing must not hide the run's status
+                pass
+
+
+def describe(run: CvmfsRun) -> Dict[str, Any]:
+    """What the run uses, for ``-v``."""
+    out: Dict[str, Any] = {}
+    if run.template is not None:
+        out["template"] = f"{run.template[0].fqrn}:{run.template[1]} @ {run.template[0].root_hash}"
+    out["cvmfs"] = [f"{name} @ {tree.root_hash}" for name, tree in run.mounted]
+    return out

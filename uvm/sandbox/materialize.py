@@ -1,0 +1,729 @@
+"""The shadow tree: a CernVM-FS revision as a host directory, filled on first touch.
+
+The only sandbox module that meets CernVM-FS.  A repository revision (its
+root catalog hash) is presented as a directory of the user's cache::
+
+    <cache_base>/shadow/<uid>/<fqrn>/<root catalog hash>/
+        tree/      the repository's "/": what the guest sees
+        tmp/       fills in progress (<pid>.<n>), same file system as tree/
+        lock       flock: one directory fill or content swap at a time
+
+Per user, so that files appear owned by the invoking user and nobody can
+change another user's view.  Keyed by the root catalog hash: a revision
+never changes, so a tree filled by one run serves every later run of the
+same revision.
+
+- **Directories** are filled on first touch (:meth:`ShadowTree.ensure`, which
+  the namespace calls for every host path it hands out): the catalog's
+  listing is written into ``tmp/`` (subdirectories as empty directories,
+  regular files as sparse placeholders of the right size, symlinks with the
+  published target (variant ``$(VAR)`` ones expanded), hard-link groups as
+  real hard links, FIFOs and sockets as such, device nodes as empty regular
+  files with the device's permission bits (no mknod without privileges;
+  cvmfs mounts are ``nodev`` anyway)), every mode and mtime set, and the
+  directory renamed over its empty placeholder: a fill is atomic.  A
+  non-empty directory on disk is filled; an empty one is filled when its
+  catalog listing is empty too, so the state survives across runs without
+  any marker.  Nested catalogs are invisible (their mountpoints are plain
+  directories).
+- **File content** is fetched (through the fetcher: shared cache, one
+  download per object however many runs and users want it), verified,
+  copied to ``tmp/`` and renamed over the placeholder the first time the
+  file is opened or executed (:meth:`ShadowTree.ensure_content`).  A
+  placeholder is a sparse file (``st_blocks == 0``); a filled file has blocks
+  (when in doubt, a refill is harmless: same content, atomic rename).  A stat
+  or a listing never downloads content.
+- Hard-link groups are swapped together, so ``st_nlink`` stays right.
+- Mtimes of a directory are set again after any rename inside it.
+
+Everything is idempotent and safe with several uvm processes on the same
+tree: fills are built privately and renamed under the tree's ``flock``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+from uvm.cvmfs import variant
+from uvm.cvmfs.hashing import Suffix
+from uvm.errors import CvmfsError, SandboxError
+from uvm.sandbox import elfdeps
+
+log = logging.getLogger(__name__)
+
+O_ACCMODE = 0o3
+O_CREAT = 0o100
+O_TRUNC = 0o1000
+O_APPEND = 0o2000
+_WRITE_FLAGS = O_CREAT | O_TRUNC | O_APPEND
+
+# Calls that change a file system: refused with EROFS on a CernVM-FS tree, as
+# a read-only mount would (a writable layer, when there is one, redirects
+# them before they get here).
+MUTATING_CALLS = frozenset({
+    "creat", "unlink", "unlinkat", "rmdir", "mkdir", "mkdirat", "rename", "renameat",
+    "renameat2", "symlink", "symlinkat", "mknod", "mknodat", "chmod", "fchmodat",
+    "fchmodat2", "chown", "lchown", "chown16", "lchown16", "chown32", "lchown32",
+    "fchownat", "utime", "utimes", "futimesat", "utimensat", "utimensat_time64",
+    "truncate", "truncate64", "setxattr", "lsetxattr", "removexattr", "lremovexattr",
+    "setxattrat", "removexattrat", "file_setattr",
+})
+CREATING_CALLS = frozenset({"mkdir", "mkdirat", "mknod", "mknodat", "symlink", "symlinkat"})
+LINK_CALLS = frozenset({"link", "linkat"})
+OPEN_CALLS = frozenset({"open", "openat", "openat2"})
+EXEC_CALLS = frozenset({"execve", "execveat", "uselib"})
+
+
+def _ns(entry: Any) -> int:
+    return entry.mtime * 1_000_000_000 + (entry.mtime_ns or 0)
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FetchLog:
+    """What cold runs fetched: counts, bytes and time, and an optional live line."""
+
+    def __init__(self, show: Optional[Callable[[str], None]] = None) -> None:
+        self.files = 0
+        self.bytes = 0
+        self.seconds = 0.0
+        self.show = show
+        self._shown = False
+
+    def begin(self, what: str, size: int) -> float:
+        if self.show is not None and (self.seconds > 0.3 or size > (4 << 20)):
+            self.show(f"fetching {what} ({_human(size)}); so far {self.files} files, "
+                      f"{_human(self.bytes)} in {self.seconds:.1f} s")
+            self._shown = True
+        return time.monotonic()
+
+    def end(self, started: float, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+        self.seconds += time.monotonic() - started
+
+    def summary(self) -> Optional[str]:
+        if not self.files:
+            return None
+        return (f"fetched {self.files} files, {_human(self.bytes)} "
+                f"in {self.seconds:.1f} s")
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover
+
+
+class ShadowTree:
+    """One repository revision materialized lazily under ``base`` (see the module doc).
+
+    ``repository`` is an open :class:`uvm.cvmfs.repository.Repository`
+    (pinned: its revision never moves); its ``source`` is the fetcher.
+    ``environ`` expands variant symlinks (default: the repository's).
+    """
+
+    def __init__(self, repository: Any, base: str, environ: Optional[Any] = None,
+                 fetch_log: Optional[FetchLog] = None) -> None:
+        self.repo = repository
+        self.fqrn = repository.fqrn
+        self.root_hash = str(repository.root_hash)
+        self.environ = repository.environ if environ is None else environ
+        self.dir = os.path.join(os.path.realpath(base), self.fqrn, self.root_hash)
+        self.top = os.path.join(self.dir, "tree")
+        self.prefix = self.top + "/"
+        self._tmp_dir = os.path.join(self.dir, "tmp")
+        self.fetch_log = fetch_log or FetchLog()
+        self._filled: Set[str] = set()       # repo paths of filled directories
+        self._done: Set[str] = set()         # host paths already ensured
+        self._content: Set[str] = set()      # host paths whose content is there
+        self._counter = 0
+        self._lock_fd = -1
+        self._thread_lock = threading.RLock()
+        self._prefetched: Set[str] = set()
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._root = os.geteuid() == 0
+        self._setup()
+
+    # -- setup -------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        os.makedirs(self._tmp_dir, mode=0o700, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.dir, "lock"),
+                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with self._locked():
+            self._clean_tmp()
+            if not os.path.isdir(self.top):
+                root = self.repo.stat("/")
+                os.mkdir(self.top, 0o700)
+                os.chmod(self.top, stat.S_IMODE(root.mode) | 0o700)
+                os.utime(self.top, ns=(_ns(root), _ns(root)))
+        self._done.add(os.path.dirname(self.top))
+
+    def _clean_tmp(self) -> None:
+        import shutil
+
+        for name in os.listdir(self._tmp_dir):
+            try:
+                pid = int(name.split(".", 1)[0])
+            except ValueError:
+                pid = 0
+            if pid and _pid_alive(pid) and pid != os.getpid():
+                continue
+            path = os.path.join(self._tmp_dir, name)
+            _make_writable_tree(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    def _tmpname(self) -> str:
+        with self._thread_lock:
+            self._counter += 1
+            return os.path.join(self._tmp_dir, f"{os.getpid()}.{threading.get_ident() % 10000}."
+                                               f"{self._counter}")
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def host_path(self, repo_path: str) -> str:
+        """Host path of ``repo_path`` (no filling)."""
+        clean = "/".join(p for p in repo_path.split("/") if p)
+        return self.top + ("/" + clean if clean else "")
+
+    def host_of(self, repo_path: str) -> str:
+        """Host path of ``repo_path``, every directory on the way (and it) filled."""
+        host = self.host_path(repo_path)
+        self.ensure(host)
+        return host
+
+    def owns(self, host: str) -> bool:
+        return host == self.top or host.startswith(self.prefix)
+
+    # -- directories ---------------------------------------------------------------------
+
+    def ensure(self, host: str) -> None:
+        """Make ``host`` (a path in this tree) visible: its parents filled, and
+        itself if it is a directory.  Cheap when already done (a set lookup)."""
+        if host in self._done:
+            return
+        host = host.rstrip("/") or "/"
+        if host in self._done:
+            return
+        if not self.owns(host):
+            return
+        parent = host.rpartition("/")[0]
+        if parent not in self._done:
+            self.ensure(parent)
+        try:
+            mode = os.lstat(host).st_mode
+        except OSError:
+            mode = 0
+        if stat.S_ISDIR(mode):
+            self._fill(host[len(self.top):], host)
+        if len(self._done) > 500_000:
+            self._done.clear()
+        self._done.add(host)
+
+    def _fill(self, repo: str, host: str) -> None:
+        if repo in self._filled:
+            return
+        if _non_empty(host):
+            self._filled.add(repo)
+            return
+        try:
+            entries = self.repo.scandir(repo or "/")
+        except CvmfsError as err:
+            if isinstance(err, FileNotFoundError):
+                self._filled.add(repo)
+                return
+            raise _io_error(err)
+        if not entries:
+            self._filled.add(repo)
+            return
+        with self._locked():
+            if not _non_empty(host):
+                self._build_dir(repo, host, entries)
+        self._filled.add(repo)
+
+    def _build_dir(self, repo: str, host: str, entries: Sequence[Any]) -> None:
+        import shutil
+
+        me = self.repo.stat(repo or "/")
+        tmp = self._tmpname()
+        os.mkdir(tmp, 0o700)
+        try:
+            groups: Dict[int, str] = {}
+            for entry in entries:
+                self._make_entry(entry, os.path.join(tmp, entry.name), groups)
+            parent = os.path.dirname(host)
+            with _writable(parent, self._root):
+                os.rename(tmp, host)
+        except BaseException:
+            _make_writable_tree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        os.chmod(host, stat.S_IMODE(me.mode))
+        os.utime(host, ns=(_ns(me), _ns(me)))
+        self._restore_parent_mtime(repo)
+
+    def _restore_parent_mtime(self, repo: str) -> None:
+        if not repo:
+            return
+        parent_repo = repo.rpartition("/")[0]
+        parent = self.repo.stat(parent_repo or "/")
+        os.utime(self.top + parent_repo, ns=(_ns(parent), _ns(parent)))
+
+    def _make_entry(self, entry: Any, path: str, groups: Dict[int, str]) -> None:
+        mode = stat.S_IMODE(entry.mode)
+        if entry.is_dir:
+            os.mkdir(path, 0o700)
+            os.chmod(path, mode)
+        elif entry.is_symlink:
+            os.symlink(variant.expand(entry.symlink, self.environ), path)
+            os.utime(path, ns=(_ns(entry), _ns(entry)), follow_symlinks=False)
+            return
+        elif entry.is_regular:
+            if entry.hardlink_group:
+                first = groups.get(entry.hardlink_group)
+                if first is not None:
+                    os.link(first, path)
+                    return
+                groups[entry.hardlink_group] = path
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                if entry.size:
+                    os.ftruncate(fd, entry.size)
+            finally:
+                os.close(fd)
+            os.chmod(path, mode)
+        elif stat.S_ISFIFO(entry.mode):
+            os.mkfifo(path, 0o600)
+            os.chmod(path, mode)
+        elif stat.S_ISSOCK(entry.mode):
+            _make_socket(path)
+            os.chmod(path, mode)
+        else:  # character and block devices: see the module doc
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            os.chmod(path, mode)
+        os.utime(path, ns=(_ns(entry), _ns(entry)))
+
+    # -- content -------------------------------------------------------------------------
+
+    def ensure_content(self, host: str, executing: bool = False) -> None:
+        """Make sure the regular file at ``host`` holds its content (no-op if it does)."""
+        if host in self._content:
+            return
+        self.ensure(host)
+        try:
+            st = os.lstat(host)
+        except OSError:
+            return
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0 or st.st_blocks > 0:
+            self._content.add(host)
+            if executing:
+                self._prefetch_deps(host)
+            return
+        repo = host[len(self.top):]
+        try:
+            entry = self.repo.stat(repo)
+        except CvmfsError as err:
+            raise _io_error(err)
+        if not entry.is_regular or entry.size == 0:
+            self._content.add(host)
+            return
+        self._fill_content(repo, host, entry)
+        if executing:
+            self._prefetch_deps(host)
+
+    def _fill_content(self, repo: str, host: str, entry: Any) -> None:
+        started = self.fetch_log.begin(f"{self.fqrn}:{repo}", entry.size)
+        tmp = self._tmpname()
+        try:
+            try:
+                self.repo.prefetch(repo)  # every chunk verified before a byte is written
+                with self.repo.open_file(repo) as src, \
+                        open(tmp, "wb") as out:
+                    _copy(src, out)
+            except CvmfsError as err:
+                log.error("%s", err.one_line())
+                raise _io_error(err)
+            os.chmod(tmp, stat.S_IMODE(entry.mode))
+            os.utime(tmp, ns=(_ns(entry), _ns(entry)))
+            parent_repo = repo.rpartition("/")[0]
+            if entry.hardlink_group:
+                members = [e for e in self.repo.scandir(parent_repo or "/")
+                           if e.is_regular and e.hardlink_group == entry.hardlink_group]
+            else:
+                members = [entry]
+            targets = [self.top + m.path for m in members]
+            with self._locked():
+                try:
+                    st = os.lstat(host)
+                    placeholder = st.st_blocks == 0
+                except OSError:
+                    placeholder = False
+                if placeholder:
+                    parent = os.path.dirname(host)
+                    with _writable(parent, self._root):
+                        if len(targets) == 1:
+                            os.rename(tmp, host)
+                        else:
+                            for target in targets:
+                                extra = tmp + ".l"
+                                os.link(tmp, extra)
+                                os.rename(extra, target)
+                    self._restore_parent_mtime(repo)
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        self._content.update(targets)
+        self.fetch_log.end(started, entry.size)
+
+    # -- prefetch ------------------------------------------------------------------------
+
+    def _prefetch_deps(self, host: str) -> None:
+        """Fetch, in the background and in parallel, the objects of what the
+        program at ``host`` will load (PT_INTERP and DT_NEEDED, transitively),
+        looked up in the standard library directories of its tree."""
+        if host in self._prefetched or getattr(self.repo.source, "prefetch", None) is None:
+            return
+        self._prefetched.add(host)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uvm-elf")
+        self._pool.submit(self._prefetch_closure, host)
+
+    def _prefetch_closure(self, host: str) -> None:
+        try:
+            self._closure(host)
+        except Exception as err:  # best effort: the loader fetches what is missing
+            log.debug("prefetch for %s stopped: %s", host, err)
+
+    def _closure(self, host: str) -> None:
+        fetcher = self.repo.source
+        with open(host, "rb") as handle:
+            info = elfdeps.read_elf(handle)
+        if info is None:
+            return
+        program_repo = host[len(self.top):]
+        sysroot = self.sysroot_of(program_repo)
+        seen: Set[str] = set()
+        frontier: List[Tuple[Any, Any]] = [(info, program_repo)]
+        while frontier:
+            wanted: Dict[str, Any] = {}
+            for elf, where in frontier:
+                names = list(elf.needed)
+                dirs = list(elfdeps.LIB_DIRS_64 if elf.is_64 else elfdeps.LIB_DIRS_32)
+                runpath = [p.replace("$ORIGIN", (sysroot_strip(where, sysroot)).rpartition("/")[0])
+                           for p in elf.runpath]
+                for name in names:
+                    if name in seen:
+                        continue
+                    seen.add(name)
+                    entry = self._find_lib(name, runpath + dirs, sysroot)
+                    if entry is not None:
+                        wanted[entry.path] = entry
+                if elf.interp and elf.interp not in seen:
+                    seen.add(elf.interp)
+                    entry = self._lookup_follow(sysroot + elf.interp)
+                    if entry is not None:
+                        wanted[entry.path] = entry
+            requests = []
+            for entry in wanted.values():
+                if entry.is_chunked or entry.content_hash is None or entry.size == 0:
+                    continue
+                requests.append((entry.content_hash, Suffix.NONE, entry.size, entry.compressed))
+            if not requests:
+                return
+            paths = fetcher.prefetch(requests)
+            frontier = []
+            for entry, path in zip([e for e in wanted.values() if not (
+                    e.is_chunked or e.content_hash is None or e.size == 0)], paths):
+                with open(path, "rb") as handle:
+                    elf = elfdeps.read_elf(handle)
+                if elf is not None:
+                    frontier.append((elf, entry.path))
+
+    sysroots: Tuple[str, ...] = ()
+
+    def sysroot_of(self, repo_path: str) -> str:
+        """The template path (a repository subtree used as a root) holding ``repo_path``."""
+        best = ""
+        for root in self.sysroots:
+            if (repo_path == root or repo_path.startswith(root + "/")) and len(root) > len(best):
+                best = root
+        return best
+
+    def _find_lib(self, name: str, dirs: Sequence[str], sysroot: str) -> Optional[Any]:
+        if "/" in name:
+            return self._lookup_follow(sysroot + name if name.startswith("/") else name)
+        for directory in dirs:
+            if not directory.startswith("/"):
+                continue
+            entry = self._lookup_follow(sysroot + directory + "/" + name)
+            if entry is not None:
+                return entry
+        return None
+
+    def _lookup_follow(self, repo_path: str, depth: int = 0) -> Optional[Any]:
+        """The regular-file entry at ``repo_path``, symlinks followed in the tree's terms."""
+        if depth > 8:
+            return None
+        try:
+            entry = self.repo.tree.lookup(_norm(repo_path))
+        except CvmfsError:
+            return None
+        if entry is None:
+            # a symlink in the middle (merged /usr: /lib -> usr/lib)
+            parts = _norm(repo_path).split("/")
+            for i in range(2, len(parts)):
+                head = "/".join(parts[:i])
+                try:
+                    mid = self.repo.tree.lookup(head)
+                except CvmfsError:
+                    return None
+                if mid is None:
+                    return None
+                if mid.is_symlink:
+                    target = variant.expand(mid.symlink, self.environ)
+                    sysroot = self.sysroot_of(head)
+                    base = sysroot if target.startswith("/") else head.rpartition("/")[0]
+                    rest = "/".join(parts[i:])
+                    return self._lookup_follow(base + "/" + target + "/" + rest, depth + 1)
+            return None
+        if entry.is_symlink:
+            target = variant.expand(entry.symlink, self.environ)
+            sysroot = self.sysroot_of(entry.path)
+            base = sysroot if target.startswith("/") else entry.path.rpartition("/")[0]
+            return self._lookup_follow(base + "/" + target, depth + 1)
+        return entry if entry.is_regular else None
+
+
+def sysroot_strip(path: str, sysroot: str) -> str:
+    return path[len(sysroot):] if sysroot and path.startswith(sysroot) else path
+
+
+def _norm(path: str) -> str:
+    parts: List[str] = []
+    for comp in path.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(comp)
+    return "/" + "/".join(parts) if parts else ""
+
+
+def _non_empty(host: str) -> bool:
+    try:
+        with os.scandir(host) as it:
+            return next(it, None) is not None
+    except FileNotFoundError:
+        return True  # nothing to fill there
+    except PermissionError:
+        return True  # the owner may not read it: neither may the guest
+
+
+def _io_error(err: CvmfsError) -> OSError:
+    """A CernVM-FS failure as the guest sees it (EIO), the message logged once."""
+    out = OSError(errno.EIO, err.one_line() if hasattr(err, "one_line") else str(err))
+    out.__cause__ = err
+    return out
+
+
+def _copy(src: Any, out: Any) -> None:
+    while True:
+        piece = src.read(1 << 20)
+        if not piece:
+            break
+        out.write(piece)
+
+
+@contextmanager
+def _writable(directory: str, is_root: bool) -> Iterator[None]:
+    """Let the owner write into ``directory`` for a moment (published modes may lack u+w)."""
+    if is_root:
+        yield
+        return
+    mode = os.lstat(directory).st_mode
+    if mode & stat.S_IWUSR and mode & stat.S_IXUSR:
+        yield
+        return
+    os.chmod(directory, stat.S_IMODE(mode) | stat.S_IWUSR | stat.S_IXUSR)
+    try:
+        yield
+    finally:
+        os.chmod(directory, stat.S_IMODE(mode))
+
+
+def _make_writable_tree(path: str) -> None:
+    for dirpath, dirnames, _files in os.walk(path):
+        for name in dirnames:
+            try:
+                os.chmod(os.path.join(dirpath, name), 0o700)
+            except OSError:
+                pass
+
+
+def _make_socket(path: str) -> None:
+    """A socket inode at ``path`` (bound under a short name, then renamed)."""
+    directory = os.path.dirname(path)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        short = f"/proc/self/fd/{fd}/.s{os.getpid()}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(short)
+        finally:
+            sock.close()
+        os.rename(os.path.join(directory, f".s{os.getpid()}"), path)
+    finally:
+        os.close(fd)
+
+
+class CvmfsTrees:
+    """The CernVM-FS side of a namespace: shadow trees and what the tracer asks of them.
+
+    Given to :class:`uvm.sandbox.namespace.Namespace` as ``lazy``:
+    :meth:`ensure` is called for every host path the namespace hands out,
+    :meth:`before` by the tracer before a path call runs (content on open and
+    exec; EROFS for writes, as a read-only mount).
+    """
+
+    def __init__(self, base: str, fetch_log: Optional[FetchLog] = None) -> None:
+        self.base = os.path.realpath(base)
+        self.fetch_log = fetch_log or FetchLog()
+        self.trees: List[ShadowTree] = []
+        self._prefix = self.base + "/"
+
+    def add(self, repository: Any, sysroot: Optional[str] = None) -> ShadowTree:
+        for tree in self.trees:
+            if tree.fqrn == repository.fqrn and tree.root_hash == str(repository.root_hash):
+                break
+        else:
+            tree = ShadowTree(repository, self.base, fetch_log=self.fetch_log)
+            self.trees.append(tree)
+        if sysroot and sysroot not in tree.sysroots:
+            tree.sysroots = tree.sysroots + (sysroot,)
+        return tree
+
+    def _tree(self, host: str) -> Optional[ShadowTree]:
+        if not host.startswith(self._prefix):
+            return None
+        for tree in self.trees:
+            if tree.owns(host):
+                return tree
+        return None
+
+    def ensure(self, host: str) -> None:
+        if host.startswith(self._prefix):
+            tree = self._tree(host)
+            if tree is not None:
+                tree.ensure(host)
+
+    def before(self, name: str, host: str, flags: int = 0) -> None:
+        """Called by the tracer with the translated host path of a path call."""
+        if not host.startswith(self._prefix):
+            return
+        tree = self._tree(host.rstrip("/"))
+        if tree is None:
+            return
+        if name in OPEN_CALLS:
+            if flags & O_ACCMODE or flags & _WRITE_FLAGS:
+                if flags & O_CREAT and not os.path.lexists(host):
+                    raise _err(errno.EROFS)
+                if flags & O_ACCMODE or flags & (O_TRUNC | O_APPEND):
+                    if not os.path.isdir(host):
+                        raise _err(errno.EROFS)
+            tree.ensure_content(host)
+        elif name in EXEC_CALLS:
+            tree.ensure_content(host, executing=True)
+        elif name in MUTATING_CALLS:
+            if name in CREATING_CALLS and os.path.lexists(host):
+                raise _err(errno.EEXIST)  # as the kernel says first (mkdir -p works)
+            raise _err(errno.EROFS)
+        elif name in LINK_CALLS:
+            raise _err(errno.EXDEV)
+
+    def close(self) -> None:
+        for tree in self.trees:
+            tree.close()
+
+
+def shadow_base(cache_base: str) -> str:
+    """``<cache_base>/shadow/<uid>``, created private to the user."""
+    path = os.path.join(cache_base, "shadow", str(os.geteuid()))
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def mounts_dir(base: str, names: Sequence[str]) -> str:
+    """A directory holding one empty directory per repository name: the guest's /cvmfs."""
+    import hashlib
+
+    key = hashlib.sha1("\0".join(sorted(names)).encode()).hexdigest()[:16]
+    path = os.path.join(base, "mounts", key)
+    if not os.path.isdir(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        os.makedirs(tmp, exist_ok=True)
+        for name in names:
+            os.makedirs(os.path.join(tmp, name), exist_ok=True)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    os.chmod(path, 0o755)
+    return path
+
+
+__all__ = ["ShadowTree", "CvmfsTrees", "FetchLog", "shadow_base", "mounts_dir",
+           "MUTATING_CALLS"]
