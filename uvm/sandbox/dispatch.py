@@ -82,6 +82,7 @@ class Tracer:
                     continue
                 self.handlers[abi][nr] = (getattr(self, "_k_" + row[0]), name) + row[1:]
         self._cursor = 0
+        self._pinned = False
         self.fallback = False  # set by the loop when every call stops
         # Translated paths reach the kernel through directory descriptors of
         # the tracer (anchors.py) so that a swapped directory cannot redirect
@@ -303,6 +304,7 @@ class Tracer:
         (EBUSY, as for a mount point)."""
         args = ARG_REGS[abi]
         path = self._read_path(tid, regs, getattr(regs, args[path_i]))
+        self._pinned = False
         if path and path[0] != "/" and "/" not in path and path not in self._not_simple \
                 and self._lazy is None:
             # One plain name below the cwd or a dirfd, which the guest opened
@@ -318,6 +320,7 @@ class Tracer:
             except OSError:
                 simple = True
             if simple:
+                self._pinned = True
                 return 0
         base = self._base(tid, path, getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32)
         guest, host = self.resolve(path, base, follow, tid)
@@ -330,6 +333,9 @@ class Tracer:
         if self.verbose:
             self.logfn(f"[{tid}] {name}({path!r}) -> {host}")
         self._put_path(tid, regs, abi, path_i, path, self._kernel_path(tid, host))
+        # The final component was checked (not a symlink, or resolved): the
+        # kernel must not follow a symlink raced into its place (_pin_*).
+        self._pinned = follow and not host.startswith("/proc/")
         return SETREGS
 
     # -- handler kinds (see handlers.py) ---------------------------------------------------
@@ -338,19 +344,41 @@ class Tracer:
         _fn, name, idx, follow, mutates = row
         if mutates:
             self._invalidate(name == "rmdir")
-        return self._translate(tid, regs, abi, idx, -1, follow, name, busy=mutates)
+        res = self._translate(tid, regs, abi, idx, -1, follow, name, busy=mutates)
+        if follow and self._pinned:
+            nofollow = _NOFOLLOW_TWIN[abi].get(regs.orig_rax)
+            if nofollow is not None:
+                regs.orig_rax = nofollow
+                return SETREGS
+        return res
 
     def _k_open(self, tid, regs, abi, row):
         _fn, name, idx, flags_i = row
         flags = getattr(regs, ARG_REGS[abi][flags_i]) if flags_i >= 0 else 0
         follow = not (flags & O_NOFOLLOW or flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL)
-        return self._translate(tid, regs, abi, idx, -1, follow, name, flags=flags)
+        res = self._translate(tid, regs, abi, idx, -1, follow, name, flags=flags)
+        return self._pin_open(tid, regs, abi, row, flags_i, flags, res)
+
+    def _pin_open(self, tid, regs, abi, row, flags_i, flags, res):
+        """Add O_NOFOLLOW when the final component was checked; creat
+        becomes open(O_CREAT|O_WRONLY|O_TRUNC|O_NOFOLLOW)."""
+        if not self._pinned:
+            return res
+        args = ARG_REGS[abi]
+        if flags_i < 0:  # creat(path, mode) -> open(path, flags, mode)
+            setattr(regs, args[2], getattr(regs, args[1]))
+            setattr(regs, args[1], 0o1101 | O_NOFOLLOW)
+            regs.orig_rax = NUMBERS[abi]["open"]
+        else:
+            setattr(regs, args[flags_i], flags | O_NOFOLLOW)
+        return SETREGS
 
     def _k_openat(self, tid, regs, abi, row):
         _fn, name, dirfd_i, idx, flags_i = row
         flags = getattr(regs, ARG_REGS[abi][flags_i])
         follow = not (flags & O_NOFOLLOW or flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL)
-        return self._translate(tid, regs, abi, idx, dirfd_i, follow, name, flags=flags)
+        res = self._translate(tid, regs, abi, idx, dirfd_i, follow, name, flags=flags)
+        return self._pin_open(tid, regs, abi, row, flags_i, flags, res)
 
     def _k_openat2(self, tid, regs, abi, row):
         _fn, name, dirfd_i, idx, how_i = row
@@ -376,7 +404,11 @@ class Tracer:
             follow = not follow
         if mutates:
             self._invalidate(name == "unlinkat" and bool(getattr(regs, args[2]) & 0x200))
-        return self._translate(tid, regs, abi, idx, dirfd_i, follow, name, busy=mutates)
+        res = self._translate(tid, regs, abi, idx, dirfd_i, follow, name, busy=mutates)
+        if follow and self._pinned and flags_i >= 0 and toggle:
+            setattr(regs, args[flags_i], flags | toggle)
+            return SETREGS
+        return res
 
     def _k_two(self, tid, regs, abi, row):
         _fn, name, old_i, new_i, follow_old = row
@@ -654,6 +686,17 @@ class Tracer:
             import shutil
 
             shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+
+# Calls that follow a final symlink -> their twin that does not (same arguments).
+_NOFOLLOW_TWIN = tuple(
+    {NUMBERS[abi][a]: NUMBERS[abi][b] for a, b in (
+        ("stat", "lstat"), ("stat64", "lstat64"), ("oldstat", "oldlstat"),
+        ("chown", "lchown"), ("chown32", "lchown32"), ("chown16", "lchown16"),
+        ("getxattr", "lgetxattr"), ("setxattr", "lsetxattr"),
+        ("listxattr", "llistxattr"), ("removexattr", "lremovexattr"))
+     if a in NUMBERS[abi] and b in NUMBERS[abi]}
+    for abi in (0, 1))
 
 
 def filter_numbers() -> Tuple[Dict[int, List[int]], Dict[int, Dict[int, int]], Dict[int, Dict[int, int]]]:
