@@ -204,6 +204,12 @@ static int dec_stream(codec_decoder *dec, const unsigned char *data, size_t len)
         dec->z.next_out = dec->out;
         dec->z.avail_out = (uInt)room;
         int rc = inflate(&dec->z, Z_NO_FLUSH);
+        /* Errors first, as Python's zlib does: a stream whose last output
+         * overflows but whose checksum then fails is CORRUPT. */
+        if (rc == Z_DATA_ERROR || rc == Z_NEED_DICT || rc == Z_STREAM_ERROR)
+            return fail(dec, CODEC_CORRUPT);
+        if (rc == Z_MEM_ERROR)
+            return fail(dec, CODEC_NOMEM);
         size_t produced = room - dec->z.avail_out;
         if (produced > 0) {
             dec->size += produced;
@@ -218,10 +224,6 @@ static int dec_stream(codec_decoder *dec, const unsigned char *data, size_t len)
             return dec->z.avail_in > 0 || len > 0 ? fail(dec, CODEC_TRAILING_GARBAGE)
                                                    : CODEC_OK;
         }
-        if (rc == Z_DATA_ERROR || rc == Z_NEED_DICT || rc == Z_STREAM_ERROR)
-            return fail(dec, CODEC_CORRUPT);
-        if (rc == Z_MEM_ERROR)
-            return fail(dec, CODEC_NOMEM);
         /* Z_OK or Z_BUF_ERROR: done with this piece once all of it is in
          * and zlib had output room left over (nothing more pending). */
         if (dec->z.avail_in == 0 && len == 0 && dec->z.avail_out > 0)
