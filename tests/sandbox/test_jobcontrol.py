@@ -57,8 +57,9 @@ def test_interactive_bash_job_control(uvm_runner, host_root):
     term = Terminal(argv, env)
     try:
         term.expect("PROMPT> ")
-        term.send("sleep 100\n")
-        time.sleep(1.0)
+        term.send("sh -c 'echo ready; exec sleep 100'\n")
+        term.expect("ready\r\n")
+        time.sleep(0.5)
         term.send("\x1a")                      # Ctrl-Z
         term.expect("Stopped")
         term.expect("PROMPT> ")
@@ -67,7 +68,7 @@ def test_interactive_bash_job_control(uvm_runner, host_root):
         term.expect("PROMPT> ")
         term.send("fg\n")
         term.expect("sleep 100")
-        time.sleep(1.0)
+        time.sleep(0.5)
         term.send("\x03")                      # Ctrl-C
         term.expect("PROMPT> ")
         term.send("echo status-$?\n")

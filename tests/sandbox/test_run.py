@@ -135,7 +135,7 @@ def test_threads_and_exec_from_a_thread(uvm_runner, host_root):
 def test_signals_pass_through(uvm_runner, host_root):
     out = ok(uvm_runner.run(host_root, "bash", "-c",
                             "trap 'echo got-usr1' USR1; (sleep 0.2; kill -USR1 $$) & "
-                            "sleep 2 & wait $!; echo after"))
+                            "sleep 60 & s=$!; wait $s; kill $s; echo after"))
     assert out.split() == ["got-usr1", "after"]
     out = ok(uvm_runner.run(host_root, "bash", "-c",
                             "sleep 30 & p=$!; kill -STOP $p; kill -CONT $p; kill -KILL $p; "
