@@ -401,7 +401,7 @@ def test_public_key_list_needs_one_match_and_wins_over_keys_dir(store, keydir, o
     with open_repo(store, f"{wrong}:{right}", tmp_path) as repo:  # CVMFS_PUBLIC_KEY style
         assert repo.revision == 1
     env = {"CVMFS_PUBLIC_KEY": f"{wrong}:{right}", "CVMFS_KEYS_DIR": other_keydir,
-           "CVMFS_SERVER_URL": store}
+           "CVMFS_SERVER_URL": store, "CVMFS_CACHE_BASE": str(tmp_path / "cache")}
     result = run_uvm("repo", "info", FQRN, "--state-dir", str(tmp_path / "state"), env_extra=env)
     assert result.returncode == 0, result.stderr
     env["CVMFS_PUBLIC_KEY"] = wrong

@@ -352,7 +352,8 @@ def test_cli_round_trip_and_export(tmp_path, keydir, http_server):
                   "--chunk-sizes", "2048,4096,8192", check=True)
     assert b"revision 1" in out.stdout
     env = {"CVMFS_SERVER_URL": f"{http_server.url}/cvmfs/@fqrn@", "CVMFS_KEYS_DIR": keys,
-           "XDG_STATE_HOME": str(tmp_path / "state"), "UVM_ARCH": "aarch64"}
+           "XDG_STATE_HOME": str(tmp_path / "state"), "UVM_ARCH": "aarch64",
+           "CVMFS_CACHE_BASE": str(tmp_path / "cache")}
     info = run_uvm("repo", "info", FQRN, env_extra=env, check=True).stdout.decode()
     assert "revision:       1" in info and "cli-v1" in info and "sha1" in info
     odd_dir = next(os.path.relpath(d, src) for d, _, fs in os.walk(src) if "new\nline" in fs)

@@ -20,6 +20,10 @@ def test_server_ring_expands_fqrn_and_org():
         servers.expand_server_urls("no-scheme.example/cvmfs", "x.y")
 
 
+def test_an_absolute_directory_is_a_local_stratum0():
+    assert servers.expand_server_urls("/srv/cvmfs/@fqrn@/", "a.b") == ["file:///srv/cvmfs/a.b"]
+
+
 def test_proxy_groups_in_order_with_fallback_removing_direct():
     assert servers.parse_proxy_groups("") == [(DIRECT,)]
     assert servers.parse_proxy_groups("p1:3128|p2:3128;DIRECT") == [

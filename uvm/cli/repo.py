@@ -1,8 +1,10 @@
 """``uvm repo info|ls|cat|export``: read a repository with every signature and hash checked.
 
-Servers come from ``--server`` or ``CVMFS_SERVER_URL`` (``;`` list,
-``@fqrn@``); master keys from ``--keys`` or ``CVMFS_PUBLIC_KEY`` (colon list,
-wins as in the stock client) or ``CVMFS_KEYS_DIR``.
+With ``--server`` the repository is read directly from there; without it,
+through the configured client (``CVMFS_SERVER_URL`` or the built-in domain
+mirrors, proxies, the shared cache).  Master keys come from ``--keys`` or
+``CVMFS_PUBLIC_KEY`` (colon list, wins as in the stock client) or
+``CVMFS_KEYS_DIR``.
 """
 
 from __future__ import annotations
@@ -67,14 +69,26 @@ def _split_target(target: str) -> Tuple[str, str]:
 
 
 def _open(args: argparse.Namespace, fqrn: str):
-    from uvm.cvmfs.repository import Repository
+    """An explicit ``--server`` is read directly; otherwise the configured
+    client (mirrors, proxies, shared cache, offline use) serves the reads."""
+    if args.server:
+        from uvm.cvmfs.repository import Repository
 
-    servers = args.server or os.environ.get("CVMFS_SERVER_URL")
-    if not servers:
-        raise UsageError("no server given", hint="pass --server URL or set CVMFS_SERVER_URL")
-    keys: Optional[str] = args.keys or os.environ.get("CVMFS_PUBLIC_KEY") or os.environ.get(
-        "CVMFS_KEYS_DIR")
-    return Repository.open(fqrn, servers=servers, keys=keys, tag=args.tag, date=args.date,
+        keys: Optional[str] = args.keys or os.environ.get("CVMFS_PUBLIC_KEY") or \
+            os.environ.get("CVMFS_KEYS_DIR")
+        return Repository.open(fqrn, servers=args.server, keys=keys, tag=args.tag,
+                               date=args.date, root_hash=args.root_hash,
+                               state_dir=args.state_dir)
+    from uvm import config as config_mod
+    from uvm.cvmfs.client import open_repository
+
+    environ = dict(os.environ)
+    if args.keys:  # replaces whatever the environment says about keys
+        environ.pop("CVMFS_PUBLIC_KEY", None)
+        environ.pop("CVMFS_KEYS_DIR", None)
+        environ["CVMFS_PUBLIC_KEY" if os.path.isfile(args.keys) else "CVMFS_KEYS_DIR"] = args.keys
+    config = config_mod.load(args.config, environ)
+    return open_repository(fqrn, config, tag=args.tag, date=args.date,
                            root_hash=args.root_hash, state_dir=args.state_dir)
 
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import urllib.parse
-from typing import List, Optional, Sequence
+from typing import BinaryIO, List, Optional, Sequence
 
 from uvm._native import Decoder
 from uvm.cvmfs.hashing import ContentHash, Suffix
@@ -146,6 +146,16 @@ class SimpleSource:
             raise
         os.rename(tmp, final)
         return final
+
+    def open_object(
+        self,
+        content_hash: ContentHash,
+        suffix: Suffix = Suffix.NONE,
+        expected_size: Optional[int] = None,
+        compressed: bool = True,
+    ) -> BinaryIO:
+        # Objects in the private directory are never evicted while open.
+        return open(self.fetch_object(content_hash, suffix, expected_size, compressed), "rb")
 
     def close(self) -> None:
         if self._session is not None:

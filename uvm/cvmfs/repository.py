@@ -131,14 +131,14 @@ class _ChunkedReader(io.RawIOBase):
             return
         if self._handle is not None:
             self._handle.close()
+            self._handle, self._current = None, -1
         chunk = self._chunks[index]
         try:
-            path = self._source.fetch_object(chunk.content_hash, Suffix.PARTIAL,
-                                             expected_size=chunk.size,
-                                             compressed=self._entry.compressed)
+            self._handle = self._source.open_object(chunk.content_hash, Suffix.PARTIAL,
+                                                    expected_size=chunk.size,
+                                                    compressed=self._entry.compressed)
         except CvmfsError as err:
             raise _located(err, f"{self._where} (chunk at offset {chunk.offset})")
-        self._handle = open(path, "rb")
         self._current = index
 
     def readinto(self, buffer) -> int:
@@ -365,11 +365,10 @@ class Repository:
         if entry.content_hash is None:
             raise CvmfsError(f"{self.fqrn}:{display(entry.path)} has no content hash")
         try:
-            local = self.source.fetch_object(entry.content_hash, Suffix.NONE,
-                                             expected_size=entry.size, compressed=entry.compressed)
+            return self.source.open_object(entry.content_hash, Suffix.NONE,
+                                           expected_size=entry.size, compressed=entry.compressed)
         except CvmfsError as err:
             raise _located(err, f"{self.fqrn}:{display(entry.path)}")
-        return open(local, "rb")
 
     open = _ClassOrInstance(classmethod(_open_repository), open_file)
 

@@ -45,7 +45,8 @@ def expand_server_urls(value: str, fqrn: str) -> List[str]:
 
     ``@fqrn@`` becomes the repository name and ``@org@`` its first DNS label
     (``sft`` for ``sft.cern.ch``); trailing slashes are dropped so that
-    object paths can be appended with ``/``.
+    object paths can be appended with ``/``.  An absolute directory becomes a
+    ``file://`` URL: a local stratum 0, read with the same verification.
     """
     org = fqrn.split(".", 1)[0]
     urls = []
@@ -54,10 +55,13 @@ def expand_server_urls(value: str, fqrn: str) -> List[str]:
         if not item:
             continue
         item = item.replace("@fqrn@", fqrn).replace("@org@", org).rstrip("/")
-        if "://" not in item:
+        if item.startswith("/"):
+            item = "file://" + item  # a local stratum-0 directory
+        elif "://" not in item:
             raise ConfigError(
                 f"server URL {item!r} has no scheme",
-                hint="CVMFS_SERVER_URL entries look like http://host/cvmfs/@fqrn@",
+                hint="CVMFS_SERVER_URL entries look like http://host/cvmfs/@fqrn@ "
+                "or an absolute directory",
             )
         urls.append(item)
     return urls

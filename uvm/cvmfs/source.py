@@ -10,7 +10,7 @@ with mirrors, proxies and the shared cache behind the same protocol.
 
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import BinaryIO, Optional, Protocol
 
 from uvm.cvmfs.hashing import ContentHash, Suffix
 
@@ -31,6 +31,19 @@ class ObjectSource(Protocol):
         Raises ``FetchError`` when it cannot be had and ``IntegrityError``
         (``DecodeError``) when what arrived does not match ``content_hash``.
         The file stays valid at least as long as the source is open.
+        """
+
+    def open_object(
+        self,
+        content_hash: ContentHash,
+        suffix: Suffix = Suffix.NONE,
+        expected_size: Optional[int] = None,
+        compressed: bool = True,
+    ) -> BinaryIO:
+        """The verified object opened for reading.
+
+        Unlike ``open(fetch_object(...))`` this cannot lose a race with a
+        cache eviction between the lookup and the open.
         """
 
     def close(self) -> None:
