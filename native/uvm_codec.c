@@ -42,6 +42,7 @@ struct codec_decoder {
     enum mode mode;
     int compressed;
     int z_ready;    /* inflateInit done */
+    int replay;     /* one-shot failure: replay through zlib (else CODEC_RETRY) */
     int stream_end; /* the zlib stream is complete */
     long long expected_size;
     const unsigned char *expected_digest; /* points into expected_copy */
@@ -267,7 +268,7 @@ static int dec_oneshot(codec_decoder *dec)
     if (out != small)
         free(out);
     if (r != LIBDEFLATE_SUCCESS || used_in != dec->in_len)
-        return dec_to_stream(dec);
+        return dec->replay ? dec_to_stream(dec) : fail(dec, CODEC_RETRY);
     return st == CODEC_OK ? CODEC_OK : fail(dec, st);
 }
 #endif
@@ -331,7 +332,7 @@ codec_decoder *codec_decoder_new(const codec_md *md, int fd,
     codec_decoder *dec = malloc(sizeof(*dec));
     if (dec == NULL)
         return NULL;
-    if (dec_init(dec, md, fd, expected_digest, expected_size, compressed, 0) != CODEC_OK) {
+    if (dec_init(dec, md, fd, expected_digest, expected_size, compressed, -1) != CODEC_OK) {
         dec_cleanup(dec);
         free(dec);
         return NULL;
@@ -361,11 +362,13 @@ void codec_decoder_free(codec_decoder *dec)
 
 long long codec_decode(const codec_md *md, int fd, const char *data, size_t len,
                        const unsigned char *expected_digest, long long expected_size,
-                       int compressed, long long oneshot_limit, codec_result *result)
+                       int compressed, long long oneshot_limit, int replay,
+                       codec_result *result)
 {
     codec_decoder dec;
     int st = dec_init(&dec, md, fd, expected_digest, expected_size, compressed,
                       oneshot_limit);
+    dec.replay = replay;
     if (st == CODEC_OK && dec.mode == MODE_ONESHOT && len <= dec.in_bound) {
         /* The caller's buffer is the input: no copy. */
         dec.fed = len;

@@ -19,6 +19,7 @@
 #define CODEC_WRITE 8
 #define CODEC_NOMEM 9
 #define CODEC_HASH_ERROR 10
+#define CODEC_RETRY 11 /* one-shot failed and replay was off: stream it to know why */
 
 #define CODEC_ALG_SHA1 0
 #define CODEC_ALG_RMD160 1
@@ -54,11 +55,14 @@ void codec_decoder_free(codec_decoder *dec);
 /* A whole object in one call, without copying the input.  With libdeflate
  * and an expected size of at most oneshot_limit, it is inflated in one
  * libdeflate call straight into a buffer of exactly that size; else (and to
- * name the failure of a damaged object) it streams through zlib.  Returns
- * the decoded size, or minus a CODEC_* status. */
+ * name the failure of a damaged object) it streams through zlib; with
+ * replay == 0 it returns CODEC_RETRY instead, having written nothing, so that
+ * the caller can stream the pieces as they came.  Returns the decoded size,
+ * or minus a CODEC_* status. */
 long long codec_decode(const codec_md *md, int fd, const char *data, size_t len,
                        const unsigned char *expected_digest, long long expected_size,
-                       int compressed, long long oneshot_limit, codec_result *result);
+                       int compressed, long long oneshot_limit, int replay,
+                       codec_result *result);
 
 codec_encoder *codec_encoder_new(const codec_md *md, int fd, int level);
 int codec_encoder_feed(codec_encoder *enc, const char *data, size_t len);

@@ -238,8 +238,15 @@ else:
             if pieces is not None:
                 self._pieces = None
                 data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-                return decode_bytes(data, self._algorithm, self._fd, self._expected_hash,
-                                    self._expected_size, True)
+                try:
+                    return _decode(data, self._algorithm, self._fd, self._expected_hash,
+                                   self._expected_size, True, 0)
+                except _Retry:
+                    # Not a clean object: stream the pieces as they came, so that
+                    # the failure is the one the twin names for the same feeds.
+                    self._start()
+                    for piece in pieces:
+                        self._feed(piece)
             if self._dec is None:
                 raise ValueError("the decoder is finished or aborted")
             result = ffi.new("codec_result *")
@@ -311,6 +318,9 @@ else:
             _scratch.value = (result, ffi.buffer(result.digest))
             return _scratch.value
 
+    class _Retry(Exception):
+        """The one-shot path could not decode the object cleanly (nothing written)."""
+
     def decode_bytes(
         data: bytes,
         algorithm: Algorithm,
@@ -319,7 +329,19 @@ else:
         expected_size: Optional[int] = None,
         compressed: bool = True,
     ) -> DecodeResult:
-        """Decode a whole object held in memory: one C call, no copy.
+        """Decode a whole object held in memory: one C call, no copy."""
+        return _decode(data, algorithm, out_fd, expected_hash, expected_size, compressed, 1)
+
+    def _decode(
+        data: Any,
+        algorithm: Algorithm,
+        out_fd: int,
+        expected_hash: Optional[ContentHash],
+        expected_size: Optional[int],
+        compressed: bool,
+        replay: int,
+    ) -> DecodeResult:
+        """``decode_bytes``; with ``replay=0`` a failed one-shot raises ``_Retry``.
 
         The hot path for small objects, so it avoids per-call allocations:
         cached digest implementation, per-thread result struct, size as the
@@ -339,9 +361,11 @@ else:
         size = lib.codec_decode(
             md, out_fd, data, len(data), digest,
             -1 if expected_size is None else expected_size,
-            compressed, ONESHOT_LIMIT, result,
+            compressed, ONESHOT_LIMIT, replay, result,
         )
         if size < 0:
+            if size == -lib.CODEC_RETRY:
+                raise _Retry()
             _raise(-size, result, expected_hash, expected_size, algorithm)
         return DecodeResult(ContentHash(algorithm, result_digest[:]), size)
 
