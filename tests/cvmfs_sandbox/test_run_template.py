@@ -1,0 +1,179 @@
+"""``uvm run --template`` and ``--cvmfs`` end to end, as root and as the test user.
+
+Real programs in a template published by ``uvm publish`` and served on
+loopback; the guest's view is compared with the reader (``Repository``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+from conftest import FQRN, MISC, TEMPLATE_PATH, env_for, publish_tree, run_uvm, tempfile_dir
+
+from faultserver import FaultServer
+
+from uvm.cvmfs.repository import Repository
+
+TEMPLATE = f"{FQRN}:{TEMPLATE_PATH}"
+
+
+def _ok(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 0, f"exit {res.returncode}\nstdout: {res.stdout}\nstderr: {res.stderr}"
+    return res.stdout
+
+
+def test_template_runs_programs(uvm_runner, published, server, workdir):
+    env = env_for(published, server.url_for(), workdir)
+    out = _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--", "/bin/sh", "-c",
+                      "cat /etc/uvm-marker; id -u; stat -c '%u %a' /etc/os-release; "
+                      "python3 -c 'import json, hashlib; print(json.dumps([hashlib.sha256(b\"x\").hexdigest()[:8]]))'; "
+                      "ls /srv; readlink /bin; cd /usr && pwd"))
+    lines = out.splitlines()
+    assert lines[0] == "revision one"
+    assert lines[1] == str(uvm_runner.uid)
+    assert lines[2] == f"{uvm_runner.uid} 644"   # owned by the invoking user, published mode
+    assert lines[3] == '["2d711642"]'
+    assert lines[4] == "empty"
+    assert lines[5] == os.readlink("/bin") if os.path.islink("/bin") else True
+    assert lines[-1] == "/usr"
+
+
+def test_template_is_read_only(uvm_runner, published, server, workdir):
+    env = env_for(published, server.url_for(), workdir)
+    res = run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--", "/bin/sh", "-c",
+                  "touch /etc/new 2>&1; { echo x >> /etc/uvm-marker; } 2>&1; rm /etc/os-release 2>&1; "
+                  "mkdir -p /etc && echo mkdir-p-ok; echo hi > /tmp/uvm-tmpl-$$ && cat /tmp/uvm-tmpl-$$ "
+                  "&& rm /tmp/uvm-tmpl-$$; cat /etc/uvm-marker")
+    out = _ok(res)
+    assert out.count("Read-only file system") == 3, out
+    assert "mkdir-p-ok" in out and "hi" in out
+    assert out.rstrip().endswith("revision one")
+
+
+_LISTER = r"""
+import hashlib, json, os, stat, sys
+top = sys.argv[1]
+out = {}
+for dirpath, dirs, files in os.walk(top):
+    for name in dirs + files:
+        path = os.path.join(dirpath, name)
+        st = os.lstat(path)
+        rel = os.fsencode(os.path.relpath(path, top)).hex()
+        item = [stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size,
+                st.st_mtime_ns, st.st_nlink, st.st_uid]
+        if stat.S_ISLNK(st.st_mode):
+            item.append(os.fsencode(os.readlink(path)).hex())
+        elif stat.S_ISREG(st.st_mode):
+            with open(path, "rb") as f:
+                item.append(hashlib.sha256(f.read()).hexdigest())
+        out[rel] = item
+print(json.dumps(out))
+"""
+
+
+def test_cvmfs_on_host_root_matches_the_repository(uvm_runner, published, server, workdir):
+    import hashlib
+
+    env = env_for(published, server.url_for(), workdir, UVM_ARCH="x86_64-test")
+    script = workdir / "lister.py"
+    script.write_text(_LISTER)
+    os.chmod(script, 0o644)
+    res = run_uvm(uvm_runner, env, "run", "--cvmfs", MISC, "--", "/bin/sh", "-c",
+                  f"ls /cvmfs; ls /cvmfs/nope 2>&1; cd /cvmfs/{MISC} && pwd && "
+                  f"python3 {script} /cvmfs/{MISC}")
+    lines = _ok(res).splitlines()
+    assert lines[0] == MISC
+    assert "No such file or directory" in lines[1]
+    assert lines[2] == f"/cvmfs/{MISC}"
+    seen = {bytes.fromhex(k).decode("utf-8", "surrogateescape"): v
+            for k, v in json.loads(lines[3]).items()}
+    with Repository.open(MISC, servers=str(published.www / "cvmfs" / MISC),
+                         keys=str(published.keys), state_dir=str(workdir / "reader-state"),
+                         environ={"UVM_ARCH": "x86_64-test"}) as repo:
+        want = {}
+        for _dirpath, dirs, others in repo.walk("/"):
+            for e in dirs + others:
+                want[e.path.lstrip("/")] = e
+        assert set(seen) == set(want)
+        for name, e in want.items():
+            fmt, mode, size, mtime_ns, nlink, uid = seen[name][:6]
+            assert mode == stat.S_IMODE(e.mode), name
+            assert mtime_ns == e.mtime * 10**9 + (e.mtime_ns or 0), name
+            assert uid == uvm_runner.uid, name
+            if e.is_dir:
+                assert fmt == stat.S_IFDIR and nlink == e.linkcount, name
+            elif e.is_symlink:
+                assert fmt == stat.S_IFLNK, name
+                assert bytes.fromhex(seen[name][6]) == os.fsencode(repo.readlink(e.path)), name
+            elif e.is_regular:
+                assert fmt == stat.S_IFREG and size == e.size, name
+                assert nlink == (e.linkcount if e.hardlink_group else 1), name
+                assert seen[name][6] == hashlib.sha256(repo.read(e.path)).hexdigest(), name
+            elif stat.S_ISFIFO(e.mode):
+                assert fmt == stat.S_IFIFO, name
+
+
+def test_offline_from_a_warm_cache(uvm_runner, published, workdir):
+    srv = FaultServer(str(published.www)).start()
+    env = env_for(published, srv.url_for(), workdir)
+    cmd = ["run", "--template", TEMPLATE, "--cvmfs", MISC, "--", "/bin/sh", "-c",
+           f"python3 -c 'print(6*7)'; cat /cvmfs/{MISC}/d0/d1/d2/d3/d4/.cvmfscatalog; echo done"]
+    assert _ok(run_uvm(uvm_runner, env, *cmd)).split() == ["42", "done"]
+    srv.stop()
+    # no server at all now: the verified manifest, the catalogs and the objects
+    # come from the cache, the shadow tree from the earlier run
+    assert _ok(run_uvm(uvm_runner, env, *cmd)).split() == ["42", "done"]
+
+
+def test_record_replay_tag_and_date(uvm_runner, published, workdir):
+    # a private copy of the store, to publish a second revision into
+    www = Path(tempfile_dir(workdir.parent))
+    try:
+        shutil.copytree(published.www, www / "www", symlinks=True)
+        store = www / "www" / "cvmfs" / FQRN
+        subprocess.run(["chmod", "-R", "a+rX", str(www)], check=True)
+        srv = FaultServer(str(www / "www")).start()
+        try:
+            env = env_for(published, srv.url_for(), workdir)
+            record = workdir / "run.json"
+            args = ["run", "--record", str(record), "--template", TEMPLATE, "--",
+                    "/bin/sh", "-c", "cat /etc/uvm-marker; exit 3"]
+            res = run_uvm(uvm_runner, env, *args)
+            assert res.returncode == 3 and res.stdout == "revision one\n", res.stderr
+            data = json.loads(record.read_text())
+            assert data["exit_status"] == 3
+            assert data["command"] == ["/bin/sh", "-c", "cat /etc/uvm-marker; exit 3"]
+            assert data["template"]["repository"] == FQRN
+            assert data["template"]["path"] == TEMPLATE_PATH
+            first_hash = data["template"]["root_hash"]
+            # revision 2 changes the marker
+            source = Path(tempfile_dir(workdir.parent))
+            shutil.copytree(published.source, source / "src", symlinks=True)
+            (source / "src/os/demo/etc/uvm-marker").write_text("revision two\n")
+            publish_tree(source / "src", store, published.keys, tag="v2", now=1_800_000_000)
+            shutil.rmtree(source, ignore_errors=True)
+            subprocess.run(["chmod", "-R", "a+rX", str(www)], check=True)
+            fresh = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c2"))
+            marker = ["--", "/bin/cat", "/etc/uvm-marker"]
+            assert _ok(run_uvm(uvm_runner, fresh, "run", "--template", TEMPLATE, *marker)) \
+                == "revision two\n"
+            res = run_uvm(uvm_runner, fresh, "run", "--replay", str(record))
+            assert res.returncode == 3 and res.stdout == "revision one\n", res.stderr
+            assert _ok(run_uvm(uvm_runner, fresh, "run", "--template", TEMPLATE + "@v1",
+                               *marker)) == "revision one\n"
+            assert _ok(run_uvm(uvm_runner, fresh, "run", "--template",
+                               TEMPLATE + "@2025-01-01T00:00:00Z", *marker)) == "revision one\n"
+            assert _ok(run_uvm(uvm_runner, fresh, "run", "--template", TEMPLATE + "@v2",
+                               *marker)) == "revision two\n"
+            again = workdir / "again.json"
+            res = run_uvm(uvm_runner, fresh, "run", "--replay", str(record), "--record", str(again))
+            assert json.loads(again.read_text())["template"]["root_hash"] == first_hash
+        finally:
+            srv.stop()
+    finally:
+        shutil.rmtree(www, ignore_errors=True)
