@@ -563,11 +563,21 @@ class Tracer:
         block = struct.pack("<%d%s" % (nptr, "Q" if word == 8 else "I"), *ptrs) + host_b + b"".join(strings)
         mem.write_bytes(tid, top, block)
         argv_addr = top
-        if name == "execveat":
+        if host.startswith("/proc/"):
+            # a /proc magic link (fexecve-like): the kernel must follow it
             regs.orig_rax = NUMBERS[abi]["execve"]
-        setattr(regs, args[0], host_addr)
-        setattr(regs, args[1], argv_addr)
-        setattr(regs, args[2], envp)
+            setattr(regs, args[0], host_addr)
+            setattr(regs, args[1], argv_addr)
+            setattr(regs, args[2], envp)
+        else:
+            # execveat(AT_FDCWD, path, argv, envp, AT_SYMLINK_NOFOLLOW): a
+            # symlink raced into the checked program's place is not followed.
+            regs.orig_rax = NUMBERS[abi]["execveat"]
+            setattr(regs, args[0], _AT_FDCWD32 if abi else (-100) & _MASK64)
+            setattr(regs, args[1], host_addr)
+            setattr(regs, args[2], argv_addr)
+            setattr(regs, args[3], envp)
+            setattr(regs, args[4], 0x100)
         # ld.so, run explicitly, sets AT_EXECFN itself; the tracer fixes it
         # for programs the kernel runs directly.
         self.pending_exe[tid] = (guest_prog, "" if changed else path)
