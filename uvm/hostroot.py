@@ -149,8 +149,11 @@ def build_root(dest: str, programs: Sequence[str] = DEFAULT_PROGRAMS,
     for item in list(wanted) + sorted(libs):
         _copy_one(item, root, seen)
     for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
-        if os.path.islink("/" + name) and not os.path.lexists(os.path.join(root, name)):
-            os.symlink(os.readlink("/" + name), os.path.join(root, name))
+        link = os.path.join(root, name)
+        if os.path.islink("/" + name) and not os.path.lexists(link):
+            os.symlink(os.readlink("/" + name), link)
+            if not os.path.exists(link):  # its target was not needed
+                os.unlink(link)
     for directory in ("dev", "proc", "sys", "root", "home", "mnt", "etc", "var/tmp", "tmp"):
         os.makedirs(os.path.join(root, directory), exist_ok=True)
     os.chmod(os.path.join(root, "tmp"), 0o1777)

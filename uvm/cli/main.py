@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "uvm.cli.run",
     "uvm.cli.config",
     "uvm.cli.cache",
+    "uvm.cli.templates",
+    "uvm.cli.demo",
 ]
 
 
