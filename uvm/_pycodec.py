@@ -134,8 +134,8 @@ class Decoder:
         return result
 
     def abort(self) -> None:
-        """Give up on this object (the native decoder frees its C state here)."""
-        self._inflater = None
+        """Give up on this object (the native decoder frees its C state here;
+        the twin has nothing to free)."""
 
 
 class Encoder:
