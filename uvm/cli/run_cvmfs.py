@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "from the configuration, or FQRN:/path[@TAG|@DATE]")
     group.add_argument("--cvmfs", action="append", default=[], metavar="FQRN|all",
                        help="make repository FQRN visible at /cvmfs/FQRN (repeatable; "
-                       "'all': every repository named in the configuration); without "
-                       "--template or --root the host's / is the guest's /")
+                       "FQRN@TAG or FQRN@DATE pins a revision; 'all': every repository "
+                       "named in the configuration); without --template or --root the "
+                       "host's / is the guest's /")
     group.add_argument("--record", metavar="FILE",
                        help="write a JSON record of the run: command, revisions (root "
                        "catalog hashes), exit status")
@@ -104,10 +105,12 @@ class CvmfsRun:
         self.repositories.append(repo)
         return repo
 
-    def _cvmfs_names(self) -> List[str]:
+    def _cvmfs_names(self) -> List[Tuple[str, Optional[str], Optional[str]]]:
+        """(fqrn, tag, date) of every --cvmfs argument."""
         from uvm.errors import UsageError
+        from uvm.templates import is_date
 
-        names: List[str] = []
+        names: List[Tuple[str, Optional[str], Optional[str]]] = []
         for item in self.args.cvmfs:
             for name in item.split(","):
                 name = name.strip()
@@ -119,10 +122,16 @@ class CvmfsRun:
                     if not everything:
                         raise UsageError("--cvmfs all: no repository is named in the configuration",
                                          hint="add [repositories.\"FQRN\"] tables or name them")
-                    names.extend(sorted(everything))
+                    names.extend((n, None, None) for n in sorted(everything))
                 else:
-                    names.append(name)
-        return list(dict.fromkeys(names))
+                    fqrn, _, selector = name.partition("@")
+                    date = selector if selector and is_date(selector) else None
+                    tag = selector if selector and not date else None
+                    names.append((fqrn, tag, date))
+        seen: Dict[str, Tuple[str, Optional[str], Optional[str]]] = {}
+        for item in names:
+            seen[item[0]] = item  # the last one given for a repository wins
+        return list(seen.values())
 
     def namespace(self, binds: List[Tuple[str, str]], default_binds: bool) -> Any:
         from uvm.errors import SandboxError, UsageError
@@ -166,19 +175,21 @@ class CvmfsRun:
         else:
             root = "/"
         if record is not None:
-            mounts = [(r.repository, r.root_hash) for r in record.repositories]
+            mounts = [(r.repository, None, None, r.root_hash) for r in record.repositories]
         else:
-            mounts = [(name, None) for name in self._cvmfs_names()]
+            mounts = [(name, tag, date, None) for name, tag, date in self._cvmfs_names()]
         cvmfs_binds: List[Tuple[str, str]] = []
         if mounts:
-            names = [name for name, _ in mounts]
+            names = [m[0] for m in mounts]
             cvmfs_binds.append((materialize.mounts_dir(self.trees.base, names), "/cvmfs"))
-            for name, root_hash in mounts:
+            for name, tag, date, root_hash in mounts:
                 if self.template is not None and name == self.template[0].fqrn \
+                        and tag is None and date is None \
                         and root_hash in (None, self.template[0].root_hash):
                     tree = self.template[0]
                 else:
-                    tree = self.trees.add(self._open(name, root_hash=root_hash))
+                    tree = self.trees.add(self._open(name, tag=tag, date=date,
+                                                     root_hash=root_hash))
                 self.mounted.append((name, tree))
                 cvmfs_binds.append((tree.top, f"/cvmfs/{name}"))
         try:
