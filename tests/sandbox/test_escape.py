@@ -531,6 +531,7 @@ if pid == 0:
             elif mode == "rel":      # ... <-> a relative symlink climbing past the root
                 os.mkdir(d); os.rmdir(d); os.symlink("../../../../../../../..", d); os.unlink(d)
             else:                    # the last component: a file <-> an absolute symlink to S
+                                     # (named by an absolute path, or as one name below the cwd)
                 with open(d, "w") as f:
                     f.write("plain\n")
                 os.unlink(d); os.symlink(S, d); os.unlink(d)
@@ -538,7 +539,10 @@ if pid == 0:
             pass
     os._exit(0)
 hits = tries = 0
-target = d if mode == "last" else d + S
+target = d if mode.startswith("last") else d + S
+if mode == "last-relative":                 # one plain name below the cwd
+    os.chdir(base)
+    target = "d"
 end = time.time() + dur
 while time.time() < end:
     tries += 1
@@ -567,7 +571,7 @@ def _race(run, token, path, unique, mode):
         f"guest read the sentinel:\n{out}")
 
 
-RACE_MODES = ["dir", "rel", "last"]
+RACE_MODES = ["dir", "rel", "last", "last-relative"]
 
 
 @needs_uvm
@@ -789,3 +793,49 @@ def test_untraced_child_gets_nothing(uvm_runner, host_root, sentinel):
     assert lines[-1:] == ["DONE"], out
     for line in lines[:-1]:
         assert line.startswith("refused") or line == f"read {roots.GUEST_HOSTNAME}", out
+
+
+PLAIN_WALK_PROBE = r"""
+import os, sys
+rel = sys.argv[1].lstrip("/").split("/")
+def walk(start, names):
+    fd = os.open(start, os.O_RDONLY | os.O_DIRECTORY)
+    for name in names:
+        fd = os.open(name, os.O_RDONLY, dir_fd=fd)
+    return fd
+root_listing = sorted(os.listdir("/"))
+for start, names in [("/proc/self", ["root"]), ("/proc", ["self", "root"]),
+                     ("/proc", [str(os.getppid()), "root"]), ("/proc", [str(os.getpid()), "cwd"]),
+                     ("/proc/self", ["cwd"]), ("/", [".."])]:
+    try:
+        fd = walk(start, names)
+    except OSError as exc:
+        print("refused", start, names, exc.errno)
+        continue
+    try:
+        listing = sorted(os.listdir(fd))
+        print("same-as-/" if listing == root_listing else f"OTHER {listing[:8]}", start, names)
+    except OSError as exc:
+        print("unlistable", start, names, exc.errno)
+    try:
+        t = walk(start, names + rel)
+        print("ESCAPE", start, names, os.read(t, 200))
+    except OSError as exc:
+        print("refused-sentinel", start, names, exc.errno)
+print("DONE")
+"""
+
+
+@needs_uvm
+def test_plain_name_walk_through_proc_magic_links(uvm_runner, host_root, sentinel):
+    """openat one name at a time from /proc: self -> root (or the tracer's
+    root, or cwd) is the guest's /, and the sentinel stays out of reach."""
+    path, token = sentinel
+    res = uvm_runner.run(host_root, "python3", "-c", PLAIN_WALK_PROBE, str(path), cwd="/")
+    out = res.stdout + res.stderr
+    assert token not in out, out
+    lines = res.stdout.splitlines()
+    assert lines[-1:] == ["DONE"], out
+    bad = [line for line in lines if line.startswith(("ESCAPE", "OTHER"))]
+    assert not bad, out
+
