@@ -19,6 +19,7 @@ unprivileged user.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import shutil
@@ -78,17 +79,27 @@ def _ensure_user() -> TestUser:
     except KeyError:
         if os.geteuid() != 0:
             pytest.skip(f"the test user {name} does not exist and only root can create it")
+        # Two xdist workers may get here at once: one useradd at a time.
+        with open("/var/tmp/.uvm-test-useradd.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            entry = _useradd(name, uid)
+    if (entry.pw_uid, entry.pw_gid) != (uid, gid):
+        pytest.fail(f"user {name} exists with uid:gid {entry.pw_uid}:{entry.pw_gid}, "
+                    f"the test roots expect {uid}:{gid}", pytrace=False)
+    return TestUser(name, uid, gid)
+
+
+def _useradd(name: str, uid: int):
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
         res = subprocess.run(
             ["useradd", "--uid", str(uid), "--user-group", "--no-create-home",
              "--home-dir", "/tmp", "--shell", "/bin/sh", name],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if res.returncode != 0 and "already exists" not in res.stdout:
             pytest.fail(f"useradd {name} failed: {res.stdout}", pytrace=False)
-        entry = pwd.getpwnam(name)
-    if (entry.pw_uid, entry.pw_gid) != (uid, gid):
-        pytest.fail(f"user {name} exists with uid:gid {entry.pw_uid}:{entry.pw_gid}, "
-                    f"the test roots expect {uid}:{gid}", pytrace=False)
-    return TestUser(name, uid, gid)
+        return pwd.getpwnam(name)
 
 
 def _probe(user: TestUser, python: str) -> subprocess.CompletedProcess:
