@@ -92,18 +92,34 @@ class CvmfsRun:
 
     def _open(self, fqrn: str, tag: Optional[str] = None, date: Optional[str] = None,
               root_hash: Optional[str] = None) -> Any:
-        from uvm.cvmfs.client import open_repository
+        from uvm.sandbox.materialize import LazyRepository
 
-        for repo in self.repositories:
+        head = tag is None and date is None and root_hash is None
+        for known_head, repo in self.repositories:
             if repo.fqrn == fqrn and root_hash is not None and str(repo.root_hash) == root_hash:
                 return repo
-            if repo.fqrn == fqrn and root_hash is None and tag is None and date is None \
-                    and repo.selected_tag is None and getattr(repo, "_head", False):
+            if repo.fqrn == fqrn and head and known_head:
                 return repo
-        repo = open_repository(fqrn, self.config, tag=tag, date=date, root_hash=root_hash)
-        repo._head = tag is None and date is None and root_hash is None
-        self.repositories.append(repo)
+        revision = None
+        if head:  # the verified manifest kept by the last run, while fresh
+            fresh = fresh_head(fqrn, self.config.settings(fqrn))
+            if fresh is not None:
+                root_hash, revision = fresh
+        if root_hash is not None:
+            repo = LazyRepository(fqrn, root_hash, self._opener(fqrn, root_hash),
+                                  self.config.environ, revision)
+        else:
+            repo = self._opener(fqrn, None, tag, date)()
+        self.repositories.append((head, repo))
         return repo
+
+    def _opener(self, fqrn: str, root_hash: Optional[str], tag: Optional[str] = None,
+                date: Optional[str] = None) -> Any:
+        def opener() -> Any:
+            from uvm.cvmfs.client import open_repository
+
+            return open_repository(fqrn, self.config, tag=tag, date=date, root_hash=root_hash)
+        return opener
 
     def _cvmfs_names(self) -> List[Tuple[str, Optional[str], Optional[str]]]:
         """(fqrn, tag, date) of every --cvmfs argument."""
@@ -239,11 +255,44 @@ class CvmfsRun:
     def close(self) -> None:
         if self.trees is not None:
             self.trees.close()
-        for repo in self.repositories:
+        for _head, repo in self.repositories:
             try:
                 repo.close()
             except Exception:  # closing must not hide the run's status
                 pass
+
+
+def fresh_head(fqrn: str, settings: Any) -> Optional[Tuple[str, int]]:
+    """(root hash, revision) of the newest revision as the last verified
+    manifest in the cache names it, while that is younger than the TTL (the
+    fetcher would not ask the network either); None otherwise."""
+    manifests = os.path.join(os.path.abspath(os.path.expanduser(settings.cache_base)),
+                             "shared", "manifests")
+    path = os.path.join(manifests, f"{fqrn}.cvmfspublished")
+    try:
+        verified_at = os.stat(path).st_mtime
+        os.stat(os.path.join(manifests, f"{fqrn}.cvmfswhitelist"))
+        with open(path, "rb") as handle:
+            data = handle.read(4096)
+    except OSError:
+        return None
+    fields: Dict[str, str] = {}
+    for line in data.split(b"\n--\n", 1)[0].split(b"\n"):
+        if line[:1] in (b"C", b"S", b"D"):
+            fields[line[:1].decode()] = line[1:].decode("ascii", "replace").strip()
+    try:
+        ttl = float(fields.get("D", "240"))
+        revision = int(fields["S"])
+        root_hash = fields["C"]
+    except (KeyError, ValueError):
+        return None
+    max_ttl = 60.0 * max(0, int(getattr(settings, "max_ttl", 0) or 0))
+    if max_ttl > 0:
+        ttl = min(ttl, max_ttl)
+    age = time.time() - verified_at
+    if not (0 <= age < ttl) or not root_hash:
+        return None
+    return root_hash, revision
 
 
 def describe(run: CvmfsRun) -> Dict[str, Any]:

@@ -7,6 +7,7 @@ root catalog hash) is presented as a directory of the user's cache::
         tree/      the repository's "/": what the guest sees
         tmp/       fills in progress (<pid>.<n>), same file system as tree/
         lock       flock: one directory fill or content swap at a time
+        empty-dirs directories known to be empty in the catalog (NUL-separated)
 
 Per user, so that files appear owned by the invoking user and nobody can
 change another user's view.  Keyed by the root catalog hash: a revision
@@ -23,8 +24,8 @@ same revision.
   cvmfs mounts are ``nodev`` anyway)), every mode and mtime set, and the
   directory renamed over its empty placeholder: a fill is atomic.  A
   non-empty directory on disk is filled; an empty one is filled when its
-  catalog listing is empty too, so the state survives across runs without
-  any marker.  Nested catalogs are invisible (their mountpoints are plain
+  catalog listing is empty too (noted in ``empty-dirs``, so that a warm run
+  needs no catalog at all), so the state survives across runs.  Nested catalogs are invisible (their mountpoints are plain
   directories).
 - **File content** is fetched (through the fetcher: shared cache, one
   download per object however many runs and users want it), verified,
@@ -46,11 +47,9 @@ import errno
 import fcntl
 import logging
 import os
-import socket
 import stat
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -157,6 +156,8 @@ class ShadowTree:
         self.top = os.path.join(self.dir, "tree")
         self.prefix = self.top + "/"
         self._tmp_dir = os.path.join(self.dir, "tmp")
+        self._empty_log = os.path.join(self.dir, "empty-dirs")
+        self._known_empty: Set[str] = set()
         self.fetch_log = fetch_log or FetchLog()
         self._filled: Set[str] = set()       # repo paths of filled directories
         self._done: Set[str] = set()         # host paths already ensured
@@ -165,7 +166,7 @@ class ShadowTree:
         self._lock_fd = -1
         self._thread_lock = threading.RLock()
         self._prefetched: Set[str] = set()
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool: Any = None
         self._root = os.geteuid() == 0
         self._setup()
 
@@ -183,6 +184,11 @@ class ShadowTree:
                 os.chmod(self.top, stat.S_IMODE(root.mode) | 0o700)
                 os.utime(self.top, ns=(_ns(root), _ns(root)))
         self._done.add(os.path.dirname(self.top))
+        try:
+            with open(self._empty_log, "rb") as handle:
+                self._known_empty = {os.fsdecode(p) for p in handle.read().split(b"\0") if p}
+        except OSError:
+            pass
 
     def _clean_tmp(self) -> None:
         import shutil
@@ -271,7 +277,7 @@ class ShadowTree:
     def _fill(self, repo: str, host: str) -> None:
         if repo in self._filled:
             return
-        if _non_empty(host):
+        if _non_empty(host) or repo in self._known_empty:
             self._filled.add(repo)
             return
         try:
@@ -283,11 +289,27 @@ class ShadowTree:
             raise _io_error(err)
         if not entries:
             self._filled.add(repo)
+            self._remember_empty(repo)
             return
         with self._locked():
             if not _non_empty(host):
                 self._build_dir(repo, host, entries)
         self._filled.add(repo)
+
+    def _remember_empty(self, repo: str) -> None:
+        """Note that directory ``repo`` is empty in the catalog, so that later
+        runs need no catalog to tell it from an unfilled one (one O_APPEND
+        write: atomic among processes)."""
+        self._known_empty.add(repo)
+        try:
+            fd = os.open(self._empty_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                         0o600)
+            try:
+                os.write(fd, os.fsencode(repo) + b"\0")
+            finally:
+                os.close(fd)
+        except OSError as err:
+            log.debug("cannot note %s as empty: %s", repo, err)
 
     def _build_dir(self, repo: str, host: str, entries: Sequence[Any]) -> None:
         import shutil
@@ -364,8 +386,6 @@ class ShadowTree:
             return
         if not stat.S_ISREG(st.st_mode) or st.st_size == 0 or st.st_blocks > 0:
             self._content.add(host)
-            if executing:
-                self._prefetch_deps(host)
             return
         repo = host[len(self.top):]
         try:
@@ -376,7 +396,7 @@ class ShadowTree:
             self._content.add(host)
             return
         self._fill_content(repo, host, entry)
-        if executing:
+        if executing:  # a cold start: what it loads is probably cold too
             self._prefetch_deps(host)
 
     def _fill_content(self, repo: str, host: str, entry: Any) -> None:
@@ -435,6 +455,8 @@ class ShadowTree:
             return
         self._prefetched.add(host)
         if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uvm-elf")
         self._pool.submit(self._prefetch_closure, host)
 
@@ -614,6 +636,8 @@ def _make_writable_tree(path: str) -> None:
 
 def _make_socket(path: str) -> None:
     """A socket inode at ``path`` (bound under a short name, then renamed)."""
+    import socket
+
     directory = os.path.dirname(path)
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -626,6 +650,51 @@ def _make_socket(path: str) -> None:
         os.rename(os.path.join(directory, f".s{os.getpid()}"), path)
     finally:
         os.close(fd)
+
+
+class LazyRepository:
+    """A repository revision known by its root hash, opened only when needed.
+
+    A warm run (every directory it touches filled, every file it opens
+    there) never needs the catalogs: the shadow tree alone serves it, so the
+    repository is opened (manifest, signatures, catalogs) on the first real
+    lookup only.  ``opener()`` must open exactly ``root_hash``.
+    """
+
+    def __init__(self, fqrn: str, root_hash: str, opener: Callable[[], Any],
+                 environ: Any, revision: Optional[int] = None) -> None:
+        self.fqrn = fqrn
+        self.root_hash = root_hash
+        self.environ = environ
+        self._opener = opener
+        self._repo: Any = None
+        self._revision = revision
+
+    @property
+    def opened(self) -> bool:
+        return self._repo is not None
+
+    def _get(self) -> Any:
+        if self._repo is None:
+            self._repo = self._opener()
+            if str(self._repo.root_hash) != self.root_hash:
+                raise SandboxError(f"{self.fqrn}: opened {self._repo.root_hash}, "
+                                   f"expected {self.root_hash}")
+        return self._repo
+
+    @property
+    def revision(self) -> int:
+        return self._revision if self._revision is not None else self._get().revision
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._get(), name)
+
+    def close(self) -> None:
+        if self._repo is not None:
+            self._repo.close()
+            self._repo = None
 
 
 class CvmfsTrees:
@@ -725,5 +794,5 @@ def mounts_dir(base: str, names: Sequence[str]) -> str:
     return path
 
 
-__all__ = ["ShadowTree", "CvmfsTrees", "FetchLog", "shadow_base", "mounts_dir",
+__all__ = ["ShadowTree", "CvmfsTrees", "LazyRepository", "FetchLog", "shadow_base", "mounts_dir",
            "MUTATING_CALLS"]
