@@ -404,7 +404,7 @@ class ShadowTree:
         tmp = self._tmpname()
         try:
             try:
-                self.repo.prefetch(repo)  # every chunk verified before a byte is written
+                self._fetch_all(repo, entry)  # every object verified before a byte is written
                 with self.repo.open_file(repo) as src, \
                         open(tmp, "wb") as out:
                     _copy(src, out)
@@ -444,6 +444,15 @@ class ShadowTree:
                 pass
         self._content.update(targets)
         self.fetch_log.end(started, entry.size)
+
+    def _fetch_all(self, repo: str, entry: Any) -> None:
+        """Fetch the objects of a file; the chunks of a chunked one in parallel."""
+        prefetch = getattr(self.repo.source, "prefetch", None)
+        if entry.is_chunked and prefetch is not None:
+            chunks = self.repo.tree.chunks(entry)
+            prefetch([(c.content_hash, Suffix.PARTIAL, c.size, entry.compressed)
+                      for c in chunks])
+        self.repo.prefetch(repo)
 
     # -- prefetch ------------------------------------------------------------------------
 
