@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from uvm.cli import run_cvmfs
+from uvm.cli import run_cvmfs, run_layer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-seccomp", action="store_true",
                         help="stop on every system call (debugging; slow)")
     run_cvmfs.add_arguments(parser)  # --template, --cvmfs, --record, --replay
+    run_layer.add_arguments(parser)  # --keep, --layer, --instance, --no-layer, -0, -i
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                         help="the command to run")
     parser.set_defaults(handler=_run)
@@ -83,8 +84,13 @@ def _run(args: argparse.Namespace) -> int:
     if not command:
         raise UsageError("no command given", hint="uvm run --root DIR -- CMD ARGS")
     status = None
+    lr = run_layer.LayerRun(args)  # the writable layer (--root runs)
+    if cv is not None and (args.keep or args.layer or args.instance or lr.identity):
+        raise UsageError("--keep, --layer, --instance, -0 and -i work with --root only (for now)")
     try:
         ns = (cv.namespace(binds_from_specs(args.bind), not args.no_default_binds) if cv
+              else lr.namespace(args.root, binds_from_specs(args.bind), not args.no_default_binds)
+              if lr.wanted(args)
               else Namespace(args.root, binds_from_specs(args.bind),
                              default_binds=not args.no_default_binds))
     except BaseException:
@@ -105,5 +111,6 @@ def _run(args: argparse.Namespace) -> int:
         if cv is not None:
             cv.finish(status, command)
             cv.close()
+        lr.finish()
     sys.stdout.flush()
     return reraise_status(box.result.status) if box.result else status

@@ -47,6 +47,8 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
     waitpid = os.waitpid
     enter = tracer.enter
     tracees = tracer.tracees
+    # Calls whose result the tracer rewrites (layer_tracer.py): tid -> info.
+    exits = getattr(tracer, "exits", {})
     tracees[main] = main
     fresh: Set[int] = {main} if fallback else set()
     insys: Set[int] = set()
@@ -64,9 +66,14 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
             event = status >> 16
             if event == mem.EVENT_SECCOMP:
                 enter(tid)
-                resume(restart, tid, 0)
+                resume(mem.PTRACE_SYSCALL if tid in exits else restart, tid, 0)
                 continue
             if sig == _SYSCALL_TRAP:
+                if tid in exits:
+                    insys.discard(tid)
+                    tracer.leave(tid)
+                    resume(restart, tid, 0)
+                    continue
                 if tid in insys:
                     insys.discard(tid)
                 else:

@@ -78,7 +78,10 @@ class Sandbox:
         self.log = log or sys.stderr
         self.wait_all = wait_all
         self.use_seccomp = use_seccomp
-        self.tracer = Tracer(namespace, verbose, self._log if verbose else None)
+        tracer_class = Tracer
+        if getattr(namespace, "layer", None) is not None:  # writable layer (layer_tracer.py)
+            from uvm.sandbox.layer_tracer import LayerTracer as tracer_class
+        self.tracer = tracer_class(namespace, verbose, self._log if verbose else None)
         self.guest_cwd = cwd or self._default_cwd()
         self.result: Optional[LoopResult] = None
         self.seccomp_on = False
@@ -132,7 +135,8 @@ class Sandbox:
         if not os.path.isdir(host_cwd):
             raise SandboxError(f"guest directory {self.guest_cwd} does not exist in the guest root",
                                hint="pick another with -w")
-        prog = seccomp.build_filter(*filter_numbers(), tracer_pid=os.getpid())
+        numbers = getattr(self.tracer, "filter_numbers", filter_numbers)()
+        prog = seccomp.build_filter(*numbers, tracer_pid=os.getpid())
         no_new_privs = os.geteuid() != 0
         env_list = {k: v for k, v in self.env.items()}
         go_r, go_w = os.pipe()
