@@ -319,8 +319,12 @@ class ShadowTree:
         os.mkdir(tmp, 0o700)
         try:
             groups: Dict[int, str] = {}
-            for entry in entries:
-                self._make_entry(entry, os.path.join(tmp, entry.name), groups)
+            dfd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for entry in entries:
+                    self._make_entry(entry, dfd, entry.name, groups, tmp)
+            finally:
+                os.close(dfd)
             parent = os.path.dirname(host)
             with _writable(parent, self._root):
                 os.rename(tmp, host)
@@ -339,39 +343,43 @@ class ShadowTree:
         parent = self.repo.stat(parent_repo or "/")
         os.utime(self.top + parent_repo, ns=(_ns(parent), _ns(parent)))
 
-    def _make_entry(self, entry: Any, path: str, groups: Dict[int, str]) -> None:
+    def _make_entry(self, entry: Any, dfd: int, name: str, groups: Dict[int, str],
+                    directory: str) -> None:
+        """Create ``name`` in the directory open as ``dfd`` (no path walks)."""
         mode = stat.S_IMODE(entry.mode)
-        if entry.is_dir:
-            os.mkdir(path, 0o700)
-            os.chmod(path, mode)
-        elif entry.is_symlink:
-            os.symlink(variant.expand(entry.symlink, self.environ), path)
-            os.utime(path, ns=(_ns(entry), _ns(entry)), follow_symlinks=False)
-            return
-        elif entry.is_regular:
+        times = (_ns(entry), _ns(entry))
+        if entry.is_regular:
             if entry.hardlink_group:
                 first = groups.get(entry.hardlink_group)
                 if first is not None:
-                    os.link(first, path)
+                    os.link(first, name, src_dir_fd=dfd, dst_dir_fd=dfd)
                     return
-                groups[entry.hardlink_group] = path
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                groups[entry.hardlink_group] = name
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                         dir_fd=dfd)
             try:
                 if entry.size:
                     os.ftruncate(fd, entry.size)
+                os.fchmod(fd, mode)
+                os.utime(fd, ns=times)
             finally:
                 os.close(fd)
-            os.chmod(path, mode)
+            return
+        if entry.is_dir:
+            os.mkdir(name, 0o700, dir_fd=dfd)
+        elif entry.is_symlink:
+            os.symlink(variant.expand(entry.symlink, self.environ), name, dir_fd=dfd)
+            os.utime(name, ns=times, dir_fd=dfd, follow_symlinks=False)
+            return
         elif stat.S_ISFIFO(entry.mode):
-            os.mkfifo(path, 0o600)
-            os.chmod(path, mode)
+            os.mkfifo(name, 0o600, dir_fd=dfd)
         elif stat.S_ISSOCK(entry.mode):
-            _make_socket(path)
-            os.chmod(path, mode)
+            _make_socket(os.path.join(directory, name))
         else:  # character and block devices: see the module doc
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-            os.chmod(path, mode)
-        os.utime(path, ns=(_ns(entry), _ns(entry)))
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                             dir_fd=dfd))
+        os.chmod(name, mode, dir_fd=dfd)
+        os.utime(name, ns=times, dir_fd=dfd)
 
     # -- content -------------------------------------------------------------------------
 
