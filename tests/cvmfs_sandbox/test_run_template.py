@@ -177,3 +177,35 @@ def test_record_replay_tag_and_date(uvm_runner, published, workdir):
             srv.stop()
     finally:
         shutil.rmtree(www, ignore_errors=True)
+
+
+def test_two_cold_runs_at_once(uvm_runner, published, server, workdir):
+    """Two uvm processes filling the same cold shadow tree and cache at once."""
+    from conftest import uvm_cmd
+
+    env = env_for(published, server.url_for(), workdir)
+    cmd = uvm_cmd(uvm_runner, "run", "--template", TEMPLATE, "--", "/bin/sh", "-c",
+                  "python3 -c 'import json, hashlib, csv; print(6*7)'; ls /usr/bin | wc -l; "
+                  "cat /etc/uvm-marker")
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        outs.append(out)
+    assert outs[0] == outs[1]
+    assert outs[0].splitlines()[0] == "42" and outs[0].rstrip().endswith("revision one")
+
+
+def test_preload_then_offline_in_a_new_tree(uvm_runner, published, workdir):
+    """`uvm cache preload` fills the object cache; with the server gone, a
+    first template run (no shadow tree yet) still works."""
+    srv = FaultServer(str(published.www)).start()
+    env = env_for(published, srv.url_for(), workdir)
+    res = run_uvm(uvm_runner, env, "cache", "preload", TEMPLATE)
+    assert res.returncode == 0, res.stderr
+    srv.stop()
+    out = _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--", "/bin/sh", "-c",
+                      "python3 -c 'import json; print(json.dumps(1))'; cat /etc/uvm-marker"))
+    assert out == "1\nrevision one\n"
