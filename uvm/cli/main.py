@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "uvm.cli.cache",
     "uvm.cli.templates",
     "uvm.cli.demo",
+    "uvm.cli.instance",
 ]
 
 

@@ -12,9 +12,8 @@ terms (``docs/layer.md``):
   one of its ancestors: the kernel lists and resolves the lower directory)
   or *copied up*: a complete layer directory that holds every name of the
   merged view.  Each name that still stands for a lower object is a
-  *placeholder* (an empty directory, an empty regular file) with an
-  *origin* record naming the lower object; symlinks and FIFOs are copied
-  as they are.  Deleted names are simply absent: no whiteouts are needed
+  *placeholder* (an empty directory, an empty regular file, a copy of a
+  symlink, a FIFO) with an *origin* record naming the lower object.  Deleted names are simply absent: no whiteouts are needed
   inside complete directories, and a listing is plain kernel getdents of
   the layer directory.  The guest's ``/`` is copied up when the layer is
   created;
@@ -217,13 +216,9 @@ class Layer:
                 fmt = stat.S_IFMT(st.st_mode)
                 if fmt == stat.S_IFLNK:
                     os.symlink(os.readlink(entry.path), dst)
-                    if self._euid == 0:
-                        os.lchown(dst, st.st_uid, st.st_gid)
-                    continue
-                if fmt == stat.S_IFIFO:
-                    os.mkfifo(dst, stat.S_IMODE(st.st_mode))
-                    continue
-                if fmt == stat.S_IFDIR:
+                elif fmt == stat.S_IFIFO:
+                    os.mkfifo(dst, 0o600)
+                elif fmt == stat.S_IFDIR:
                     os.mkdir(dst, 0o700)
                 else:
                     os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
@@ -298,7 +293,12 @@ class Layer:
         if stat.S_ISDIR(st.st_mode):
             return self.copy_up_dir(guest)
         dst = self.top + guest
-        if stat.S_ISREG(st.st_mode):
+        if stat.S_ISLNK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+            if stat.S_ISFIFO(st.st_mode):
+                self._copy_attrs(src, dst, st)
+            elif self._euid == 0:
+                os.lchown(dst, st.st_uid, st.st_gid)
+        elif stat.S_ISREG(st.st_mode):
             tmp = dst + ".uvm-copyup"
             with open(src, "rb") as fi, open(tmp, "wb") as fo:
                 shutil.copyfileobj(fi, fo, 1 << 20)
