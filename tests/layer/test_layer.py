@@ -176,9 +176,9 @@ def test_keep_and_no_layer(uvm_runner, own_root, scratch):
         subprocess.run(["rm", "-rf", str(layer)])
     assert not (own_root / "etc" / "kept").exists()
     # --no-layer: the old behaviour (writes reach the directory itself)
-    target = scratch / "root-dir"
+
     subprocess.run(["cp", "-a", str(own_root / "etc"), str(scratch / "etc-copy")], check=True)
     res = uvm_runner.run(own_root, "sh", "-c", "echo hi > /w/x; cat /w/x",
                          binds=[(scratch, "/w")], extra=["--no-layer"])
     assert ok(res) == "hi\n" and (scratch / "x").read_text() == "hi\n"
-    del target
+

@@ -134,6 +134,8 @@ class LayerTracer(Tracer):
         self.layer: Layer = ns.layer
         self.identity: Optional[Identity] = ns.identity
         self.real = Identity(os.getuid(), os.getgid())
+        # fake root without real root: access() checks are answered as root's
+        self._fake_root = self.identity is not None and self.identity.uid == 0 and self.real.uid != 0
         self._real_resolve = self.resolve
         self.resolve = self._resolve  # type: ignore[assignment]
         self._op = 0
@@ -246,6 +248,8 @@ class LayerTracer(Tracer):
         if name in ("unlink", "rmdir"):
             return self._remove(tid, regs, abi, row[2], -1, name == "rmdir", name)
         if self.identity is not None:
+            if name == "access" and self._fake_root:
+                return self._fake_access(tid, regs, abi, row[2], -1, True, 1, name)
             if name in CHOWN_CALLS:
                 return self._fake_chown(tid, regs, abi, row[2], -1, row[3], 1, name)
             if name == "mknod":
@@ -280,6 +284,8 @@ class LayerTracer(Tracer):
         if flags & toggle:
             follow = not follow
         if self.identity is not None:
+            if name.startswith("faccessat") and self._fake_root:
+                return self._fake_access(tid, regs, abi, idx, dirfd_i, follow, 2, name)
             if name in CHOWN_CALLS:
                 return self._fake_chown(tid, regs, abi, idx, dirfd_i, follow, 2, name)
             if name == "mknodat":
@@ -468,6 +474,19 @@ class LayerTracer(Tracer):
             v = getattr(regs, args[i]) & (0xFFFF if small else 0xFFFFFFFF)
             out.append(-1 if v in (0xFFFF if small else -1, 0xFFFFFFFF) else v)
         return out[0], out[1]
+
+    def _fake_access(self, tid, regs, abi, idx, dirfd_i, follow, mode_i, name):
+        """access() as root sees it: anything that exists may be read and
+        written (through the layer); X_OK needs an x bit or a directory."""
+        guest, host = self._guest_arg(tid, regs, abi, idx, dirfd_i, follow)
+        mode = getattr(regs, ARG_REGS[abi][mode_i]) & 7
+
+        def act():
+            st = os.stat(host) if follow else os.lstat(host)
+            if mode & 1 and not stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o111:
+                raise _err(errno.EACCES)
+
+        return self._done(tid, regs, act, f"{name}({guest!r}, {mode})")
 
     def _fake_chown(self, tid, regs, abi, idx, dirfd_i, follow, id_i, name):
         guest, host = self._guest_arg(tid, regs, abi, idx, dirfd_i, follow)
