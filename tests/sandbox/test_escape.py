@@ -206,6 +206,22 @@ def test_all_tricks_in_other_roots(uvm_runner, request, scratch, sentinel, which
 
 
 @needs_uvm
+def test_all_tricks_without_the_writable_layer(uvm_runner, host_root, scratch, sentinel):
+    """The tests above run with uvm's default writable layer; the same tricks
+    with --no-layer (writes straight into the root) take the plain path."""
+    path, token = sentinel
+    unique = secrets.token_hex(4)
+    script = PRELUDE + "".join(TRICKS[n] for n in sorted(TRICKS)) + "echo DONE\n"
+    res = uvm_runner.run(host_root, "/bin/bash", "-c", script, "escape", str(path), unique,
+                         binds=[(scratch, "/mnt")], extra=["--no-layer"])
+    try:
+        assert len(_outcome(res, token)) > 50
+    finally:
+        for leftover in host_root.joinpath("w").glob(f"*{unique}*"):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+
+
+@needs_uvm
 def test_bind_is_the_only_way_to_the_sentinel(uvm_runner, host_root, sentinel):
     """Positive control: bound into the guest, the sentinel is readable."""
     path, token = sentinel
