@@ -84,6 +84,8 @@ class Layer:
         self.top = os.path.join(self.path, DATA)
         self.origin: Dict[str, str] = {}  # guest path -> lower-relative path ("/usr/lib")
         self.meta: Dict[str, Meta] = {}
+        self._dirty = False
+        self._moved: Optional[list] = None
         self._euid = os.geteuid()
         os.makedirs(os.path.join(self.path, ".uvm"), exist_ok=True)
         fresh = not os.path.isdir(self.top)
@@ -128,12 +130,18 @@ class Layer:
             self.meta[rec[1]] = Meta(*rec[2])
         elif op == "mv":
             self._move(rec[1], rec[2])
+        self._moved = None
 
     def _write(self, rec) -> None:
         self._journal.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._dirty = True
 
     def flush(self) -> None:
-        self._journal.flush()
+        """Hand the journal's new records to the kernel (after each change
+        made for the guest: a killed tracer loses nothing already done)."""
+        if self._dirty:
+            self._journal.flush()
+            self._dirty = False
 
     def close(self) -> None:
         """Compact the journal (the current records only) and close it."""
@@ -179,7 +187,10 @@ class Layer:
             guest = rel
             if self.host_of(guest) == host:
                 return guest
-            for g, r in self.origin.items():
+            moved = self._moved
+            if moved is None:  # origins whose guest name differs: renamed ones
+                moved = self._moved = [(g, r) for g, r in self.origin.items() if g != r]
+            for g, r in moved:
                 if rel == r or rel.startswith(r + "/"):
                     return g + rel[len(r):]
             return guest
@@ -202,6 +213,7 @@ class Layer:
         host directory ``lower_dir``."""
         base = self.top + (guest if guest != "/" else "")
         rel_base = lower_dir[len(self.lower):]
+        self._moved = None
         write = self._write
         origin = self.origin
         with os.scandir(lower_dir) as it:
@@ -354,6 +366,7 @@ class Layer:
 
     def _move(self, old: str, new: str) -> None:
         """Records of ``old`` and everything below it move to ``new``."""
+        self._moved = None
         for table in (self.origin, self.meta):
             table.pop(new, None)
             prefix = new + "/"

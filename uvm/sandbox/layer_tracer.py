@@ -204,16 +204,17 @@ class LayerTracer(Tracer):
         layer.flush()
         return guest, new + ("/" if host.endswith("/") and not new.endswith("/") else "")
 
-    def _done(self, tid, regs, fn, what: str) -> int:
+    def _done(self, tid, regs, fn, what: str, moved: bool = False) -> int:
         """Run ``fn`` in the tracer instead of the call; its result (0 or
-        -errno) becomes the call's."""
+        -errno) becomes the call's.  ``moved``: directories may have moved
+        or gone (new generation of anchors)."""
         try:
             fn()
             res = 0
         except OSError as exc:
             res = -(exc.errno or errno.EIO)
         self.layer.flush()
-        self._invalidate(True)
+        self._invalidate(moved)
         if self.verbose:
             self.logfn(f"[{tid}] {what} = {res} (layer)")
         regs.orig_rax = _SKIP
@@ -357,7 +358,7 @@ class LayerTracer(Tracer):
         if host.endswith("/") and not rm:
             raise _err(errno.EISDIR if os.path.isdir(host) else errno.ENOTDIR)
         if rm:
-            return self._done(tid, regs, lambda: self.layer.rmdir(guest), f"{name}({guest!r})")
+            return self._done(tid, regs, lambda: self.layer.rmdir(guest), f"{name}({guest!r})", True)
         return self._done(tid, regs, lambda: self.layer.unlink(guest), f"{name}({guest!r})")
 
     def _k_two(self, tid, regs, abi, row):
@@ -394,7 +395,7 @@ class LayerTracer(Tracer):
             raise _err(errno.EBUSY)
         if new.startswith(old + "/"):
             raise _err(errno.EINVAL)
-        return self._done(tid, regs, lambda: self.layer.rename(old, new, flags & 3), what)
+        return self._done(tid, regs, lambda: self.layer.rename(old, new, flags & 3), what, True)
 
     # -- descriptor forms ---------------------------------------------------------------
 
