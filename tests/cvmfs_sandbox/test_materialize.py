@@ -211,3 +211,30 @@ def test_two_processes_fill_one_tree(published, server, tmp_path):
                         assert handle.read() == repo.read(e.path), e.path
         assert os.listdir(os.path.join(tree.dir, "tmp")) == []
         tree.close()
+
+
+def test_lookups_make_single_entries_listings_complete(published, server, tmp_path):
+    """A path lookup creates that entry only; a stat or an open of a directory
+    completes it; what is complete and what is absent is known to later runs."""
+    repo, _config = _open(published, server, tmp_path, fqrn=FQRN)
+    base = shadow_base(str(tmp_path / "cache"))
+    with repo:
+        trees = CvmfsTrees(base)
+        tree = trees.add(repo)
+        marker = tree.host_path("/os/demo/etc/uvm-marker")
+        trees.ensure(marker)  # what the namespace does for every path it hands out
+        etc = os.path.dirname(marker)
+        assert os.listdir(etc) == ["uvm-marker"]
+        assert os.listdir(tree.host_path("/os/demo")) == ["etc"]
+        missing = tree.host_path("/os/demo/etc/nope/deeper")
+        trees.ensure(missing)
+        assert not os.path.lexists(os.path.dirname(missing))
+        trees.before("newfstatat", etc, 0)  # st_nlink counts subdirectories: complete it
+        assert sorted(os.listdir(etc)) == sorted(repo.listdir("/os/demo/etc"))
+        assert os.lstat(etc).st_nlink == repo.stat("/os/demo/etc").linkcount
+        trees.before("openat", tree.host_path("/os/demo"), os.O_RDONLY | os.O_DIRECTORY)
+        assert sorted(os.listdir(tree.host_path("/os/demo"))) == sorted(repo.listdir("/os/demo"))
+        trees.close()
+        again = ShadowTree(repo, base)
+        assert "/os/demo/etc" in again._complete and "/os/demo/etc/nope" in again._absent
+        again.close()

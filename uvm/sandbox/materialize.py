@@ -4,41 +4,50 @@ The only sandbox module that meets CernVM-FS.  A repository revision (its
 root catalog hash) is presented as a directory of the user's cache::
 
     <cache_base>/shadow/<uid>/<fqrn>/<root catalog hash>/
-        tree/      the repository's "/": what the guest sees
-        tmp/       fills in progress (<pid>.<n>), same file system as tree/
-        lock       flock: one directory fill or content swap at a time
-        empty-dirs directories known to be empty in the catalog (NUL-separated)
+        tree/          the repository's "/": what the guest sees
+        tmp/           entries being made (<pid>.<thread>.<n>), same file system as tree/
+        lock           flock: entries are added and contents swapped one at a time
+        complete-dirs  directories that hold every entry (NUL-separated paths)
+        absent         paths known not to exist in the revision
 
 Per user, so that files appear owned by the invoking user and nobody can
 change another user's view.  Keyed by the root catalog hash: a revision
-never changes, so a tree filled by one run serves every later run of the
-same revision.
+never changes, so what one run made serves every later run of the same
+revision.
 
-- **Directories** are filled on first touch (:meth:`ShadowTree.ensure`, which
-  the namespace calls for every host path it hands out): the catalog's
-  listing is written into ``tmp/`` (subdirectories as empty directories,
-  regular files as sparse placeholders of the right size, symlinks with the
-  published target (variant ``$(VAR)`` ones expanded), hard-link groups as
-  real hard links, FIFOs and sockets as such, device nodes as empty regular
-  files with the device's permission bits (no mknod without privileges;
-  cvmfs mounts are ``nodev`` anyway)), every mode and mtime set, and the
-  directory renamed over its empty placeholder: a fill is atomic.  A
-  non-empty directory on disk is filled; an empty one is filled when its
-  catalog listing is empty too (noted in ``empty-dirs``, so that a warm run
-  needs no catalog at all), so the state survives across runs.  Nested catalogs are invisible (their mountpoints are plain
-  directories).
+- **Entries on lookup** (:meth:`ShadowTree.ensure`, which the namespace calls
+  for every host path it hands out): the parents first, then the entry
+  itself, alone, from the catalog: a directory as an empty directory, a
+  regular file as a sparse placeholder of the right size, a symlink with the
+  published target (variant ``$(VAR)`` ones expanded), a hard-link group
+  whole (real hard links), FIFOs and sockets as such, device nodes as empty
+  regular files with the device's permission bits (no mknod without
+  privileges; cvmfs mounts are ``nodev`` anyway); every mode and mtime as
+  published.  Each is made in ``tmp/`` and renamed in, so nobody sees a
+  half-made entry, and the directory's mtime is set back.  A path the
+  catalog does not have is noted as absent.
+- **Directories complete on listing or stat** (:meth:`complete_if_dir`,
+  called by the tracer before an open or a stat of a directory): every
+  missing entry is added, and the directory noted complete.  Most
+  directories a program walks through (``/usr/bin`` to reach one program,
+  ``/usr/lib/x86_64-linux-gnu`` to load five libraries) are never listed,
+  so a cold start creates tens of entries, not thousands.  Nested catalogs
+  are invisible (their mountpoints are plain directories).
 - **File content** is fetched (through the fetcher: shared cache, one
-  download per object however many runs and users want it), verified,
-  copied to ``tmp/`` and renamed over the placeholder the first time the
-  file is opened or executed (:meth:`ShadowTree.ensure_content`).  A
-  placeholder is a sparse file (``st_blocks == 0``); a filled file has blocks
-  (when in doubt, a refill is harmless: same content, atomic rename).  A stat
-  or a listing never downloads content.
-- Hard-link groups are swapped together, so ``st_nlink`` stays right.
-- Mtimes of a directory are set again after any rename inside it.
+  download per object however many runs and users want it; the chunks of a
+  chunked file in parallel), verified, copied to ``tmp/`` and renamed over
+  the placeholder the first time the file is opened or executed
+  (:meth:`ShadowTree.ensure_content`).  A placeholder is a sparse file
+  (``st_blocks == 0``); a filled file has blocks (when in doubt, a refill is
+  harmless: same content, atomic rename).  A stat or a listing never
+  downloads content.  Hard-link groups are swapped together, so ``st_nlink``
+  stays right.
+- A warm run (everything it touches made, complete or known absent) needs no
+  catalog: :class:`LazyRepository` opens the repository on first need only.
 
 Everything is idempotent and safe with several uvm processes on the same
-tree: fills are built privately and renamed under the tree's ``flock``.
+tree: entries and contents are built privately and renamed in under the
+tree's ``flock``, after looking again.
 """
 
 from __future__ import annotations
@@ -80,6 +89,8 @@ MUTATING_CALLS = frozenset({
 CREATING_CALLS = frozenset({"mkdir", "mkdirat", "mknod", "mknodat", "symlink", "symlinkat"})
 LINK_CALLS = frozenset({"link", "linkat"})
 OPEN_CALLS = frozenset({"open", "openat", "openat2"})
+STAT_CALLS = frozenset({"stat", "lstat", "oldstat", "oldlstat", "stat64", "lstat64",
+                        "newfstatat", "fstatat64", "statx"})
 EXEC_CALLS = frozenset({"execve", "execveat", "uselib"})
 
 
@@ -156,11 +167,13 @@ class ShadowTree:
         self.top = os.path.join(self.dir, "tree")
         self.prefix = self.top + "/"
         self._tmp_dir = os.path.join(self.dir, "tmp")
-        self._empty_log = os.path.join(self.dir, "empty-dirs")
-        self._known_empty: Set[str] = set()
+        self._complete_log = os.path.join(self.dir, "complete-dirs")
+        self._complete: Set[str] = set()     # repo paths of directories with every entry
+        self._absent_log = os.path.join(self.dir, "absent")
+        self._absent: Set[str] = set()       # repo paths known not to exist
         self.fetch_log = fetch_log or FetchLog()
-        self._filled: Set[str] = set()       # repo paths of filled directories
         self._done: Set[str] = set()         # host paths already ensured
+        self._checked: Set[str] = set()      # host paths already completed if directories
         self._content: Set[str] = set()      # host paths whose content is there
         self._counter = 0
         self._lock_fd = -1
@@ -184,11 +197,8 @@ class ShadowTree:
                 os.chmod(self.top, stat.S_IMODE(root.mode) | 0o700)
                 os.utime(self.top, ns=(_ns(root), _ns(root)))
         self._done.add(os.path.dirname(self.top))
-        try:
-            with open(self._empty_log, "rb") as handle:
-                self._known_empty = {os.fsdecode(p) for p in handle.read().split(b"\0") if p}
-        except OSError:
-            pass
+        self._complete = _read_log(self._complete_log)
+        self._absent = _read_log(self._absent_log)
 
     def _clean_tmp(self) -> None:
         import shutil
@@ -241,9 +251,11 @@ class ShadowTree:
         return self.top + ("/" + clean if clean else "")
 
     def host_of(self, repo_path: str) -> str:
-        """Host path of ``repo_path``, every directory on the way (and it) filled."""
+        """Host path of ``repo_path``: the directories on the way made, and the
+        path itself complete if it is a directory (ready to list)."""
         host = self.host_path(repo_path)
         self.ensure(host)
+        self.complete_if_dir(host)
         return host
 
     def owns(self, host: str) -> bool:
@@ -252,8 +264,10 @@ class ShadowTree:
     # -- directories ---------------------------------------------------------------------
 
     def ensure(self, host: str) -> None:
-        """Make ``host`` (a path in this tree) visible: its parents filled, and
-        itself if it is a directory.  Cheap when already done (a set lookup)."""
+        """Make ``host`` (a path in this tree) exist if the revision has it:
+        its parents first, then its own entry (alone: a directory is completed
+        only when it is listed or stat'ed, see :meth:`complete_if_dir`).
+        Cheap when already done (a set lookup)."""
         if host in self._done:
             return
         host = host.rstrip("/") or "/"
@@ -261,80 +275,116 @@ class ShadowTree:
             return
         if not self.owns(host):
             return
-        parent = host.rpartition("/")[0]
-        if parent not in self._done:
-            self.ensure(parent)
-        try:
-            mode = os.lstat(host).st_mode
-        except OSError:
-            mode = 0
-        if stat.S_ISDIR(mode):
-            self._fill(host[len(self.top):], host)
+        if host != self.top:
+            parent = host.rpartition("/")[0]
+            if parent not in self._done:
+                self.ensure(parent)
+            parent_repo = parent[len(self.top):]
+            if parent_repo not in self._complete and not os.path.lexists(host):
+                self._create_one(parent_repo, host[len(self.top):])
         if len(self._done) > 500_000:
             self._done.clear()
         self._done.add(host)
 
-    def _fill(self, repo: str, host: str) -> None:
-        if repo in self._filled:
+    def _create_one(self, parent_repo: str, repo: str) -> None:
+        if repo in self._absent or parent_repo in self._absent:
             return
-        if _non_empty(host) or repo in self._known_empty:
-            self._filled.add(repo)
+        if not os.path.isdir(self.top + parent_repo):
+            return  # below a file, a symlink or nothing: the kernel will say so
+        try:
+            entry = self.repo.tree.lookup(repo)
+        except CvmfsError as err:
+            raise _io_error(err)
+        if entry is None or entry.is_hidden:
+            self._note(self._absent, self._absent_log, repo)
+            return
+        members = [entry]
+        if entry.is_regular and entry.hardlink_group:  # a group is made whole, or not at all
+            members = [e for e in self.repo.scandir(parent_repo or "/")
+                       if e.is_regular and e.hardlink_group == entry.hardlink_group]
+        with self._locked():
+            self._add_entries(parent_repo, members)
+
+    def complete_if_dir(self, host: str) -> None:
+        """If ``host`` is a directory of the tree, give it every entry (before
+        a listing, or a stat: ``st_nlink`` counts subdirectories)."""
+        if host in self._checked:
+            return
+        host = host.rstrip("/") or "/"
+        if self.owns(host):
+            try:
+                mode = os.lstat(host).st_mode
+            except OSError:
+                mode = 0
+            if stat.S_ISDIR(mode):
+                self._complete_dir(host[len(self.top):])
+        if len(self._checked) > 500_000:
+            self._checked.clear()
+        self._checked.add(host)
+
+    def _complete_dir(self, repo: str) -> None:
+        if repo in self._complete:
             return
         try:
             entries = self.repo.scandir(repo or "/")
         except CvmfsError as err:
             if isinstance(err, FileNotFoundError):
-                self._filled.add(repo)
                 return
             raise _io_error(err)
-        if not entries:
-            self._filled.add(repo)
-            self._remember_empty(repo)
-            return
         with self._locked():
-            if not _non_empty(host):
-                self._build_dir(repo, host, entries)
-        self._filled.add(repo)
+            self._add_entries(repo, entries)
+        self._mark_complete(repo)
 
-    def _remember_empty(self, repo: str) -> None:
-        """Note that directory ``repo`` is empty in the catalog, so that later
-        runs need no catalog to tell it from an unfilled one (one O_APPEND
-        write: atomic among processes)."""
-        self._known_empty.add(repo)
+    def _mark_complete(self, repo: str) -> None:
+        self._note(self._complete, self._complete_log, repo)
+
+    @staticmethod
+    def _note(known: Set[str], path: str, repo: str) -> None:
+        """Remember ``repo`` in ``known`` and in the log at ``path``, for this
+        process and later ones (one O_APPEND write: atomic among processes)."""
+        known.add(repo)
         try:
-            fd = os.open(self._empty_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                         0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, os.fsencode(repo) + b"\0")
+                os.write(fd, os.fsencode(repo or "/") + b"\0")  # the root is ""
             finally:
                 os.close(fd)
         except OSError as err:
-            log.debug("cannot note %s as empty: %s", repo, err)
+            log.debug("cannot note %s in %s: %s", repo, path, err)
 
-    def _build_dir(self, repo: str, host: str, entries: Sequence[Any]) -> None:
+    def _add_entries(self, parent_repo: str, entries: Sequence[Any]) -> None:
+        """Create the missing ``entries`` of directory ``parent_repo`` (under the
+        lock): built in ``tmp/``, then each renamed in, so that nobody sees a
+        half-made entry; the directory's mtime is set again afterwards."""
         import shutil
 
-        me = self.repo.stat(repo or "/")
+        parent = self.top + parent_repo
+        todo = [e for e in entries if not os.path.lexists(os.path.join(parent, e.name))]
+        if not todo:
+            return
         tmp = self._tmpname()
         os.mkdir(tmp, 0o700)
         try:
             groups: Dict[int, str] = {}
             dfd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                for entry in entries:
+                for entry in todo:
                     self._make_entry(entry, dfd, entry.name, groups, tmp)
             finally:
                 os.close(dfd)
-            parent = os.path.dirname(host)
             with _writable(parent, self._root):
-                os.rename(tmp, host)
-        except BaseException:
+                for entry in todo:
+                    os.rename(os.path.join(tmp, entry.name), os.path.join(parent, entry.name))
+            for entry in todo:
+                if entry.is_dir:  # made writable for the move (its ".." changes); now final
+                    path = os.path.join(parent, entry.name)
+                    os.chmod(path, stat.S_IMODE(entry.mode))
+                    os.utime(path, ns=(_ns(entry), _ns(entry)))
+        finally:
             _make_writable_tree(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        os.chmod(host, stat.S_IMODE(me.mode))
-        os.utime(host, ns=(_ns(me), _ns(me)))
-        self._restore_parent_mtime(repo)
+        me = self.repo.stat(parent_repo or "/")
+        os.utime(parent, ns=(_ns(me), _ns(me)))
 
     def _restore_parent_mtime(self, repo: str) -> None:
         if not repo:
@@ -365,8 +415,9 @@ class ShadowTree:
             finally:
                 os.close(fd)
             return
-        if entry.is_dir:
+        if entry.is_dir:  # 0700 until moved into place (see _add_entries)
             os.mkdir(name, 0o700, dir_fd=dfd)
+            return
         elif entry.is_symlink:
             os.symlink(variant.expand(entry.symlink, self.environ), name, dir_fd=dfd)
             os.utime(name, ns=times, dir_fd=dfd, follow_symlinks=False)
@@ -600,14 +651,13 @@ def _norm(path: str) -> str:
     return "/" + "/".join(parts) if parts else ""
 
 
-def _non_empty(host: str) -> bool:
+def _read_log(path: str) -> Set[str]:
     try:
-        with os.scandir(host) as it:
-            return next(it, None) is not None
-    except FileNotFoundError:
-        return True  # nothing to fill there
-    except PermissionError:
-        return True  # the owner may not read it: neither may the guest
+        with open(path, "rb") as handle:
+            return {"" if p == b"/" else os.fsdecode(p)
+                    for p in handle.read().split(b"\0") if p}
+    except OSError:
+        return set()
 
 
 def _io_error(err: CvmfsError) -> OSError:
@@ -761,6 +811,8 @@ class CvmfsTrees:
         tree = self._tree(host.rstrip("/"))
         if tree is None:
             return
+        if name in OPEN_CALLS or name in STAT_CALLS:
+            tree.complete_if_dir(host)
         if name in OPEN_CALLS:
             if flags & O_ACCMODE or flags & _WRITE_FLAGS:
                 if flags & O_CREAT and not os.path.lexists(host):
