@@ -84,15 +84,15 @@ def _run(args: argparse.Namespace) -> int:
     if not command:
         raise UsageError("no command given", hint="uvm run --root DIR -- CMD ARGS")
     status = None
-    lr = run_layer.LayerRun(args)  # the writable layer (--root runs)
-    if cv is not None and (args.keep or args.layer or args.instance or lr.identity):
-        raise UsageError("--keep, --layer, --instance, -0 and -i work with --root only (for now)")
+    lr = run_layer.LayerRun(args)  # the writable layer (--root runs; templates when asked)
     try:
         ns = (cv.namespace(binds_from_specs(args.bind), not args.no_default_binds) if cv
               else lr.namespace(args.root, binds_from_specs(args.bind), not args.no_default_binds)
               if lr.wanted(args)
               else Namespace(args.root, binds_from_specs(args.bind),
                              default_binds=not args.no_default_binds))
+        if cv is not None and lr.asked():
+            ns = lr.over(ns, args.template or args.replay or "")
     except BaseException:
         if cv is not None:
             cv.close()

@@ -62,27 +62,60 @@ class LayerRun:
         return not args.no_layer
 
     def namespace(self, root: str, binds: List[Tuple[str, str]], default_binds: bool) -> Any:
-        from uvm.sandbox.layer import Layer
         from uvm.sandbox.layer_tracer import LayerNamespace
 
         if not os.path.isdir(root):
             from uvm.sandbox.namespace import Namespace
 
             Namespace(root)  # the usual "guest root ... does not exist" error
+        self._open(root, os.path.realpath(root))
+        try:
+            return LayerNamespace(root, self.layer, binds, default_binds=default_binds,
+                                  identity=self.identity)
+        except BaseException:
+            self.finish()
+            raise
+
+    def asked(self) -> bool:
+        """Did the user ask for a layer explicitly (templates have none by default)?"""
+        a = self.args
+        return bool(a.keep or a.layer or a.instance or self.identity)
+
+    def _open(self, root: str, what: str, prepare=None) -> Any:
+        from uvm.sandbox.layer import Layer
+
         args = self.args
         if args.instance:
             from uvm.sandbox.instances import Instance
 
             self.instance = Instance(args.instance)
-            self.layer = self.instance.open_layer(root, os.path.realpath(root), self.identity)
+            self.layer = self.instance.open_layer(root, what, self.identity, prepare=prepare)
         elif args.layer:
-            self.layer = Layer(args.layer, root)
+            self.layer = Layer(args.layer, root, prepare=prepare)
         else:
             self.temp = True
-            self.layer = Layer(tempfile.mkdtemp(prefix="uvm-layer-"), root)
+            self.layer = Layer(tempfile.mkdtemp(prefix="uvm-layer-"), root, prepare=prepare)
+        return self.layer
+
+    def over(self, ns: Any, what: str) -> Any:
+        """A layer over the root of an existing namespace (a template's
+        shadow tree: content is fetched before it is copied up)."""
+        from uvm.errors import LayerError
+        from uvm.sandbox.layer_tracer import LayerNamespace
+
+        if ns.root == "/":
+            raise LayerError("a writable layer needs a guest root (--root or --template)",
+                             hint="--cvmfs alone runs on the host's /, which is not layered")
+        lazy = getattr(ns, "lazy", None)
+        prepare = None
+        if lazy is not None:
+            def prepare(host: str) -> None:
+                lazy.ensure(host)
+                lazy.before("open", host, 0)
+        self._open(ns.root, what, prepare)
         try:
-            return LayerNamespace(root, self.layer, binds, default_binds=default_binds,
-                                  identity=self.identity)
+            return LayerNamespace(ns.root, self.layer, [(b.host, b.guest) for b in ns.binds],
+                                  default_binds=False, lazy=lazy, identity=self.identity)
         except BaseException:
             self.finish()
             raise

@@ -131,7 +131,7 @@ class Instance:
         finally:
             os.close(fd)
 
-    def open_layer(self, root: str, what: str, identity=None) -> Layer:
+    def open_layer(self, root: str, what: str, identity=None, prepare=None) -> Layer:
         """Lock the instance and open its layer over ``root`` (created on the
         first run; later runs must name the same root)."""
         root = os.path.realpath(root)
@@ -147,7 +147,7 @@ class Instance:
             else:
                 info = {"name": self.name, "root": root, "what": what,
                         "created": time.time(), "runs": 0}
-            layer = Layer(self.path, root)
+            layer = Layer(self.path, root, prepare=prepare)
             info["runs"] = info.get("runs", 0) + 1
             info["last_run"] = time.time()
             if identity is not None:

@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 import stat
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 from uvm.errors import LayerError
 
@@ -72,7 +72,8 @@ class Layer:
     :class:`LayerError` when it cannot be used.
     """
 
-    def __init__(self, path: str, lower: str) -> None:
+    def __init__(self, path: str, lower: str,
+                 prepare: Optional[Callable[[str], None]] = None) -> None:
         self.path = os.path.realpath(path)
         self.lower = os.path.realpath(lower)
         if self.lower == "/":
@@ -82,6 +83,9 @@ class Layer:
             raise LayerError(f"layer {self.path} lies inside the root {self.lower}",
                              hint="keep the layer outside the guest root")
         self.top = os.path.join(self.path, DATA)
+        # called with a lower host path before its listing or content is
+        # read (a lazily filled CernVM-FS shadow tree fills it then)
+        self.prepare = prepare
         self.origin: Dict[str, str] = {}  # guest path -> lower-relative path ("/usr/lib")
         self.meta: Dict[str, Meta] = {}
         self._dirty = False
@@ -214,6 +218,8 @@ class Layer:
         base = self.top + (guest if guest != "/" else "")
         rel_base = lower_dir[len(self.lower):]
         self._moved = None
+        if self.prepare is not None:
+            self.prepare(lower_dir)
         write = self._write
         origin = self.origin
         with os.scandir(lower_dir) as it:
@@ -311,6 +317,8 @@ class Layer:
             elif self._euid == 0:
                 os.lchown(dst, st.st_uid, st.st_gid)
         elif stat.S_ISREG(st.st_mode):
+            if self.prepare is not None:
+                self.prepare(src)
             tmp = dst + ".uvm-copyup"
             with open(src, "rb") as fi, open(tmp, "wb") as fo:
                 shutil.copyfileobj(fi, fo, 1 << 20)
@@ -330,6 +338,8 @@ class Layer:
     # -- operations the tracer emulates -----------------------------------------------
 
     def _lower_dir_empty(self, rel: str) -> bool:
+        if self.prepare is not None:
+            self.prepare(self.lower + rel)
         with os.scandir(self.lower + rel) as it:
             for _ in it:
                 return False
