@@ -24,8 +24,8 @@ terms (``docs/layer.md``):
   write to a file that is still a placeholder copies its content up first
   (data, mode, times, xattrs; ownership when uvm runs as root).
 
-Origins are stored relative to the lower root, so a kept layer still works
-when the root directory moves.
+Origins are stored relative to the lower root; ``.uvm/layer.json`` records
+the root the layer belongs to.
 """
 
 from __future__ import annotations
@@ -93,9 +93,20 @@ class Layer:
         self._euid = os.geteuid()
         os.makedirs(os.path.join(self.path, ".uvm"), exist_ok=True)
         fresh = not os.path.isdir(self.top)
+        info_path = os.path.join(self.path, INFO)
         if fresh:
             os.mkdir(self.top)
+            with open(info_path, "w") as f:
+                json.dump({"lower": self.lower}, f)
         else:
+            try:
+                with open(info_path) as f:
+                    was = json.load(f).get("lower")
+            except (OSError, ValueError):
+                was = None
+            if was is not None and was != self.lower:
+                raise LayerError(f"layer {self.path} belongs to root {was}, not {self.lower}",
+                                 hint="use another layer directory")
             self._load()
         self._journal = open(os.path.join(self.path, JOURNAL), "a", encoding="utf-8",
                              errors="surrogateescape")
