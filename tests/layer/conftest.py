@@ -39,6 +39,7 @@ uvm_runner = _sandbox.uvm_runner
 test_user = _sandbox.test_user
 host_root = _sandbox.host_root
 debian_root = _sandbox.debian_root
+i386_root = _sandbox.i386_root
 scratch = _sandbox.scratch
 
 
