@@ -372,6 +372,11 @@ class LayerTracer(Tracer):
         if name == "renameat2":
             flags = getattr(regs, args[4]) & 0xFFFFFFFF
         if name == "linkat" and flags & AT_EMPTY_PATH:
+            path = self._read_path(tid, regs, getattr(regs, args[old_i]))
+            if not path:
+                _g, host = self._fd_guest(tid, getattr(regs, args[odfd]))
+                if self.layer.is_lower(host):
+                    raise _err(errno.EXDEV)  # a new name for a root file's inode
             return super()._k_two_at(tid, regs, abi, row)
         return self._two(tid, regs, abi, row, name, odfd, old_i, ndfd, new_i, flags)
 
@@ -383,6 +388,14 @@ class LayerTracer(Tracer):
         if not (self._ours(old, ohost) and self._ours(new, nhost)):
             # a bind is involved: the kernel decides (EXDEV across file systems)
             if link:
+                target = ohost
+                if ohost.startswith("/proc/"):
+                    try:
+                        target = os.readlink(ohost)  # /proc/PID/fd/N and the like
+                    except OSError:
+                        pass
+                if self.layer.is_lower(target) and self._ours(new, nhost):
+                    raise _err(errno.EXDEV)  # a layer name for a root file's inode
                 return super()._k_two_at(tid, regs, abi, row) if name == "linkat" \
                     else super()._k_two(tid, regs, abi, row)
             self._invalidate(True)
