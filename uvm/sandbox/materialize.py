@@ -177,6 +177,7 @@ class ShadowTree:
         self._content: Set[str] = set()      # host paths whose content is there
         self._counter = 0
         self._lock_fd = -1
+        self._tmp_fd = -1
         self._thread_lock = threading.RLock()
         self._prefetched: Set[str] = set()
         self._pool: Any = None
@@ -242,6 +243,9 @@ class ShadowTree:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        if self._tmp_fd >= 0:
+            os.close(self._tmp_fd)
+            self._tmp_fd = -1
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -356,33 +360,37 @@ class ShadowTree:
         """Create the missing ``entries`` of directory ``parent_repo`` (under the
         lock): built in ``tmp/``, then each renamed in, so that nobody sees a
         half-made entry; the directory's mtime is set again afterwards."""
-        import shutil
-
         parent = self.top + parent_repo
         todo = [e for e in entries if not os.path.lexists(os.path.join(parent, e.name))]
         if not todo:
             return
-        tmp = self._tmpname()
-        os.mkdir(tmp, 0o700)
+        if self._tmp_fd < 0:
+            self._tmp_fd = os.open(self._tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        names = [os.path.basename(self._tmpname()) for _entry in todo]
+        made: List[str] = []
         try:
             groups: Dict[int, str] = {}
-            dfd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                for entry in todo:
-                    self._make_entry(entry, dfd, entry.name, groups, tmp)
-            finally:
-                os.close(dfd)
+            for entry, name in zip(todo, names):
+                made.append(name)
+                self._make_entry(entry, self._tmp_fd, name, groups, self._tmp_dir)
             with _writable(parent, self._root):
-                for entry in todo:
-                    os.rename(os.path.join(tmp, entry.name), os.path.join(parent, entry.name))
+                for entry, name in zip(todo, names):
+                    os.rename(name, os.path.join(parent, entry.name), src_dir_fd=self._tmp_fd)
+            made = []
             for entry in todo:
                 if entry.is_dir:  # made writable for the move (its ".." changes); now final
                     path = os.path.join(parent, entry.name)
                     os.chmod(path, stat.S_IMODE(entry.mode))
                     os.utime(path, ns=(_ns(entry), _ns(entry)))
         finally:
-            _make_writable_tree(tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
+            for name in made:  # a failure half-way: leave nothing behind in tmp/
+                try:
+                    os.rmdir(name, dir_fd=self._tmp_fd)
+                except OSError:
+                    try:
+                        os.unlink(name, dir_fd=self._tmp_fd)
+                    except OSError:
+                        pass
         me = self.repo.stat(parent_repo or "/")
         os.utime(parent, ns=(_ns(me), _ns(me)))
 
