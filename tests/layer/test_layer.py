@@ -43,6 +43,8 @@ r("truncate", lambda: (os.truncate("/etc/gai.conf", 3), os.stat("/etc/gai.conf")
 r("chmod", lambda: (os.chmod("/etc/bindresvport.blacklist", 0o600), oct(os.stat("/etc/bindresvport.blacklist").st_mode & 0o777))[1])
 r("utime", lambda: (os.utime("/etc/passwd", (1000000, 2000000)), os.stat("/etc/passwd").st_mtime)[1])
 r("fchmod", lambda: (os.fchmod(os.open("/etc/nsswitch.conf", os.O_RDONLY), 0o640), oct(os.stat("/etc/nsswitch.conf").st_mode & 0o777))[1])
+r("futimens", lambda: (os.utime(os.open("/etc/ld.so.cache", os.O_RDONLY), ns=(10**9, 3 * 10**9)), os.stat("/etc/ld.so.cache").st_mtime)[1])
+r("fchown", lambda: (os.chown(os.open("/etc/skel", os.O_RDONLY), os.getuid(), os.getgid()), os.stat("/etc/skel").st_uid == os.getuid())[1])
 r("rename", lambda: (os.rename("/etc/gprofng.rc", "/etc/host.conf2"), os.path.exists("/etc/gprofng.rc"), rd("/etc/host.conf2") != "")[1:])
 r("unlink", lambda: (os.unlink("/etc/ld.so.conf"), "ld.so.conf" in os.listdir("/etc"))[1])
 r("link", lambda: (os.link("/etc/group", "/etc/group.hard"), os.stat("/etc/group").st_ino == os.stat("/etc/group.hard").st_ino, os.stat("/etc/group").st_nlink)[1:])
@@ -83,7 +85,7 @@ def test_write_operations(uvm_runner, own_root):
     got = results(out)
     expect = {
         "write": "changed", "append": "True", "truncate": "3", "chmod": "0o600",
-        "utime": "2000000.0", "fchmod": "0o640", "rename": "(False, True)", "unlink": "False",
+        "utime": "2000000.0", "fchmod": "0o640", "futimens": "3.0", "fchown": "True", "rename": "(False, True)", "unlink": "False",
         "link": "(True, 2)", "link_write": "True", "symlink": "('/etc/group', 'root')",
         "mkdir_lower": "True", "rmdir_lower_nonempty": "ENOTEMPTY", "rmdir_lower_empty": "False",
         "fifo": "True", "exists_excl": "EEXIST", "mkdir_exists": "EEXIST",

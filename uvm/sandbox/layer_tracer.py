@@ -213,6 +213,9 @@ class LayerTracer(Tracer):
             res = 0
         except OSError as exc:
             res = -(exc.errno or errno.EIO)
+        except (ValueError, TypeError, struct.error) as exc:  # never take the tracer down
+            self.logfn(f"[{tid}] {what}: {exc!r}")
+            res = -errno.EIO
         self.layer.flush()
         self._invalidate(moved)
         if self.verbose:
@@ -446,7 +449,11 @@ class LayerTracer(Tracer):
                 uid, gid = self._ids(regs, abi, i, name.endswith("16"))
                 os.chown(target, uid, gid)
             elif name.startswith("utimensat"):
-                os.utime(target, ns=self._times(tid, regs, abi, target))
+                times = self._times(tid, regs, abi, target, name)
+                if times is None:
+                    os.utime(target)
+                else:
+                    os.utime(target, ns=times)
             else:
                 raise _err(errno.ENOTSUP)  # xattrs through a descriptor of a lower file
 
@@ -459,12 +466,12 @@ class LayerTracer(Tracer):
         return self._done(tid, regs, lambda: self.layer.set_meta(guest, uid, gid),
                           f"{name}({guest!r}, {uid}, {gid})")
 
-    def _times(self, tid, regs, abi, target):
+    def _times(self, tid, regs, abi, target, name):
         ptr = getattr(regs, ARG_REGS[abi][2])
         st = os.stat(target)
         if not ptr:
             return None
-        fmt = "<qqqq" if abi == 0 else "<iiii"
+        fmt = "<qqqq" if abi == 0 or name == "utimensat_time64" else "<iiii"
         a_s, a_ns, m_s, m_ns = struct.unpack(fmt, mem.read_bytes(tid, ptr, struct.calcsize(fmt)))
         import time
 
