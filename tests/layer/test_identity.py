@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from layerlib import fingerprint  # noqa: E402
+from layerlib import SHARED_SCRATCH, fingerprint  # noqa: E402
 
 
 def ok(res):
@@ -30,7 +30,7 @@ def test_identity_stops_only_when_asked(uvm_runner, host_root, scratch):
 
 
 def test_i386_fake_root(uvm_runner, i386_root):
-    before = fingerprint(i386_root)
+    before = fingerprint(i386_root, SHARED_SCRATCH)
     out = ok(uvm_runner.run(i386_root, "sh", "-c",
                             "id -u; touch /f; chown 5:6 /f; ls -ln /f; mknod /c c 1 3; ls -ln /c; "
                             "echo x > /etc/y; cat /etc/y; rm /etc/y; ls /etc/y 2>/dev/null; "
@@ -40,4 +40,4 @@ def test_i386_fake_root(uvm_runner, i386_root):
     assert lines[1].split()[2:4] == ["5", "6"]
     assert lines[2].startswith("c") and lines[2].split()[4:6] == ["1,", "3"]
     assert lines[3] == "x" and lines[4] == "0 0"
-    assert fingerprint(i386_root) == before
+    assert fingerprint(i386_root, SHARED_SCRATCH) == before

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
 from harness import _drop_privileges, guest_env, uvm_command  # noqa: E402
-from layerlib import fingerprint  # noqa: E402
+from layerlib import SHARED_SCRATCH, fingerprint  # noqa: E402
 
 
 def ok(res):
@@ -116,7 +116,7 @@ def test_dpkg_install_as_fake_root(uvm_runner, debian_root, scratch):
                    check=True, stdout=subprocess.DEVNULL)
     os.chmod(scratch / "h.deb", 0o644)
     env = guest_env(XDG_DATA_HOME=str(scratch / "data"))
-    before = fingerprint(debian_root)
+    before = fingerprint(debian_root, SHARED_SCRATCH)
     inst = ["--instance", "deb", "-0"]
     out = ok(uvm_runner.run(debian_root, "sh", "-c",
                             "dpkg -i /w/h.deb >/dev/null && hello-uvm && "
@@ -129,5 +129,12 @@ def test_dpkg_install_as_fake_root(uvm_runner, debian_root, scratch):
     out = ok(uvm_runner.run(debian_root, "sh", "-c", "dpkg -s hello-uvm | grep Status; hello-uvm",
                             env=env, extra=inst))
     assert out.split("\n")[:2] == ["Status: install ok installed", "hello from the package"]
-    assert fingerprint(debian_root) == before
+    # apt-get (its methods drop to the _apt user and check that they did)
+    out = ok(uvm_runner.run(debian_root, "sh", "-c",
+                            "apt-get remove -y hello-uvm >/dev/null 2>&1 && ! test -e /usr/bin/hello-uvm && "
+                            "apt-get install -y /w/h.deb >/dev/null 2>&1 && hello-uvm; "
+                            "su -s /bin/sh nobody -c 'id -u'",
+                            binds=[(scratch, "/w")], env=env, extra=inst, timeout=150))
+    assert out.split() == ["hello", "from", "the", "package", "65534"]
+    assert fingerprint(debian_root, SHARED_SCRATCH) == before
 

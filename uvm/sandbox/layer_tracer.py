@@ -66,16 +66,18 @@ LAYER_ROWS: Dict[str, Tuple] = {
     "fremovexattr": ("fdattr", 0),
 }
 IDENTITY_ROWS: Dict[str, Tuple] = {
-    "getuid": ("getid", "uid", 32), "geteuid": ("getid", "uid", 32),
-    "getgid": ("getid", "gid", 32), "getegid": ("getid", "gid", 32),
-    "getuid16": ("getid", "uid", 16), "geteuid16": ("getid", "uid", 16),
-    "getgid16": ("getid", "gid", 16), "getegid16": ("getid", "gid", 16),
-    "getresuid": ("getresid", "uid", 32), "getresgid": ("getresid", "gid", 32),
-    "getresuid16": ("getresid", "uid", 16), "getresgid16": ("getresid", "gid", 16),
+    # (kind, index in the credentials [ruid, euid, suid, rgid, egid, sgid], bits)
+    "getuid": ("getid", 0, 32), "geteuid": ("getid", 1, 32),
+    "getgid": ("getid", 3, 32), "getegid": ("getid", 4, 32),
+    "getuid16": ("getid", 0, 16), "geteuid16": ("getid", 1, 16),
+    "getgid16": ("getid", 3, 16), "getegid16": ("getid", 4, 16),
+    "getresuid": ("getresid", 0, 32), "getresgid": ("getresid", 3, 32),
+    "getresuid16": ("getresid", 0, 16), "getresgid16": ("getresid", 3, 16),
     "getgroups": ("getgroups", 32), "getgroups16": ("getgroups", 16),
     "setgroups": ("creds",), "setgroups16": ("creds",),
     "fstat": ("fstat", 0, 1), "fstat64": ("fstat", 0, 1),
 }
+
 _STAT_BUF = {"stat": 1, "lstat": 1, "stat64": 1, "lstat64": 1, "newfstatat": 2,
              "fstatat64": 2, "statx": 4}
 
@@ -143,6 +145,7 @@ class LayerTracer(Tracer):
         if self._lazy is None:
             self._lazy = _NoLazy
         self.exits: Dict[int, Tuple] = {}
+        self._procs: Dict[int, List] = {}  # tgid -> [[ruid, euid, suid, rgid, egid, sgid], groups]
         self.extra_rows = dict(LAYER_ROWS)
         if self.identity is not None:
             self.extra_rows.update(IDENTITY_ROWS)
@@ -252,7 +255,7 @@ class LayerTracer(Tracer):
         if name in ("unlink", "rmdir"):
             return self._remove(tid, regs, abi, row[2], -1, name == "rmdir", name)
         if self.identity is not None:
-            if name == "access" and self._fake_root:
+            if name == "access" and self._fake_root and self._cred(tid)[0][1] == 0:
                 return self._fake_access(tid, regs, abi, row[2], -1, True, 1, name)
             if name in CHOWN_CALLS:
                 return self._fake_chown(tid, regs, abi, row[2], -1, row[3], 1, name)
@@ -288,7 +291,7 @@ class LayerTracer(Tracer):
         if flags & toggle:
             follow = not follow
         if self.identity is not None:
-            if name.startswith("faccessat") and self._fake_root:
+            if name.startswith("faccessat") and self._fake_root and self._cred(tid)[0][1] == 0:
                 return self._fake_access(tid, regs, abi, idx, dirfd_i, follow, 2, name)
             if name in CHOWN_CALLS:
                 return self._fake_chown(tid, regs, abi, idx, dirfd_i, follow, 2, name)
@@ -540,17 +543,78 @@ class LayerTracer(Tracer):
 
         return self._done(tid, regs, act, f"{name}({guest!r}, {oct(mode)}, {dev})")
 
+    # Credentials of each guest process under an identity: set*id calls
+    # succeed and change what later get*id calls answer (programs such as
+    # apt check that dropping privileges worked); files are still accessed
+    # with the real credentials.
+
+    def _cred(self, tid: int) -> List:
+        tgid = self.tgid_of(tid)
+        cred = self._procs.get(tgid)
+        if cred is None:
+            parent = None
+            try:
+                with open(f"/proc/{tgid}/status", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"PPid:"):
+                            parent = self._procs.get(int(line.split()[1]))
+                            break
+            except OSError:
+                pass
+            if parent is not None:
+                cred = [list(parent[0]), parent[1]]
+            else:
+                u, g = self.identity
+                cred = [[u, u, u, g, g, g], (g,)]
+            self._procs[tgid] = cred
+        return cred
+
     def _k_creds(self, tid, regs, abi, row):
         self._creds.clear()
         if self.identity is None:
             return 0
+        name = row[1]
+        small = name.endswith("16")
+        base = name[:-2] if small else name
+        args = ARG_REGS[abi]
+        none = 0xFFFF if small else 0xFFFFFFFF
+        vals = [getattr(regs, args[i]) & none for i in range(3)]
+        ids = self._cred(tid)[0]
+        off = 3 if "gid" in base else 0
+        res = 0
+        if base in ("setuid", "setgid"):
+            if ids[1] == 0:  # as root: all three
+                ids[off:off + 3] = [vals[0]] * 3
+            else:
+                ids[off + 1] = vals[0]
+        elif base in ("setreuid", "setregid"):
+            r, e = vals[0], vals[1]
+            if r != none:
+                ids[off] = r
+            if e != none:
+                ids[off + 1] = e
+                ids[off + 2] = e
+        elif base in ("setresuid", "setresgid"):
+            for i in range(3):
+                if vals[i] != none:
+                    ids[off + i] = vals[i]
+        elif base in ("setfsuid", "setfsgid"):
+            res = ids[off + 1]  # the previous fs id: the effective one
+        elif base == "setgroups":
+            n = vals[0]
+            if n > 65536:
+                res = -errno.EINVAL
+            else:
+                size = 2 if small else 4
+                raw = mem.read_bytes(tid, getattr(regs, args[1]), n * size) if n else b""
+                self._procs[self.tgid_of(tid)][1] = struct.unpack("<%d%s" % (n, "H" if small else "I"), raw)
         regs.orig_rax = _SKIP
-        regs.rax = 0
+        regs.rax = res & _MASK64
         return SETREGS
 
     def _k_getid(self, tid, regs, abi, row):
         _fn, _name, which, bits = row
-        value = self.identity.uid if which == "uid" else self.identity.gid
+        value = self._cred(tid)[0][which]
         if bits == 16 and value > 0xFFFF:
             value = 65534
         regs.orig_rax = _SKIP
@@ -559,16 +623,16 @@ class LayerTracer(Tracer):
 
     def _k_getresid(self, tid, regs, abi, row):
         _fn, _name, which, bits = row
-        value = self.identity.uid if which == "uid" else self.identity.gid
+        ids = self._cred(tid)[0]
         fmt = "<I" if bits == 32 else "<H"
-        if bits == 16 and value > 0xFFFF:
-            value = 65534
         args = ARG_REGS[abi]
         res = 0
         for i in range(3):
-            ptr = getattr(regs, args[i])
+            value = ids[which + i]
+            if bits == 16 and value > 0xFFFF:
+                value = 65534
             try:
-                mem.write_bytes(tid, ptr, struct.pack(fmt, value))
+                mem.write_bytes(tid, getattr(regs, args[i]), struct.pack(fmt, value))
             except OSError:
                 res = -errno.EFAULT
         regs.orig_rax = _SKIP
@@ -579,14 +643,18 @@ class LayerTracer(Tracer):
         bits = row[2]
         args = ARG_REGS[abi]
         size = getattr(regs, args[0]) & 0xFFFFFFFF
-        res = 1
+        groups = self._cred(tid)[1]
+        res = len(groups)
         if size:
-            gid = self.identity.gid if bits == 32 or self.identity.gid <= 0xFFFF else 65534
-            try:
-                mem.write_bytes(tid, getattr(regs, args[1]),
-                                struct.pack("<I" if bits == 32 else "<H", gid))
-            except OSError:
-                res = -errno.EFAULT
+            if size < len(groups):
+                res = -errno.EINVAL
+            else:
+                vals = [g if bits == 32 or g <= 0xFFFF else 65534 for g in groups]
+                try:
+                    mem.write_bytes(tid, getattr(regs, args[1]),
+                                    struct.pack("<%d%s" % (len(vals), "I" if bits == 32 else "H"), *vals))
+                except OSError:
+                    res = -errno.EFAULT
         regs.orig_rax = _SKIP
         regs.rax = res & _MASK64
         return SETREGS
@@ -625,6 +693,7 @@ class LayerTracer(Tracer):
     def forget(self, tid: int) -> None:
         super().forget(tid)
         self.exits.pop(tid, None)
+        self._procs.pop(tid, None)
 
     def cleanup(self) -> None:
         super().cleanup()
