@@ -145,6 +145,7 @@ class LayerTracer(Tracer):
         if self._lazy is None:
             self._lazy = _NoLazy
         self.exits: Dict[int, Tuple] = {}
+        self.emulated = 0
         self._procs: Dict[int, List] = {}  # tgid -> [[ruid, euid, suid, rgid, egid, sgid], groups]
         self.extra_rows = dict(LAYER_ROWS)
         if self.identity is not None:
@@ -219,6 +220,7 @@ class LayerTracer(Tracer):
         except (ValueError, TypeError, struct.error) as exc:  # never take the tracer down
             self.logfn(f"[{tid}] {what}: {exc!r}")
             res = -errno.EIO
+        self.emulated += 1
         self.layer.flush()
         self._invalidate(moved)
         if self.verbose:
@@ -689,6 +691,12 @@ class LayerTracer(Tracer):
         new = rewrite(raw, layout, self.real, self.identity, meta)
         if new is not None:
             mem.write_bytes(tid, addr, new)
+
+    def layer_stats(self) -> Dict[str, int]:
+        """Counters for ``uvm run --stats``."""
+        return {"layer_copied_dirs": self.layer.copied_dirs,
+                "layer_copied_files": self.layer.copied_files,
+                "layer_emulated_calls": self.emulated}
 
     def forget(self, tid: int) -> None:
         super().forget(tid)

@@ -238,6 +238,7 @@ class Sandbox:
             "seccomp": self.seccomp_on,
             "elapsed_s": round(self.elapsed, 6),
             "status": res.status,
+            **(self.tracer.layer_stats() if hasattr(self.tracer, "layer_stats") else {}),
         }
 
     def write_stats(self, path: str) -> None:
