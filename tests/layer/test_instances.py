@@ -93,9 +93,12 @@ def test_fake_root_remembered(uvm_runner, own_root, scratch):
                             env=env, extra=inst))
     assert out.split() == ["12:34", "character", "special", "file"]
     # another identity
-    out = ok(uvm_runner.run(own_root, "sh", "-c", "id -u; id -g; touch /tmp2; stat -c %u:%g /tmp2",
+    out = ok(uvm_runner.run(own_root, "sh", "-c",
+                            "id -u; id -g; touch /tmp2; stat -c %u:%g /tmp2; "
+                            "echo >> /etc/hosts; stat -c %u:%g /etc/hosts /etc/passwd",
                             env=env, extra=["-i", "1234:567"]))
-    assert out.split() == ["1234", "567", "1234:567"]
+    # new files are the identity's; the root's files stay root's, copied up or not
+    assert out.split() == ["1234", "567", "1234:567", "0:0", "0:0"]
     assert fingerprint(own_root) == before
 
 

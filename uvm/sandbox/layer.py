@@ -86,6 +86,8 @@ class Layer:
         # called with a lower host path before its listing or content is
         # read (a lazily filled CernVM-FS shadow tree fills it then)
         self.prepare = prepare
+        # (real uid, gid) when an identity is presented: copies record owners
+        self.record_owners: Optional[Tuple[int, int]] = None
         self.origin: Dict[str, str] = {}  # guest path -> lower-relative path ("/usr/lib")
         self.meta: Dict[str, Meta] = {}
         self._dirty = False
@@ -138,6 +140,8 @@ class Layer:
         op = rec[0]
         if op == "o":
             self.origin[rec[1]] = rec[2]
+        elif op == "c":  # copied up: no origin any more
+            self.origin.pop(rec[1], None)
         elif op == "-":
             self.origin.pop(rec[1], None)
             self.meta.pop(rec[1], None)
@@ -278,10 +282,21 @@ class Layer:
         dst = self.top + guest
         self._fill(guest, src)
         del self.origin[guest]
-        self._write(["-", guest])
+        self._write(["c", guest])
         self._copy_attrs(src, dst, st)
+        self._keep_owner(guest, st)
         self.copied_dirs += 1
         return dst
+
+    def _keep_owner(self, guest: str, st: os.stat_result) -> None:
+        """Under an identity, a copy keeps the apparent owner of the root's
+        object (a root file owned by the real user belongs to root)."""
+        real = self.record_owners
+        if real is None or guest in self.meta:
+            return
+        uid = 0 if st.st_uid == real[0] else st.st_uid
+        gid = 0 if st.st_gid == real[1] else st.st_gid
+        self.set_meta(guest, uid, gid)
 
     def _copy_attrs(self, src: str, dst: str, st: os.stat_result) -> None:
         try:
@@ -340,9 +355,8 @@ class Layer:
             if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISSOCK(st.st_mode):
                 self.set_meta(guest, mode=st.st_mode, rdev=st.st_rdev)
         del self.origin[guest]
-        self._write(["-", guest])
-        if guest in self.meta:  # "-" dropped it in the journal: write it again
-            self._write(["m", guest, self.meta[guest].as_list()])
+        self._write(["c", guest])
+        self._keep_owner(guest, st)
         self.copied_files += 1
         return dst
 

@@ -82,6 +82,9 @@ _STAT_BUF = {"stat": 1, "lstat": 1, "stat64": 1, "lstat64": 1, "newfstatat": 2,
              "fstatat64": 2, "statx": 4}
 
 
+_ROOT_ID = Identity(0, 0)
+
+
 class LayerNamespace(Namespace):
     """A namespace whose root is seen through a writable layer."""
 
@@ -136,12 +139,15 @@ class LayerTracer(Tracer):
         self.layer: Layer = ns.layer
         self.identity: Optional[Identity] = ns.identity
         self.real = Identity(os.getuid(), os.getgid())
+        if self.identity is not None:
+            self.layer.record_owners = (self.real.uid, self.real.gid)
         # fake root without real root: access() checks are answered as root's
         self._fake_root = self.identity is not None and self.identity.uid == 0 and self.real.uid != 0
         self._real_resolve = self.resolve
         self.resolve = self._resolve  # type: ignore[assignment]
         self._op = 0
         self._last_guest: Optional[str] = None
+        self._last_host = ""
         if self._lazy is None:
             self._lazy = _NoLazy
         self.exits: Dict[int, Tuple] = {}
@@ -184,6 +190,7 @@ class LayerTracer(Tracer):
     def _resolve(self, path: str, base: str, follow: bool, tid: int = 0) -> Tuple[str, str]:
         guest, host = self._real_resolve(path, base, follow, tid)
         self._last_guest = guest
+        self._last_host = host
         op = self._op
         if not op:
             return guest, host
@@ -266,11 +273,11 @@ class LayerTracer(Tracer):
                 if res is not None:
                     return res
         self._op = CREATE if name in CREATE_CALLS else MODIFY if name in MODIFY_CALLS else 0
-        self._last_guest = None
+        self._last_guest, self._last_host = None, ""
         res = super()._k_path(tid, regs, abi, row)
         self._op = 0
         if self.identity is not None and name in STAT_CALLS:
-            self._want_stat(tid, regs, abi, name, self._last_guest)
+            self._want_stat(tid, regs, abi, name, self._last_guest, self._last_host)
         return res
 
     def _k_at(self, tid, regs, abi, row):
@@ -287,8 +294,8 @@ class LayerTracer(Tracer):
             if name in MODIFY_CALLS:
                 return self._fd_modify(tid, regs, abi, name, getattr(regs, args[dirfd_i]))
             if self.identity is not None and name in STAT_CALLS:
-                guest, _h = self._fd_guest(tid, getattr(regs, args[dirfd_i]))
-                self._want_stat(tid, regs, abi, name, guest)
+                guest, host = self._fd_guest(tid, getattr(regs, args[dirfd_i]))
+                self._want_stat(tid, regs, abi, name, guest, host)
             return 0
         if flags & toggle:
             follow = not follow
@@ -302,11 +309,11 @@ class LayerTracer(Tracer):
                 if res is not None:
                     return res
         self._op = CREATE if name in CREATE_CALLS else MODIFY if name in MODIFY_CALLS else 0
-        self._last_guest = None
+        self._last_guest, self._last_host = None, ""
         res = super()._k_at(tid, regs, abi, row)
         self._op = 0
         if self.identity is not None and name in STAT_CALLS:
-            self._want_stat(tid, regs, abi, name, self._last_guest)
+            self._want_stat(tid, regs, abi, name, self._last_guest, self._last_host)
         return res
 
     def _open_op(self, flags: int) -> int:
@@ -663,23 +670,27 @@ class LayerTracer(Tracer):
 
     def _k_fstat(self, tid, regs, abi, row):
         name = row[1]
-        guest, _host = self._fd_guest(tid, getattr(regs, ARG_REGS[abi][0]))
-        self._want_stat(tid, regs, abi, name, guest)
+        guest, host = self._fd_guest(tid, getattr(regs, ARG_REGS[abi][0]))
+        self._want_stat(tid, regs, abi, name, guest, host)
         return 0
 
-    def _want_stat(self, tid, regs, abi, name, guest):
+    def _want_stat(self, tid, regs, abi, name, guest, host):
+        """Ask for the exit of this stat call.  The root's files (``host``
+        in the lower root) belong to root; files owned by the real user
+        elsewhere (the layer, binds) to the guest's identity."""
         layout = layout_for(name, abi)
         if layout is None:
             return
         buf_i = _STAT_BUF.get(name, 1)
-        self.exits[tid] = (layout, getattr(regs, ARG_REGS[abi][buf_i]), guest)
+        owner = _ROOT_ID if self.layer.is_lower(host.rstrip("/") or "/") else self.identity
+        self.exits[tid] = (layout, getattr(regs, ARG_REGS[abi][buf_i]), guest, owner)
 
     def leave(self, tid: int) -> None:
         """Exit of a call that asked for it (stat results under an identity)."""
         info = self.exits.pop(tid, None)
         if info is None:
             return
-        layout, addr, guest = info
+        layout, addr, guest, owner = info
         regs = mem.getregs(tid)
         if regs.rax != 0:
             return
@@ -688,7 +699,7 @@ class LayerTracer(Tracer):
         except OSError:
             return
         meta = self.layer.meta.get(guest) if guest is not None else None
-        new = rewrite(raw, layout, self.real, self.identity, meta)
+        new = rewrite(raw, layout, self.real, owner, meta)
         if new is not None:
             mem.write_bytes(tid, addr, new)
 
