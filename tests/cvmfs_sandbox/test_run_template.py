@@ -13,7 +13,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from conftest import FQRN, MISC, TEMPLATE_PATH, env_for, publish_tree, run_uvm, tempfile_dir
+from conftest import (FQRN, MISC, TEMPLATE_PATH, env_for, publish_tree, run_uvm, tempfile_dir,
+                      uvm_cmd)
 
 from faultserver import FaultServer
 
@@ -181,8 +182,6 @@ def test_record_replay_tag_and_date(uvm_runner, published, workdir):
 
 def test_two_cold_runs_at_once(uvm_runner, published, server, workdir):
     """Two uvm processes filling the same cold shadow tree and cache at once."""
-    from conftest import uvm_cmd
-
     env = env_for(published, server.url_for(), workdir)
     cmd = uvm_cmd(uvm_runner, "run", "--template", TEMPLATE, "--", "/bin/sh", "-c",
                   "python3 -c 'import json, hashlib, csv; print(6*7)'; ls /usr/bin | wc -l; "

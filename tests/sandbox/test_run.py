@@ -115,6 +115,21 @@ def test_many_processes_and_leftovers(uvm_runner, host_root, tmp_path):
     assert out.split() == ["early", "late"]
 
 
+def test_process_exiting_while_its_threads_sit_in_stops(uvm_runner, host_root):
+    """exit_group kills sibling threads that are stopped in the tracer; uvm
+    must take their vanishing in its stride, not abort."""
+    code = (
+        "import os, threading\n"
+        "def spin():\n"
+        "    while True: os.stat('/etc/hostname')\n"
+        "for _ in range(6): threading.Thread(target=spin, daemon=True).start()\n"
+        "os._exit(7)\n"
+    )
+    script = f"for i in $(seq 25); do python3 -c \"{code}\"; [ $? = 7 ] || exit 1; done; echo survived"
+    out = ok(uvm_runner.run(host_root, "sh", "-c", script, timeout=240))
+    assert out.strip() == "survived"
+
+
 def test_threads_and_exec_from_a_thread(uvm_runner, host_root):
     code = (
         "import os, threading\n"

@@ -64,21 +64,28 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
         if status & 0xFF == 0x7F:
             sig = (status >> 8) & 0xFF
             event = status >> 16
+            # A tracee can be killed while it sits in a stop (SIGKILL, or a
+            # sibling thread's exit_group): ptrace then fails with ESRCH and
+            # its exit is reported by the next waitpid.
             if event == mem.EVENT_SECCOMP:
-                enter(tid)
+                try:
+                    enter(tid)
+                except ProcessLookupError:
+                    continue
                 resume(mem.PTRACE_SYSCALL if tid in exits else restart, tid, 0)
                 continue
             if sig == _SYSCALL_TRAP:
-                if tid in exits:
-                    insys.discard(tid)
-                    tracer.leave(tid)
-                    resume(restart, tid, 0)
+                try:
+                    if tid in exits:
+                        insys.discard(tid)
+                        tracer.leave(tid)
+                    elif tid in insys:
+                        insys.discard(tid)
+                    else:
+                        insys.add(tid)
+                        _fallback_enter(tracer, tid)
+                except ProcessLookupError:
                     continue
-                if tid in insys:
-                    insys.discard(tid)
-                else:
-                    insys.add(tid)
-                    _fallback_enter(tracer, tid)
                 resume(restart, tid, 0)
                 continue
             if tid not in tracees:
