@@ -128,7 +128,9 @@ def run_demo(work: Optional[str] = None, command: Optional[List[str]] = None,
         return status
     finally:
         if own and not keep:
-            _remove(work)
+            from uvm.sandbox.materialize import remove_tree
+
+            remove_tree(work)
 
 
 def _quote(arg: str) -> str:
@@ -137,14 +139,6 @@ def _quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def _remove(path: str) -> None:
-    for dirpath, dirnames, _files in os.walk(path):
-        for name in dirnames:
-            try:
-                os.chmod(os.path.join(dirpath, name), 0o700)
-            except OSError:
-                pass
-    shutil.rmtree(path, ignore_errors=True)
 
 
 __all__ = ["run_demo", "LoopbackServer"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import stat
 import subprocess
 import sys
 from typing import Callable, Iterable, List, Optional, Sequence, Set

@@ -64,10 +64,10 @@ def parse_spec(text: str, registry: Mapping[str, Any] = MappingProxyType({})) ->
     """Parse SPEC against the configuration's templates (``Config.templates``)."""
     if not text:
         raise UsageError("empty template name", hint="use NAME, NAME@TAG or FQRN:/path")
-    base, at, selector = text, "", ""
+    base, selector = text, ""
     head, sep, tail = text.rpartition("@")
     if sep and head and "/" not in tail:
-        base, at, selector = head, sep, tail
+        base, selector = head, tail
         if not selector:
             raise UsageError(f"template {text!r}: nothing after '@'",
                              hint="give a tag or an ISO 8601 date")

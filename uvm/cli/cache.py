@@ -63,7 +63,7 @@ def _info(args: argparse.Namespace) -> int:
           + (f" of {human(quota)} quota ({100 * info['size'] / quota:.0f}%)" if quota
              else " (no quota)"))
     print(f"objects:     {info['objects']}  ({info['pinned']} pinned by running processes)")
-    print(f"hit rate:    " + (f"{100 * rate:.1f}% of {info['hits'] + info['misses']} lookups"
+    print("hit rate:    " + (f"{100 * rate:.1f}% of {info['hits'] + info['misses']} lookups"
                                if rate is not None else "no lookups yet"))
     print(f"downloaded:  {info['downloads']} objects, {human(info['bytes_downloaded'])}; "
           f"{info['evictions']} evicted")

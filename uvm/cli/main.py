@@ -8,7 +8,6 @@ import logging
 import sys
 from typing import List, Optional
 
-from uvm import __version__
 from uvm.errors import UvmError
 
 # One module per group of subcommands; each defines ``register(subparsers)``

@@ -64,6 +64,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 from uvm.cvmfs import variant
 from uvm.cvmfs.hashing import Suffix
+from uvm.cvmfs.quota import pid_alive
 from uvm.errors import CvmfsError, SandboxError
 from uvm.sandbox import elfdeps
 
@@ -102,14 +103,6 @@ def _err(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class FetchLog:
@@ -202,19 +195,16 @@ class ShadowTree:
         self._absent = _read_log(self._absent_log)
 
     def _clean_tmp(self) -> None:
-        import shutil
-
         for name in os.listdir(self._tmp_dir):
             try:
                 pid = int(name.split(".", 1)[0])
             except ValueError:
                 pid = 0
-            if pid and _pid_alive(pid) and pid != os.getpid():
+            if pid and pid_alive(pid) and pid != os.getpid():
                 continue
             path = os.path.join(self._tmp_dir, name)
-            _make_writable_tree(path)
             if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
             else:
                 try:
                     os.unlink(path)
@@ -700,13 +690,18 @@ def _writable(directory: str, is_root: bool) -> Iterator[None]:
         os.chmod(directory, stat.S_IMODE(mode))
 
 
-def _make_writable_tree(path: str) -> None:
+def remove_tree(path: str) -> None:
+    """Remove a tree whose directories may be read-only (shadow trees keep
+    the published modes, so ``rmtree`` alone could not empty them)."""
+    import shutil
+
     for dirpath, dirnames, _files in os.walk(path):
         for name in dirnames:
             try:
                 os.chmod(os.path.join(dirpath, name), 0o700)
             except OSError:
                 pass
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _make_socket(path: str) -> None:

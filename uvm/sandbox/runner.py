@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from typing import Dict, List, Mapping, Optional, Sequence, TextIO
+from typing import Dict, Mapping, Optional, Sequence, TextIO
 
 from uvm.errors import SandboxError
 from uvm.sandbox import memory as mem
