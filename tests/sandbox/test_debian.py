@@ -33,3 +33,15 @@ def test_debian_gcc_make_python(uvm_runner, debian_root, scratch):
     out = _ok(uvm_runner.run(debian_root, "python3", "-c",
                              "import json, sqlite3, ssl, os; print(os.path.realpath('/proc/self/exe'))"))
     assert out.strip().startswith("/usr/bin/python3")
+
+
+def test_terminals_and_shared_memory_in_a_root_with_its_own_dev(uvm_runner, debian_root):
+    """debootstrap's static /dev cannot open a pty or hold POSIX shared memory;
+    the host's live /dev/pts, /dev/ptmx and /dev/shm make both work."""
+    code = ("import os, multiprocessing\n"
+            "master, slave = os.openpty()\n"
+            "print(os.ttyname(slave).rsplit('/', 1)[0])\n"
+            "lock = multiprocessing.Lock()\n"
+            "with lock: print('locked')\n")
+    out = _ok(uvm_runner.run(debian_root, "python3", "-c", code))
+    assert out.split() == ["/dev/pts", "locked"]

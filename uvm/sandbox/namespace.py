@@ -9,7 +9,10 @@ writable layer) feed their directories in as a root and binds.
 Defaults (see ``docs/sandbox.md``): the host's ``/proc``, ``/sys`` and
 ``/dev`` are bound at the same place when the root has no such directory or
 an empty one, and the host's ``/tmp`` when the root has no ``/tmp``
-directory.  A user bind on the same guest path wins over a default.
+directory.  A root with a ``/dev`` of its own (debootstrap makes one) still
+gets the host's ``/dev/pts``, ``/dev/ptmx`` and ``/dev/shm``: a static copy
+cannot open terminals or hold shared memory.  A user bind on the same guest
+path wins over a default.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from typing import Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 from uvm.errors import SandboxError
 
 DEFAULT_BINDS = ("/proc", "/sys", "/dev", "/tmp")
+# Live parts of /dev, bound when the root's own /dev is used.  /dev/ptmx goes
+# with /dev/pts: the kernel finds the pty instance beside the ptmx node.
+LIVE_DEV_BINDS = ("/dev/pts", "/dev/ptmx", "/dev/shm")
 
 
 class Bind(NamedTuple):
@@ -108,6 +114,9 @@ class Namespace:
             for guest in DEFAULT_BINDS:
                 if guest not in seen and not _provides(self.root, guest) and os.path.isdir(guest):
                     chosen.append(Bind(guest, guest))
+            if "/dev" not in seen and all(b.guest != "/dev" for b in chosen):
+                chosen.extend(Bind(guest, guest) for guest in LIVE_DEV_BINDS
+                              if guest not in seen and os.path.exists(guest))
         # Later binds on the same guest path win, as with mount.
         unique = {}
         for bind in chosen:
