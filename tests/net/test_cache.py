@@ -287,3 +287,31 @@ def test_lost_database_is_rebuilt_from_the_objects_on_disk(mirror, put, make_fet
         assert stats["usage"] == sum(len(d) for d in objects.values())
     finally:
         cache.close()
+
+
+def _open_cache(base: str, start, results) -> None:
+    start.wait()
+    try:
+        Cache(base, 100).close()
+        results.put("ok")
+    except Exception as err:  # reported to the test, which shows it
+        results.put(repr(err))
+
+
+def test_processes_opening_a_new_cache_at_once_all_succeed(tmp_path):
+    """Eight processes creating the same cache at the same moment: the first
+    run on a fresh worker node starts many jobs at once."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    failures = []
+    for round_no in range(30):
+        base = str(tmp_path / f"cache{round_no}")
+        results, start = ctx.Queue(), ctx.Barrier(8)
+        procs = [ctx.Process(target=_open_cache, args=(base, start, results)) for _ in range(8)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        failures += [r for r in (results.get(timeout=10) for _ in procs) if r != "ok"]
+    assert failures == []

@@ -21,12 +21,14 @@ database write.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from uvm.errors import CacheError
 
@@ -49,6 +51,17 @@ INSERT OR IGNORE INTO properties VALUES ('schema', '1.0');
 """
 
 COUNTERS = ("hits", "misses", "downloads", "bytes_downloaded", "evictions")
+
+
+@contextmanager
+def _exclusive(directory: str) -> Iterator[None]:
+    """``flock`` on a directory: nothing to create, freed by the kernel if we die."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def pid_alive(pid: int) -> bool:
@@ -86,12 +99,9 @@ class Quota:
         self._quick_hits = 0
         new = not os.path.exists(db_path)
         try:
-            self._db = sqlite3.connect(db_path, timeout=60.0, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as err:
+            with _exclusive(os.path.dirname(db_path) or "."):
+                self._db = self._connect(db_path)
+        except (sqlite3.Error, OSError) as err:
             raise self._error("open", err) from None
         if new and file_mode is not None:
             for suffix in ("", "-wal", "-shm"):
@@ -99,6 +109,18 @@ class Quota:
                     os.chmod(db_path + suffix, file_mode)
                 except OSError:
                     pass
+
+    @staticmethod
+    def _connect(db_path: str) -> sqlite3.Connection:
+        # Switching to WAL and creating the schema can fail with "database is
+        # locked" without waiting when another process does the same at that
+        # moment, so callers hold the directory lock around this.
+        db = sqlite3.connect(db_path, timeout=60.0, isolation_level=None,
+                             check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        return db
 
     # -- errors -------------------------------------------------------------
 
