@@ -16,14 +16,19 @@ def test_sandbox_checks_pass_and_leave_no_process():
 
     from uvm.sandbox.probe import checks
 
+    def children() -> set:
+        with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
+            return set(f.read().split())
+
+    # other tests of this worker may have servers of their own running
+    before = children()
     results = list(checks())
     names = [c.name for c in results]
     assert names == ["sandbox: ptrace", "sandbox: seccomp filter", "sandbox: path anchors",
                      "sandbox: 32-bit guests"]
     assert all(c.ok for c in results), results
     # every probe child was reaped: no zombie children of ours
-    with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
-        assert f.read().strip() == ""
+    assert children() <= before
 
 
 def test_uvm_doctor_lists_the_sandbox():
