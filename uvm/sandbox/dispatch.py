@@ -709,15 +709,17 @@ _NOFOLLOW_TWIN = tuple(
     for abi in (0, 1))
 
 
-def filter_numbers() -> Tuple[Dict[int, List[int]], Dict[int, Dict[int, int]], Dict[int, Dict[int, int]]]:
+def filter_numbers(
+    table: Optional[Dict[str, tuple]] = None,
+) -> Tuple[Dict[int, List[int]], Dict[int, Dict[int, int]], Dict[int, Dict[int, int]]]:
     """(traced numbers, refused number -> errno, traced-if-argument-set
-    number -> argument) per ABI, from the table."""
+    number -> argument) per ABI, from ``table`` (default: the handler table)."""
     traced: Dict[int, List[int]] = {0: [], 1: []}
     refused: Dict[int, Dict[int, int]] = {0: {}, 1: {}}
     traced_if: Dict[int, Dict[int, int]] = {0: {}, 1: {}}
     for abi in (0, 1):
         numbers = NUMBERS[abi]
-        for name, row in TABLE.items():
+        for name, row in (TABLE if table is None else table).items():
             nr = numbers.get(name)
             if nr is None:
                 continue

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Tuple
 
 from uvm.sandbox import memory as mem
 from uvm.sandbox.arch import ARG_REGS
-from uvm.sandbox.dispatch import _AT_FDCWD32, _MASK64, _SKIP, SETREGS, Tracer, _err
+from uvm.sandbox.dispatch import _AT_FDCWD32, _MASK64, _SKIP, SETREGS, Tracer, _err, filter_numbers
 from uvm.sandbox.handlers import TABLE
 from uvm.sandbox.identity import Identity, layout_for, rewrite
 from uvm.sandbox.layer import Layer
@@ -164,26 +164,8 @@ class LayerTracer(Tracer):
                     self.handlers[abi][nr] = (getattr(self, "_k_" + row[0]), name) + row[1:]
 
     def filter_numbers(self):
-        """(traced, refused, traced_if) per ABI, as dispatch.filter_numbers,
-        with this run's extra rows."""
-        traced: Dict[int, List[int]] = {0: [], 1: []}
-        refused: Dict[int, Dict[int, int]] = {0: {}, 1: {}}
-        traced_if: Dict[int, Dict[int, int]] = {0: {}, 1: {}}
-        rows = dict(TABLE)
-        rows.update(self.extra_rows)
-        for abi in (0, 1):
-            numbers = NUMBERS[abi]
-            for name, row in rows.items():
-                nr = numbers.get(name)
-                if nr is None:
-                    continue
-                if row[0] == "refuse":
-                    refused[abi][nr] = row[1]
-                elif row[0] == "sendto":
-                    traced_if[abi][nr] = row[1]
-                else:
-                    traced[abi].append(nr)
-        return traced, refused, traced_if
+        """(traced, refused, traced_if) per ABI, with this run's extra rows."""
+        return filter_numbers({**TABLE, **self.extra_rows})
 
     # -- translation with copy-up ---------------------------------------------------------
 
