@@ -67,6 +67,7 @@ from uvm.cvmfs.hashing import Suffix
 from uvm.cvmfs.quota import pid_alive
 from uvm.errors import CvmfsError, SandboxError
 from uvm.sandbox import elfdeps
+from uvm.sandbox.namespace import canonical_lexical
 
 log = logging.getLogger(__name__)
 
@@ -637,16 +638,9 @@ def sysroot_strip(path: str, sysroot: str) -> str:
 
 
 def _norm(path: str) -> str:
-    parts: List[str] = []
-    for comp in path.split("/"):
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(comp)
-    return "/" + "/".join(parts) if parts else ""
+    """A path resolved lexically, as a catalog path (the root is '')."""
+    clean = canonical_lexical(path)
+    return "" if clean == "/" else clean
 
 
 def _read_log(path: str) -> Set[str]:
