@@ -14,7 +14,9 @@ from conftest import FQRN, fast_env, fast_settings
 from faultserver import put_file
 
 from uvm.cvmfs.cache import Cache
+from uvm.cvmfs.fetcher import Fetcher
 from uvm.cvmfs.hashing import ContentHash, Suffix
+from uvm.cvmfs.transport import Transport
 from uvm.errors import CacheError, FetchError, FetchFailure
 
 WORKER = os.path.join(os.path.dirname(__file__), "fetch_worker.py")
@@ -234,7 +236,9 @@ def test_shared_base_gives_group_writable_directories(tmp_path):
     try:
         assert cache.shared
         assert os.stat(cache.root).st_mode & 0o070 == 0o070
-        assert os.stat(os.path.join(cache.root, "ab")).st_mode & 0o020
+        h = ContentHash.of(b"shared object")
+        with cache.locked(h):  # the object's prefix directory is made here, shared
+            assert os.stat(os.path.join(cache.root, h.digest.hex()[:2])).st_mode & 0o020
     finally:
         cache.close()
     private = Cache(str(tmp_path / "private"))
@@ -315,3 +319,51 @@ def test_processes_opening_a_new_cache_at_once_all_succeed(tmp_path):
             proc.join(60)
         failures += [r for r in (results.get(timeout=10) for _ in procs) if r != "ok"]
     assert failures == []
+
+
+def _prefixes(root):
+    return sorted(n for n in os.listdir(root) if len(n) == 2)
+
+
+def test_a_new_cache_makes_an_object_directory_with_its_first_object(mirror, put, make_fetcher):
+    objects = make_objects(put, 3, 1000, seed=b"lazy")
+    fetcher = make_fetcher(fast_settings([mirror.url_for()]))
+    root = fetcher.cache.root
+    assert _prefixes(root) == []
+    for h, data in objects.items():
+        with fetcher.open_object(h) as f:
+            assert f.read() == data
+    assert _prefixes(root) == sorted({h.digest.hex()[:2] for h in objects})
+    assert sorted(k for k, _ in fetcher.cache.scan()) == sorted(str(h) for h in objects)
+
+
+def test_a_tampered_object_is_refused_in_a_new_cache_and_leaves_nothing(
+        mirror, put, make_fetcher):
+    h = put(b"tampered in transit" * 100)
+    mirror.add_fault("corrupt")
+    fetcher = make_fetcher(fast_settings([mirror.url_for()]))
+    with pytest.raises(FetchError) as info:
+        fetcher.fetch_object(h)
+    assert info.value.failure is FetchFailure.BAD_DATA
+    assert not fetcher.cache.contains(h)
+    assert fetcher.cache.scan() == []
+    assert os.listdir(fetcher.cache.txn_dir) == []
+    assert fetcher.cache.info()["quarantined"] == 0
+
+
+def test_a_cache_made_with_every_directory_up_front_still_serves(mirror, put, cache_dir):
+    """Caches made before the directories became lazy have all 256 and a quarantine."""
+    os.makedirs(os.path.join(cache_dir, "shared", "manifests"))
+    for name in ["txn", "quarantaine"] + [f"{i:02x}" for i in range(256)]:
+        os.makedirs(os.path.join(cache_dir, "shared", name))
+    objects = make_objects(put, 2, 500, seed=b"old layout")
+    cache = Cache(cache_dir)
+    fetcher = Fetcher(FQRN, cache, lambda: Transport(fast_settings([mirror.url_for()])),
+                      own_cache=True)
+    try:
+        for h, data in objects.items():
+            with fetcher.open_object(h) as f:
+                assert f.read() == data
+        assert cache.info()["objects"] == 2
+    finally:
+        fetcher.close()
