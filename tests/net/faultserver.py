@@ -54,6 +54,7 @@ class FaultServer:
         self.headers: List[Tuple[str, Dict[str, str]]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._connections: set = set()
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
 
@@ -118,6 +119,16 @@ class FaultServer:
         with self._lock:
             return sum(self.hits.values())
 
+    def drop_connections(self) -> None:
+        """Close every open client connection, as servers do with idle keep-alive ones."""
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def sleep(self, seconds: float) -> bool:
         """Sleep unless the server stops; False if it stopped."""
         return not self._stop.wait(seconds)
@@ -132,6 +143,13 @@ class _Handler(BaseHTTPRequestHandler):
         # Headers and body go out in separate writes; without this, Nagle's
         # algorithm and the client's delayed ACK add 40 ms to every response.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.server_owner._lock:
+            self.server_owner._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server_owner._lock:
+            self.server_owner._connections.discard(self.connection)
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass

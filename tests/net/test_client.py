@@ -10,9 +10,10 @@ import pytest
 from conftest import FQRN, fast_env
 
 from uvm import config
+from uvm.cvmfs.cache import Cache
 from uvm.cvmfs.client import open_repository, subtree_objects
 from uvm.cvmfs.publish import ChunkPolicy, create_keys, publish
-from uvm.errors import FetchError, FetchFailure
+from uvm.errors import FetchError, FetchFailure, SignatureError, UvmError, WhitelistError
 
 FILES = {
     "bin/tool": os.urandom(30000),
@@ -127,12 +128,13 @@ from uvm import config
 from uvm.cvmfs.client import open_repository
 with open_repository("%s", config.load(), state_dir=sys.argv[1]) as repo:
     data = repo.read("/etc/conf")
-    print(repo.source.offline, repo.source.fresh_from_cache, "requests" in sys.modules,
+    print(repo.source.offline, repo.source.fresh_from_cache,
+          "uvm.cvmfs.connections" in sys.modules or "http.client" in sys.modules,
           data.decode().strip())
 """ % FQRN
 
 
-def test_warm_run_within_the_ttl_needs_no_network_and_no_requests(stratum, mirror, cache_dir,
+def test_warm_run_within_the_ttl_needs_no_network_and_no_http_code(stratum, mirror, cache_dir,
                                                                    tmp_path):
     keydir = publish_tree(stratum, tmp_path, ttl=3600)
     env = environment([mirror.url_for()], cache_dir, keydir, tmp_path)
@@ -232,3 +234,60 @@ def test_published_repository_through_squid_with_a_dead_first_mirror(
     with open_repository(FQRN, cfg, state_dir=str(tmp_path / "state")) as repo:
         for name, data in FILES.items():
             assert repo.read("/" + name) == data
+
+
+def _open_fails(cfg, state):
+    with pytest.raises(UvmError) as info:
+        open_repository(FQRN, cfg, state_dir=state)
+    return info.value
+
+
+def test_a_tampered_whitelist_is_refused_though_fetched_with_the_manifest(
+        published, mirror, cache_dir, tmp_path):
+    store = os.path.join(mirror.root, "cvmfs", FQRN)
+    with open(os.path.join(store, ".cvmfswhitelist"), "rb") as f:
+        original = f.read()
+    tampered = original.replace(b"N" + FQRN.encode(), b"Nother.uvm.local", 1)
+    assert tampered != original
+    with open(os.path.join(store, ".cvmfswhitelist"), "wb") as f:
+        f.write(tampered)
+    env = environment([mirror.url_for()], cache_dir, published, tmp_path)
+    cfg = config.load(environ=env, system_files=[])
+    err = _open_fails(cfg, str(tmp_path / "state"))
+    assert isinstance(err, (SignatureError, WhitelistError)), err
+    assert mirror.count(".cvmfswhitelist") == 1 and mirror.count(".cvmfspublished") == 1
+    cache = Cache(cache_dir)
+    try:  # nothing of the refused state is kept as "last verified"
+        assert cache.load_file(FQRN, ".cvmfspublished") is None
+        assert cache.load_file(FQRN, ".cvmfswhitelist") is None
+    finally:
+        cache.close()
+
+
+def test_a_tampered_manifest_is_refused_though_its_catalog_was_asked_for_ahead(
+        published, mirror, cache_dir, tmp_path):
+    store = os.path.join(mirror.root, "cvmfs", FQRN)
+    with open(os.path.join(store, ".cvmfspublished"), "rb") as f:
+        lines = f.read().split(b"\n")
+    lines = [b"S99" if line.startswith(b"S") else line for line in lines]
+    with open(os.path.join(store, ".cvmfspublished"), "wb") as f:
+        f.write(b"\n".join(lines))
+    env = environment([mirror.url_for()], cache_dir, published, tmp_path)
+    cfg = config.load(environ=env, system_files=[])
+    err = _open_fails(cfg, str(tmp_path / "state"))
+    assert isinstance(err, SignatureError), err
+    cache = Cache(cache_dir)
+    try:
+        assert cache.load_file(FQRN, ".cvmfspublished") is None
+    finally:
+        cache.close()
+
+
+def test_a_whitelist_damaged_on_one_mirror_is_fetched_again_from_the_next(
+        published, mirror, mirror2, cache_dir, tmp_path):
+    mirror.add_fault("corrupt", match=".cvmfswhitelist")
+    env = environment([mirror.url_for(), mirror2.url_for()], cache_dir, published, tmp_path)
+    cfg = config.load(environ=env, system_files=[])
+    with open_repository(FQRN, cfg, state_dir=str(tmp_path / "state")) as repo:
+        assert repo.read("/etc/conf") == FILES["etc/conf"]
+    assert mirror.count(".cvmfswhitelist") >= 1 and mirror2.count(".cvmfswhitelist") == 1

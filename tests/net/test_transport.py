@@ -231,3 +231,22 @@ def test_proxy_http_errors_move_to_the_next_proxy(mirror, mirror2, put, make_fet
     assert mirror2.count(h.object_path()) == 1  # asked as a proxy, once (not retried)
     assert mirror.count(h.object_path()) == 1
     assert fetcher.transport.chain.current(allow_reset=False) == (0, 1)
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_unnoticed(mirror, put,
+                                                                         make_fetcher):
+    first, second = put(DATA), put(DATA[::-1])
+    fetcher = make_fetcher(fast_settings([mirror.url_for()], max_retries=0))
+    assert read(fetcher.fetch_object(first)) == DATA
+    mirror.drop_connections()  # the transport still holds the closed one as idle
+    assert read(fetcher.fetch_object(second)) == DATA[::-1]
+    assert mirror.count(second.object_path()) == 1
+
+
+def test_keep_alive_serves_many_objects_and_a_chunked_body(mirror, put, make_fetcher):
+    objects = {put(DATA + bytes([i])): DATA + bytes([i]) for i in range(12)}
+    fetcher = make_fetcher(fast_settings([mirror.url_for()]))
+    fetcher.prefetch([(h, Suffix.NONE, len(d), True) for h, d in objects.items()])
+    for h, data in objects.items():
+        assert read(fetcher.fetch_object(h)) == data
+    assert sum(mirror.count(h.object_path()) for h in objects) == len(objects)

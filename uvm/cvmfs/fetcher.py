@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -100,6 +100,8 @@ class Fetcher:
         self._max_ttl = max_ttl
         self._clock = clock
         self.fresh_from_cache = False
+        self._ahead_pool: Optional[ThreadPoolExecutor] = None
+        self._ahead_files: Dict[str, "Future[bytes]"] = {}
 
     @classmethod
     def from_settings(cls, fqrn: str, settings: Any, cache: Optional[Cache] = None) -> "Fetcher":
@@ -146,6 +148,13 @@ class Fetcher:
         (and never imports ``requests``).  With no server reachable, the last
         verified copy is used whatever its age ("offline").
         """
+        with self._lock:
+            pending = self._ahead_files.pop(name, None)
+        if pending is not None:
+            return pending.result()
+        return self._fetch_file(name)
+
+    def _fetch_file(self, name: str) -> bytes:
         from uvm.cvmfs.transport import BytesSink
 
         if name in BOOTSTRAP_FILES and self._fresh():
@@ -320,6 +329,42 @@ class Fetcher:
         if self._pinned.pop(key, 1) is None:
             self.cache.quota.unpin(key)
 
+    # -- ahead of need -------------------------------------------------------
+
+    def ahead(self, files: Sequence[str] = (), objects: Iterable[ObjectRequest] = ()) -> None:
+        """Start fetching ``files`` and ``objects`` in the background, and return.
+
+        Why: opening a repository is a chain of round trips (manifest, then
+        certificate, catalog, whitelist); asking for what will be needed
+        next while the caller parses and verifies what it has saves a round
+        trip per stage.  The next :meth:`fetch_file` of a name takes the
+        result fetched ahead (and raises its error); a newer ``ahead`` of the
+        same name replaces it, so a retry on another mirror never gets the
+        last attempt's file.  Objects land in the cache, verified as always,
+        where the next :meth:`fetch_object` finds them (or waits on their
+        download lock); their errors are left for that call to meet again.
+        Nothing fetched ahead is trusted more than if it were fetched later.
+        """
+        if files and self._fresh():
+            files = ()  # fetch_file answers from the cache without a round trip
+        items = list(objects)
+        if not files and not items:
+            return
+        with self._lock:
+            if self._ahead_pool is None:
+                self._ahead_pool = ThreadPoolExecutor(max_workers=4,
+                                                      thread_name_prefix="uvm-ahead")
+            for name in files:
+                self._ahead_files[name] = self._ahead_pool.submit(self._fetch_file, name)
+            for item in items:
+                self._ahead_pool.submit(self._fetch_quietly, item)
+
+    def _fetch_quietly(self, item: ObjectRequest) -> None:
+        try:
+            self.fetch_object(*item)
+        except Exception as err:  # the caller's own fetch meets it again and reports it
+            log.debug("fetching %s ahead: %s", item[0], err)
+
     # -- bulk ---------------------------------------------------------------
 
     def prefetch(
@@ -373,6 +418,10 @@ class Fetcher:
 
     def close(self) -> None:
         """Release pins, flush the quota's batched records, close connections."""
+        if self._ahead_pool is not None:  # nothing may still write into a closed cache
+            self._ahead_pool.shutdown(wait=True, cancel_futures=True)
+            self._ahead_pool = None
+            self._ahead_files.clear()
         for key in list(self._pinned):
             self.cache.quota.unpin(key)
         self._pinned.clear()

@@ -135,7 +135,7 @@ def classify_status(
 ) -> FetchFailure:
     """The failure an HTTP status means (``FetchFailure.OK`` for 2xx).
 
-    ``headers`` must be case-insensitive (``requests`` gives one).  A squid
+    ``headers`` must be case-insensitive (``http.client``'s message is).  A squid
     error page (``X-Squid-Error``) or ``Proxy-Status: ...; error=`` turns a
     host error into a proxy error: the proxy, not the mirror, failed.
     """

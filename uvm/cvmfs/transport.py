@@ -17,8 +17,9 @@ Policy comes from the pure functions of :mod:`uvm.cvmfs.servers`:
 * after ``proxy_reset_after`` / ``host_reset_after`` seconds the first proxy
   group / mirror is preferred again.
 
-``requests`` is imported only when the first download starts: a run from a
-warm cache must not pay about 0.2 s for importing it.
+HTTP itself is :mod:`uvm.cvmfs.connections` (``http.client`` with
+keep-alive), imported only when the first download starts: a run from a
+warm cache imports no HTTP code at all.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
 
 from uvm import __version__
 from uvm.cvmfs import servers
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = f"uvm/{__version__} (cvmfs-compatible)"
 MAX_REDIRECTS = 4
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 256 * 1024
 
 
@@ -181,7 +184,7 @@ class Chain:
 
 
 def _short(err: BaseException) -> str:
-    """The useful end of a requests/urllib3 error chain ("[Errno 111] Connection refused")."""
+    """The useful part of a socket error ("[Errno 111] Connection refused")."""
     text = str(err)
     match = re.search(r"\[Errno -?\d+\] [^'\")(]+", text)
     if match:
@@ -223,7 +226,7 @@ class Transport:
         proxies = servers.proxy_order(settings.proxy_groups, self._rng)
         self.chain = Chain(settings.hosts, proxies, settings.host_reset_after,
                            settings.proxy_reset_after, clock)
-        self._sessions: Dict[str, Any] = {}
+        self._connections: Any = None
         self._lock = threading.Lock()
         self.requests_sent = 0
         self.bytes_received = 0
@@ -288,9 +291,9 @@ class Transport:
 
     def close(self) -> None:
         with self._lock:
-            for session in self._sessions.values():
-                session.close()
-            self._sessions.clear()
+            connections, self._connections = self._connections, None
+        if connections is not None:
+            connections.close()
 
     # -- internals ----------------------------------------------------------
 
@@ -310,104 +313,99 @@ class Transport:
                           hint="check CVMFS_SERVER_URL and CVMFS_HTTP_PROXY "
                           "(`uvm config show`)")
 
-    def _session(self, proxy: str) -> Any:
+    def _pool(self) -> Any:
         with self._lock:
-            session = self._sessions.get(proxy)
-            if session is None:
-                import requests  # deferred: see the module docstring
-                from requests.adapters import HTTPAdapter
+            if self._connections is None:
+                from uvm.cvmfs.connections import Connections  # deferred: see the module docstring
 
-                session = requests.Session()
-                session.trust_env = False  # only CVMFS_HTTP_PROXY decides proxies
-                session.max_redirects = MAX_REDIRECTS
-                session.headers.clear()
-                session.headers.update({
-                    "User-Agent": USER_AGENT,
-                    "Accept": "*/*",
-                    "Connection": "Keep-Alive",
-                })
-                adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.settings.pool_size,
-                                      max_retries=0)
-                session.mount("http://", adapter)
-                session.mount("https://", adapter)
-                self._sessions[proxy] = session
-            return session
+                self._connections = Connections(self.settings.pool_size)
+            return self._connections
 
     def _attempt(self, url: str, proxy: str, sink: Sink, no_cache: bool) -> Any:
         if url.startswith("file://"):
             return self._attempt_local(url[len("file://"):], sink)
-        import requests
-        from urllib3.exceptions import HTTPError as Urllib3Error
-        from urllib3.exceptions import ReadTimeoutError
-
         proxied = proxy != DIRECT
         timeout = self.settings.timeout if proxied else self.settings.timeout_direct
-        headers = {"Pragma": "no-cache", "Cache-Control": "no-cache"} if no_cache else {}
-        with self._lock:
-            self.requests_sent += 1
+        response, done = self._response(url, proxy if proxied else None, no_cache, timeout)
+        reusable = False
         try:
-            response = self._session(proxy).get(
-                url,
-                headers=headers,
-                proxies={"http": proxy, "https": proxy} if proxied else {},
-                timeout=(timeout, timeout),
-                stream=True,
-                allow_redirects=self.settings.follow_redirects,
-            )
-        except requests.exceptions.ConnectTimeout as err:
-            raise self._transfer(TransferProblem.CONNECT, proxied,
-                                 f"connect timeout: {_short(err)}")
-        except requests.exceptions.Timeout as err:
-            raise self._transfer(TransferProblem.TIMEOUT, proxied, f"timeout: {_short(err)}")
-        except requests.exceptions.TooManyRedirects:
-            raise _AttemptFailed(FetchFailure.HOST_HTTP, "too many redirects")
-        except requests.exceptions.ConnectionError as err:
-            raise self._transfer(TransferProblem.CONNECT, proxied,
-                                 f"connection failed: {_short(err)}")
-        except requests.exceptions.RequestException as err:
-            raise self._transfer(TransferProblem.SHORT, proxied, f"request failed: {_short(err)}")
-        with response:
-            failure = servers.classify_status(response.status_code, response.headers, proxied,
+            failure = servers.classify_status(response.status, response.headers, proxied,
                                               self.settings.follow_redirects)
             if failure is not FetchFailure.OK:
                 squid = response.headers.get("X-Squid-Error")
                 raise _AttemptFailed(
-                    failure, f"HTTP {response.status_code}" + (f" ({squid})" if squid else ""))
-            length_text = response.headers.get("Content-Length")
-            expected = int(length_text) if length_text and length_text.isdigit() else None
-            received = 0
-            window_start, window_bytes = self._clock(), 0
-            raw = response.raw
-            while True:
-                try:
-                    data = raw.read1(_CHUNK, decode_content=False)
-                except (ReadTimeoutError, TimeoutError) as err:
-                    raise self._transfer(TransferProblem.TIMEOUT, proxied,
-                                         f"read timeout: {_short(err)}")
-                except (Urllib3Error, OSError) as err:
-                    raise self._transfer(TransferProblem.SHORT, proxied,
-                                         f"transfer broken after {received} bytes: "
-                                         f"{_short(err)}")
-                if not data:
-                    break
-                received += len(data)
-                self._feed(sink, data)
-                # Low-speed watchdog: like curl's CURLOPT_LOW_SPEED_*, abort a
-                # trickle slower than low_speed_limit over a whole timeout window.
-                now = self._clock()
-                if now - window_start >= timeout:
-                    rate = (received - window_bytes) / (now - window_start)
-                    if rate < self.settings.low_speed_limit:
-                        raise self._transfer(
-                            TransferProblem.TIMEOUT, proxied,
-                            f"too slow: {rate:.0f} B/s < {self.settings.low_speed_limit} B/s")
-                    window_start, window_bytes = now, received
+                    failure, f"HTTP {response.status}" + (f" ({squid})" if squid else ""))
+            result = self._receive(response, sink, proxied, timeout)
+            reusable = True
+            return result
+        finally:
+            done(reusable)
+
+    def _response(self, url: str, proxy: Optional[str], no_cache: bool, timeout: float) -> Any:
+        """The response to ``GET url`` (redirects followed when configured) and its ``done``."""
+        from uvm.cvmfs.connections import ConnectFailed, NoResponse
+
+        headers = {"User-Agent": USER_AGENT, "Accept": "*/*", "Connection": "Keep-Alive"}
+        if no_cache:
+            headers.update({"Pragma": "no-cache", "Cache-Control": "no-cache"})
+        proxied = proxy is not None
+        for _hop in range(MAX_REDIRECTS + 1):
             with self._lock:
-                self.bytes_received += received
-            if expected is not None and received < expected:
+                self.requests_sent += 1
+            try:
+                response, done = self._pool().get(url, proxy, headers, timeout)
+            except ConnectFailed as err:
+                problem = TransferProblem.CONNECT
+                raise self._transfer(problem, proxied, str(err)) from None
+            except NoResponse as err:
+                problem = TransferProblem.TIMEOUT if err.timed_out else TransferProblem.CONNECT
+                raise self._transfer(problem, proxied, str(err)) from None
+            location = response.headers.get("Location")
+            if not (self.settings.follow_redirects and response.status in _REDIRECTS
+                    and location):
+                return response, done
+            done(True)
+            url = urllib.parse.urljoin(url, location)
+        raise _AttemptFailed(FetchFailure.HOST_HTTP, "too many redirects")
+
+    def _receive(self, response: Any, sink: Sink, proxied: bool, timeout: float) -> Any:
+        """Stream the body into ``sink``; short, broken and too slow transfers fail."""
+        import http.client
+
+        length_text = response.headers.get("Content-Length")
+        expected = int(length_text) if length_text and length_text.isdigit() else None
+        received = 0
+        window_start, window_bytes = self._clock(), 0
+        while True:
+            try:
+                data = response.read1(_CHUNK)
+            except TimeoutError as err:
+                raise self._transfer(TransferProblem.TIMEOUT, proxied,
+                                     f"read timeout: {_short(err)}")
+            except (http.client.HTTPException, OSError) as err:
                 raise self._transfer(TransferProblem.SHORT, proxied,
-                                     f"short transfer: {received} of {expected} bytes")
-            return self._finish(sink)
+                                     f"transfer broken after {received} bytes: "
+                                     f"{_short(err) or type(err).__name__}")
+            if not data:
+                break
+            received += len(data)
+            self._feed(sink, data)
+            # Low-speed watchdog: like curl's CURLOPT_LOW_SPEED_*, abort a
+            # trickle slower than low_speed_limit over a whole timeout window.
+            now = self._clock()
+            if now - window_start >= timeout:
+                rate = (received - window_bytes) / (now - window_start)
+                if rate < self.settings.low_speed_limit:
+                    raise self._transfer(
+                        TransferProblem.TIMEOUT, proxied,
+                        f"too slow: {rate:.0f} B/s < {self.settings.low_speed_limit} B/s")
+                window_start, window_bytes = now, received
+        with self._lock:
+            self.bytes_received += received
+        if expected is not None and received < expected:
+            raise self._transfer(TransferProblem.SHORT, proxied,
+                                 f"short transfer: {received} of {expected} bytes")
+        return self._finish(sink)
 
     def _attempt_local(self, path: str, sink: Sink) -> Any:
         """A local stratum-0 directory: no HTTP, the same verification."""
