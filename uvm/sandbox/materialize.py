@@ -94,6 +94,8 @@ OPEN_CALLS = frozenset({"open", "openat", "openat2"})
 STAT_CALLS = frozenset({"stat", "lstat", "oldstat", "oldlstat", "stat64", "lstat64",
                         "newfstatat", "fstatat64", "statx"})
 EXEC_CALLS = frozenset({"execve", "execveat", "uselib"})
+LD_SO_CACHE = "/etc/ld.so.cache"
+LD_SO_CACHE_NAME = "ld.so.cache"
 
 
 def _ns(entry: Any) -> int:
@@ -102,8 +104,6 @@ def _ns(entry: Any) -> int:
 
 def _err(code: int) -> OSError:
     return OSError(code, os.strerror(code))
-
-
 
 
 class FetchLog:
@@ -516,7 +516,8 @@ class ShadowTree:
 
     def _prefetch_deps(self, host: str) -> None:
         """Fetch, in the background and in parallel, the objects of what the
-        program at ``host`` will load (PT_INTERP and DT_NEEDED, transitively),
+        program at ``host`` will load (PT_INTERP and DT_NEEDED, transitively,
+        and ``/etc/ld.so.cache``, which the loader reads before any library),
         looked up in the standard library directories of its tree."""
         if host in self._prefetched or getattr(self.repo.source, "prefetch", None) is None:
             return
@@ -559,9 +560,10 @@ class ShadowTree:
                         wanted[entry.path] = entry
                 if elf.interp and elf.interp not in seen:
                     seen.add(elf.interp)
-                    entry = self._lookup_follow(sysroot + elf.interp)
-                    if entry is not None:
-                        wanted[entry.path] = entry
+                    for path in (elf.interp, LD_SO_CACHE):  # the loader reads its cache first
+                        entry = self._lookup_follow(sysroot + path)
+                        if entry is not None:
+                            wanted[entry.path] = entry
             requests = []
             for entry in wanted.values():
                 if entry.is_chunked or entry.content_hash is None or entry.size == 0:
@@ -573,6 +575,8 @@ class ShadowTree:
             frontier = []
             for entry, path in zip([e for e in wanted.values() if not (
                     e.is_chunked or e.content_hash is None or e.size == 0)], paths):
+                if entry.name == LD_SO_CACHE_NAME:
+                    continue
                 with open(path, "rb") as handle:
                     elf = elfdeps.read_elf(handle)
                 if elf is not None:
