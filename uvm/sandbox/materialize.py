@@ -453,16 +453,16 @@ class ShadowTree:
         if not entry.is_regular or entry.size == 0:
             self._content.add(host)
             return
-        self._fill_content(repo, host, entry)
-        if executing:  # a cold start: what it loads is probably cold too
-            self._prefetch_deps(host)
+        self._fill_content(repo, host, entry, executing)
 
-    def _fill_content(self, repo: str, host: str, entry: Any) -> None:
+    def _fill_content(self, repo: str, host: str, entry: Any, executing: bool = False) -> None:
         started = self.fetch_log.begin(f"{self.fqrn}:{repo}", entry.size)
         tmp = self._tmpname()
         try:
             try:
                 self._fetch_all(repo, entry)  # every object verified before a byte is written
+                if executing:  # a cold start: what it loads is probably cold too
+                    self._prefetch_deps(host)  # (from the cache, while the copy is made)
                 with self.repo.open_file(repo) as src, \
                         open(tmp, "wb") as out:
                     _copy(src, out)
@@ -536,11 +536,11 @@ class ShadowTree:
 
     def _closure(self, host: str) -> None:
         fetcher = self.repo.source
-        with open(host, "rb") as handle:
+        program_repo = host[len(self.top):]
+        with self.repo.open_file(program_repo) as handle:
             info = elfdeps.read_elf(handle)
         if info is None:
             return
-        program_repo = host[len(self.top):]
         sysroot = self.sysroot_of(program_repo)
         seen: Set[str] = set()
         frontier: List[Tuple[Any, Any]] = [(info, program_repo)]
@@ -804,6 +804,12 @@ class CvmfsTrees:
             tree = self._tree(host)
             if tree is not None:
                 tree.ensure(host)
+
+    def complete(self, host_dir: str) -> bool:
+        """Does directory ``host_dir`` of a tree hold every entry already?
+        (Then a name missing from it is absent from the revision.)"""
+        tree = self._tree(host_dir) if host_dir != self.base else None
+        return tree is not None and host_dir[len(tree.top):] in tree._complete
 
     def before(self, name: str, host: str, flags: int = 0) -> None:
         """Called by the tracer with the translated host path of a path call."""
