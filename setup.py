@@ -1,8 +1,9 @@
 """Build hook: everything else is in pyproject.toml.
 
-``cffi_modules`` compiles ``uvm._native_codec`` from ``native/``.  The
-extension is optional: if it cannot be compiled (no compiler, no zlib or
-OpenSSL headers) the install goes on and uvm uses its pure-Python codec.
+``cffi_modules`` compiles ``uvm._native_codec`` and ``uvm._native_fastpath``
+from ``native/``.  Both are optional: if one cannot be compiled (no
+compiler, no zlib or OpenSSL headers) the install goes on and uvm uses its
+pure-Python codec, or its Python tracer loop for every stop.
 """
 
 from setuptools import setup
@@ -19,6 +20,6 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    cffi_modules=["native/build.py:ffibuilder"],
+    cffi_modules=["native/build.py:ffibuilder", "native/build.py:fastpath_builder"],
     cmdclass={"build_ext": OptionalBuildExt},
 )

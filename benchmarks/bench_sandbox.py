@@ -10,13 +10,16 @@ each workload runs as
 - ``uvm run --root ROOT -- /bench/wN.sh`` (uvm's whole start-up included),
 
 interleaved in one run: one warm-up of each, then ``--reps`` rounds of
-native, uvm.  Printed: the median wall times, uvm's ratio to native beside
+native, uvm.  With ``--ablation`` each round also runs uvm with ``--spread``
+(no CPU placement) and with ``--spread`` and ``UVM_TRACER=python`` (no C
+fast path either: the tracer as it was before both), so that each
+decision's gain is measured in the same run.  Printed: the median wall times, uvm's ratio to native beside
 upstream PRoot 5.4's (from ../shared/bench/README.md), and the tracer stops
 per workload (``uvm run --stats``).  Then the tracer's peak RSS (VmHWM of the
 uvm process, polled from /proc; the guest's memory is not counted) for a
 ``make -j4`` of 200 tiny C files.
 
-    sudo .venv/bin/python benchmarks/bench_sandbox.py [--quick] [--i386] [--reps N] [--only w1,w3]
+    sudo .venv/bin/python benchmarks/bench_sandbox.py [--quick] [--i386] [--reps N] [--only w1,w3] [--ablation]
 
 Needs root (native chroot, debootstrap on the first run).
 """
@@ -74,8 +77,16 @@ def bench_env() -> dict:
             "LC_ALL": "C", "TERM": "dumb"}
 
 
-def run_workloads(root: Path, names: list[str], reps: int) -> dict:
+# Variants of uvm for --ablation: extra options, environment.
+ABLATION = {
+    "spread": (["--spread"], {}),
+    "python": (["--spread"], {"UVM_TRACER": "python"}),
+}
+
+
+def run_workloads(root: Path, names: list[str], reps: int, ablation: bool = False) -> dict:
     env = bench_env()
+    variants = ABLATION if ablation else {}
     results = {}
     for name in names:
         script = f"/bench/{name}.sh"
@@ -83,23 +94,32 @@ def run_workloads(root: Path, names: list[str], reps: int) -> dict:
         with tempfile.NamedTemporaryFile(suffix=".json") as stats_file:
             uvm_cmd = [*uvm_command(), "run", "--root", str(root),
                        "--stats", stats_file.name, "--", script]
+            others = {v: ([*uvm_command(), "run", "--root", str(root), *opts, "--", script],
+                          {**env, **extra_env}) for v, (opts, extra_env) in variants.items()}
             timed(native_cmd, env)            # warm-up: page cache, ld.so cache
             timed(uvm_cmd, env)
             native, uvm = [], []
+            times: dict = {v: [] for v in others}
             for _ in range(reps):
                 native.append(timed(native_cmd, env))
                 uvm.append(timed(uvm_cmd, env))
+                for v, (cmd, venv) in others.items():
+                    times[v].append(timed(cmd, venv))
             stats = json.loads(Path(stats_file.name).read_text())
         results[name] = {
             "native_s": statistics.median(native), "uvm_s": statistics.median(uvm),
             "native_all": native, "uvm_all": uvm,
             "stops": stats.get("stops"), "seccomp_stops": stats.get("seccomp_stops"),
+            "fast_path_stops": stats.get("fast_path_stops"),
             "processes": stats.get("processes"), "seccomp": stats.get("seccomp"),
+            "variants": {v: statistics.median(t) / statistics.median(native) for v, t in times.items()},
         }
         r = results[name]
         r["ratio"] = r["uvm_s"] / r["native_s"]
+        extra = "".join(f", {v} {x:.2f}x" for v, x in r["variants"].items())
         print(f"  {name}: native {r['native_s']:.3f} s, uvm {r['uvm_s']:.3f} s, "
-              f"{r['ratio']:.2f}x, {r['stops']} stops", file=sys.stderr, flush=True)
+              f"{r['ratio']:.2f}x{extra}, {r['stops']} stops ({r['fast_path_stops']} in C)",
+              file=sys.stderr, flush=True)
     return results
 
 
@@ -172,14 +192,18 @@ def per_stop(r: dict) -> str:
 
 
 def table(results: dict, peers: dict, arch: str) -> str:
+    variants = next(iter(results.values()), {}).get("variants", {})
     lines = [f"### {arch}", "",
-             "| workload | native (s) | uvm (s) | uvm / native | PRoot 5.4 | goal | tracer stops | µs extra per stop | processes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| workload | native (s) | uvm (s) | uvm / native | "
+             + "".join(f"{v} / native | " for v in variants)
+             + "PRoot 5.4 | goal | tracer stops | of which in C | µs extra per stop | processes |",
+             "|---|---|---|---|" + "---|" * len(variants) + "---|---|---|---|---|---|"]
     for name, r in results.items():
         peer = f"{peers[name]:.1f}x" if name in peers else "-"
         goal = f"< {GOAL[name]}x" if name in GOAL else f"< {peers[name]:.1f}x" if name in peers else "-"
         lines.append(f"| {name.upper()} {WORKLOADS[name]} | {r['native_s']:.3f} | {r['uvm_s']:.3f} "
-                     f"| {r['ratio']:.2f}x | {peer} | {goal} | {r['stops']} "
+                     f"| {r['ratio']:.2f}x | " + "".join(f"{x:.2f}x | " for x in r["variants"].values())
+                     + f"{peer} | {goal} | {r['stops']} | {r['fast_path_stops']} "
                      f"| {per_stop(r)} | {r['processes']} |")
     return "\n".join(lines)
 
@@ -192,6 +216,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="comma-separated workloads, e.g. w1,w3")
     ap.add_argument("--no-rss", action="store_true", help="skip the 200-file build")
     ap.add_argument("--json", help="also write the raw figures to this file")
+    ap.add_argument("--ablation", action="store_true",
+                    help="also time uvm --spread, and --spread with UVM_TRACER=python")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         ap.error("needs root: native chroot is the baseline")
@@ -208,7 +234,7 @@ def main(argv=None) -> int:
         root = roots.debian_root(arch)
         print(f"{arch}: {root} (built in {roots.build_seconds(root)} s); "
               f"{reps} reps after a warm-up", file=sys.stderr, flush=True)
-        results = run_workloads(root, names, reps)
+        results = run_workloads(root, names, reps, args.ablation)
         report[arch] = results
         out.append(table(results, peers, f"Debian bookworm {arch}, median of {reps}"))
     if not args.no_rss:

@@ -1,11 +1,12 @@
-"""cffi builder for ``uvm._native_codec`` (API mode).
+"""cffi builders (API mode) for ``uvm._native_codec`` and ``uvm._native_fastpath``.
 
-``setup.py`` names ``native/build.py:ffibuilder`` in ``cffi_modules``, so
-``pip install .`` (or ``-e .``) compiles the extension; there is no manual
-step.  It links the system zlib and OpenSSL libcrypto, and libdeflate when
-its headers are installed (``UVM_NO_LIBDEFLATE=1`` builds without it).
-There is no other way to build it: after editing the C, run
-``pip install -e .`` again.
+``setup.py`` names ``native/build.py:ffibuilder`` and
+``native/build.py:fastpath_builder`` in ``cffi_modules``, so ``pip install
+.`` (or ``-e .``) compiles both extensions; there is no manual step.  The
+codec links the system zlib and OpenSSL libcrypto, and libdeflate when its
+headers are installed (``UVM_NO_LIBDEFLATE=1`` builds without it); the
+tracer's fast path needs only libc.  There is no other way to build them:
+after editing the C, run ``pip install -e .`` again.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ def _have_libdeflate() -> bool:
     return any(Path(d, "libdeflate.h").exists() for d in ("/usr/include", "/usr/local/include"))
 
 
-def _cdef() -> str:
+def _cdef(header: str) -> str:
     """The header minus preprocessor lines cffi cannot read (comments are fine)."""
     lines = []
-    for line in (HERE / "uvm_codec.h").read_text().splitlines():
+    for line in (HERE / header).read_text().splitlines():
         if line.startswith("#") and not line.startswith("#define"):
             continue
         lines.append(line)
@@ -45,7 +46,7 @@ def _cdef() -> str:
 LIBDEFLATE = _have_libdeflate()
 
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef())
+ffibuilder.cdef(_cdef("uvm_codec.h"))
 ffibuilder.set_source(
     "uvm._native_codec",
     '#include "uvm_codec.h"\n',
@@ -54,5 +55,15 @@ ffibuilder.set_source(
     include_dirs=[str(HERE)],
     libraries=["z", "crypto"] + (["deflate"] if LIBDEFLATE else []),
     define_macros=[("UVM_HAVE_LIBDEFLATE", "1")] if LIBDEFLATE else [],
+    extra_compile_args=["-O2", "-Wall", "-Wextra"],
+)
+
+fastpath_builder = FFI()
+fastpath_builder.cdef(_cdef("uvm_fastpath.h"))
+fastpath_builder.set_source(
+    "uvm._native_fastpath",
+    '#include "uvm_fastpath.h"\n',
+    sources=["native/uvm_fastpath.c"],
+    include_dirs=[str(HERE)],
     extra_compile_args=["-O2", "-Wall", "-Wextra"],
 )

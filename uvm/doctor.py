@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Iterator, List
 
 # Modules with a ``checks()`` function, in the order their results are shown.
-CHECK_PROVIDERS: List[str] = ["uvm._native", "uvm.sandbox.probe", "uvm.cvmfs.cache"]
+CHECK_PROVIDERS: List[str] = ["uvm._native", "uvm.sandbox.probe", "uvm.sandbox.fastpath",
+                               "uvm.cvmfs.cache"]
 
 
 @dataclass(frozen=True)

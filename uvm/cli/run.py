@@ -38,6 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: kill them)")
     parser.add_argument("--stats", metavar="FILE",
                         help="write tracer counters (stops, processes, seccomp) as JSON to FILE")
+    parser.add_argument("--spread", action="store_true",
+                        help="let the scheduler place uvm and the guest on any CPU (default: one "
+                        "CPU while the guest runs one thing at a time, which saves most of a "
+                        "stop's cost; every allowed CPU when it runs several)")
     parser.add_argument("--no-seccomp", action="store_true",
                         help="stop on every system call (debugging; slow)")
     run_cvmfs.add_arguments(parser)  # --template, --cvmfs, --record, --replay
@@ -101,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         box = Sandbox(ns, command, cwd=args.cwd, env=_environment(args),
                       verbose=args.verbose, log=log, wait_all=args.wait_all,
-                      use_seccomp=not args.no_seccomp)
+                      use_seccomp=not args.no_seccomp, spread=args.spread)
         status = box.run()
         if args.stats:
             box.write_stats(args.stats)

@@ -22,7 +22,7 @@ import errno
 import os
 import resource
 import struct
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 _SYS_OPENAT2 = 437
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -66,6 +66,9 @@ class Anchors:
 
     def __init__(self) -> None:
         self.prefix = f"/proc/{os.getpid()}/fd/"
+        # Called before a generation is retired: whoever copied descriptor
+        # numbers (the C fast path) must forget them.
+        self.on_retire: Callable[[], None] = lambda: None
         self._fds: Dict[str, int] = {}
         self._retired: List[int] = []
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -94,8 +97,13 @@ class Anchors:
         # rmdir and unlink act on it, not on the magic link.
         return f"{self.prefix}{fd}/{last}{slash}"
 
+    def fd_of(self, host_dir: str) -> Optional[int]:
+        """The descriptor anchoring ``host_dir`` in the current generation."""
+        return self._fds.get(host_dir)
+
     def retire(self) -> None:
         """Start a new generation: close the previous retired one."""
+        self.on_retire()
         for fd in self._retired:
             try:
                 os.close(fd)

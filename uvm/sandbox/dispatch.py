@@ -19,7 +19,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from uvm.sandbox import anchors as _anchors
 from uvm.sandbox import execve as _execve
+from uvm.sandbox import fastpath as _fastpath
 from uvm.sandbox import memory as mem
+from uvm.sandbox import placement as _placement
 from uvm.sandbox.arch import ABI_I386, ABI_NAMES, ARG_REGS, RED_ZONE, WORD_SIZE
 from uvm.sandbox.handlers import (
     AT_EMPTY_PATH,
@@ -28,7 +30,7 @@ from uvm.sandbox.handlers import (
     O_NOFOLLOW,
     TABLE,
 )
-from uvm.sandbox.namespace import Namespace
+from uvm.sandbox.namespace import FILLED, Namespace
 from uvm.sandbox.paths import _MAGIC, Resolver
 from uvm.sandbox.sysnums import NAMES, NUMBERS
 
@@ -102,6 +104,24 @@ class Tracer:
         # Names that never take the one-name shortcut of _translate: ".",
         # "..", and every bind's last component (a bind may sit on it).
         self._not_simple = frozenset({"", ".", ".."} | {b.guest.rpartition("/")[2] for b in ns.binds})
+        # The C hot path (fastpath.py), made by the loop when seccomp works.
+        self.fast: Optional[_fastpath.FastPath] = None
+        # CPU placement (placement.py), set by the runner; and the answer to
+        # sched_getaffinity while it may keep the guest on one CPU.
+        self.placement: Optional[_placement.Placement] = None
+        self._affinity: Optional[_placement.AffinityAnswer] = None
+
+    def start_fast_path(self) -> Optional[_fastpath.FastPath]:
+        """Make the C fast path for this run, or None: it needs the
+        anchors (it hands the kernel the same names), and ``-v`` logs every
+        translation, which only Python does."""
+        if self.anchors is None or self.verbose:
+            return None
+        self.fast = _fastpath.create(self._not_simple - {"", ".", ".."},
+                                     relative_ok=self._lazy is None, check_caps=self._root_mode)
+        if self.fast is not None:
+            self.anchors.on_retire = self.fast.clear
+        return self.fast
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -121,6 +141,11 @@ class Tracer:
         if tid in self.tracees:
             self.tracees[tid] = tgid
         return tgid
+
+    def forked(self, parent: int, child: int) -> None:
+        """A new tracee: it keeps a CPU affinity its parent chose itself."""
+        if self.placement is not None:
+            self.placement.inherit(parent, child)
 
     def forget(self, tid: int) -> None:
         self.tracees.pop(tid, None)
@@ -201,6 +226,8 @@ class Tracer:
         resolutions; when a directory may have been moved or removed, start
         a new generation of directory anchors too."""
         self.resolver.invalidate()
+        if self.fast is not None:
+            self.fast.clear()
         if dirs_moved and self.anchors is not None:
             self.anchors.retire()
 
@@ -231,8 +258,54 @@ class Tracer:
         except OSError as exc:
             raise _err(_anchors.errno_for_race(exc)) from None
 
+    def _k_getaffinity(self, tid, regs, abi, row):
+        placement = self.placement
+        if placement is None or not placement.active:
+            return 0
+        _fn, _name, pid_i, len_i, mask_i = row
+        args = ARG_REGS[abi]
+        pid = getattr(regs, args[pid_i]) & 0xFFFFFFFF
+        if (pid and pid not in self.tracees) or placement.chose(pid or tid):
+            return 0  # not a guest, or its own choice: the kernel's answer is the truth
+        if self._affinity is None:
+            self._affinity = _placement.AffinityAnswer(placement.allowed)
+        res, data = self._affinity.reply(getattr(regs, args[len_i]) & 0xFFFFFFFF, WORD_SIZE[abi])
+        if data:
+            mem.write_bytes(tid, getattr(regs, args[mask_i]) & (_MASK64 if abi == 0 else 0xFFFFFFFF), data)
+        regs.orig_rax = _SKIP
+        regs.rax = res & _MASK64
+        return SETREGS
+
+    def _k_setaffinity(self, tid, regs, abi, row):
+        if self.placement is not None:
+            pid = getattr(regs, ARG_REGS[abi][row[2]]) & 0xFFFFFFFF
+            self.placement.chose_own(pid or tid)
+        return 0
+
+    def _publish(self, path: str, guest: str, host: str, kernel: str) -> None:
+        """Teach the C fast path the directory of absolute ``path``, when
+        its translation was the plain one: the cached directory, the same
+        last component on the host, an anchored name."""
+        head, _, last = path.rpartition("/")
+        gdir, _, glast = guest.rpartition("/")
+        hdir, _, hlast = host.rpartition("/")
+        if glast != last or hlast != last or not kernel.startswith(self.anchors.prefix):
+            return
+        if self.resolver.cached_dir(head) != (gdir or "/"):
+            return
+        fd = self.anchors.fd_of(hdir)
+        if fd is None:
+            return
+        kind = self.ns.fast_dir(gdir or "/", hdir)
+        # The entry's own host directory must be the directory's (a layer
+        # maps each entry of a copied-up directory to where it comes from).
+        if kind and self.ns.host_of(gdir or "/") == hdir:
+            self.fast.publish(_enc(head), fd, len(hdir), kind == FILLED)
+
     def _k_creds(self, tid, regs, abi, row):
         self._creds.clear()
+        if self.fast is not None:
+            self.fast.forget_creds()
         return 0
 
     def _compat_call(self, tid: int, regs) -> bool:
@@ -257,6 +330,10 @@ class Tracer:
             guest = rec[2].get(ptr)
             if guest is not None:
                 return guest
+        if self.fast is not None:
+            mine = self.fast.restarted(tid, regs.rip, regs.rsp, ptr)
+            if mine is not None:
+                return _dec(mine)
         return _dec(mem.read_cstring(tid, ptr))
 
     def _base(self, tid: int, path: str, dirfd: int) -> str:
@@ -332,7 +409,10 @@ class Tracer:
             raise _err(errno.EACCES)
         if self.verbose:
             self.logfn(f"[{tid}] {name}({path!r}) -> {host}")
-        self._put_path(tid, regs, abi, path_i, path, self._kernel_path(tid, host))
+        kernel = self._kernel_path(tid, host)
+        self._put_path(tid, regs, abi, path_i, path, kernel)
+        if self.fast is not None and path[0] == "/":
+            self._publish(path, guest, host, kernel)
         # The final component was checked (not a symlink, or resolved): the
         # kernel must not follow a symlink raced into its place (_pin_*).
         self._pinned = follow and not host.startswith("/proc/")
@@ -446,7 +526,10 @@ class Tracer:
         if answer is None:
             if self.verbose:
                 self.logfn(f"[{tid}] {name}({path!r}) -> {host}")
-            self._put_path(tid, regs, abi, idx, path, self._kernel_path(tid, host))
+            kernel = self._kernel_path(tid, host)
+            self._put_path(tid, regs, abi, idx, path, kernel)
+            if self.fast is not None and path[:1] == "/":
+                self._publish(path, _guest, host, kernel)
             return SETREGS
         size = getattr(regs, args[size_i]) & 0xFFFFFFFF
         if size == 0 or size >= 0x80000000:

@@ -31,6 +31,10 @@ onto names); a row is a tuple whose first item is its kind:
     set*id and capset: the tracer forgets what it knew of the caller's
     credentials (they decide whether /proc/<tracer>/fd anchors can be used;
     see ``anchors.py``); the call itself runs unchanged.
+``("getaffinity", pid_i, len_i, mask_i)`` / ``("setaffinity", pid_i)``
+    CPU affinity (``placement.py``): the guest is told the CPUs uvm was
+    given, not the one CPU uvm may keep it on; a process that sets its own
+    affinity is never moved again.
 ``("refuse", errno)``
     refused in the filter itself (no stop): mount and friends, chroot,
     io_uring (it would open paths without a system call), ...
@@ -144,6 +148,9 @@ TABLE: Dict[str, Tuple] = {
         "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid",
         "setfsuid", "setfsgid", "capset", "setuid16", "setgid16", "setreuid16",
         "setregid16", "setresuid16", "setresgid16", "setfsuid16", "setfsgid16")},
+    # CPU placement (placement.py)
+    "sched_getaffinity": ("getaffinity", 0, 1, 2),
+    "sched_setaffinity": ("setaffinity", 0),
     # refused (in the filter, no stop)
     "chroot": ("refuse", errno.EPERM),
     "pivot_root": ("refuse", errno.EPERM),

@@ -35,7 +35,7 @@ from uvm.sandbox.dispatch import _AT_FDCWD32, _MASK64, _SKIP, SETREGS, Tracer, _
 from uvm.sandbox.handlers import TABLE
 from uvm.sandbox.identity import Identity, layout_for, rewrite
 from uvm.sandbox.layer import Layer
-from uvm.sandbox.namespace import Namespace
+from uvm.sandbox.namespace import NOT_FAST, Namespace
 from uvm.sandbox.sysnums import NUMBERS
 
 CREATE, MODIFY = 1, 2
@@ -102,6 +102,13 @@ class LayerNamespace(Namespace):
                 return bhost + guest[len(bguest):] if bhost != "/" else guest[len(bguest):]
         return self.layer.host_of(guest)
 
+    def fast_dir(self, guest_dir: str, host_dir: str) -> int:
+        """Also: in the root, only directories still wholly in the lower one
+        (a copied-up directory maps each entry through its origin)."""
+        if self.in_root(guest_dir) and not self.layer.is_lower(host_dir):
+            return NOT_FAST
+        return Namespace.fast_dir(self, guest_dir, host_dir)
+
     def in_root(self, guest: str) -> bool:
         for bguest, bguest_slash, _bhost in self._guest_prefixes:
             if guest == bguest or guest.startswith(bguest_slash):
@@ -163,6 +170,13 @@ class LayerTracer(Tracer):
                 if nr is not None:
                     self.handlers[abi][nr] = (getattr(self, "_k_" + row[0]), name) + row[1:]
 
+    def start_fast_path(self):
+        """None with an identity: stat results and access checks are then
+        rewritten, which only Python does."""
+        if self.identity is not None:
+            return None
+        return super().start_fast_path()
+
     def filter_numbers(self):
         """(traced, refused, traced_if) per ABI, with this run's extra rows."""
         return filter_numbers({**TABLE, **self.extra_rows})
@@ -185,6 +199,10 @@ class LayerTracer(Tracer):
             exists = True
         except OSError:
             exists = False
+        # A copy-up moves directories from the lower root into the layer:
+        # the C fast path's directories may name the lower ones.
+        if self.fast is not None:
+            self.fast.clear()
         if exists:
             if op != MODIFY:
                 return guest, host  # the kernel reports EEXIST, touching nothing
@@ -561,9 +579,9 @@ class LayerTracer(Tracer):
         return cred
 
     def _k_creds(self, tid, regs, abi, row):
-        self._creds.clear()
         if self.identity is None:
-            return 0
+            return super()._k_creds(tid, regs, abi, row)
+        self._creds.clear()
         name = row[1]
         small = name.endswith("16")
         base = name[:-2] if small else name

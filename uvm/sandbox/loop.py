@@ -1,7 +1,9 @@
 """The wait loop: every ptrace stop of every tracee comes through here.
 
 Seccomp stops go to :meth:`Tracer.enter` and the tracee continues with
-PTRACE_CONT (no exit stop).  Fork/vfork/clone children are attached by the
+PTRACE_CONT (no exit stop); with the C fast path (``fastpath.py``) the wait
+itself is in C, which settles the read-only calls it was taught and returns
+every other stop here.  Fork/vfork/clone children are attached by the
 kernel (options) and start with a PTRACE_EVENT_STOP that is simply resumed;
 signals are re-injected unchanged; group-stops are parked with
 PTRACE_LISTEN so that job control works.  Without seccomp filtering
@@ -35,6 +37,8 @@ class LoopResult:
         self.threads = 1
         self.killed_leftovers = 0
         self.max_tracees = 1
+        self.fast_stops = 0
+        self.fast_rewritten = 0
 
 
 def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
@@ -44,7 +48,12 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
     restart = mem.PTRACE_SYSCALL if fallback else mem.PTRACE_CONT
     tracer.fallback = fallback
     resume = mem.resume
-    waitpid = os.waitpid
+    fast = None if fallback else tracer.start_fast_path()
+    if fast is not None:
+        wait = fast.wait
+    else:
+        def wait():
+            return os.waitpid(-1, _WALL)
     enter = tracer.enter
     tracees = tracer.tracees
     # Calls whose result the tracer rewrites (layer_tracer.py): tid -> info.
@@ -57,7 +66,7 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
     stops = 0
     while tracees:
         try:
-            tid, status = waitpid(-1, _WALL)
+            tid, status = wait()
         except ChildProcessError:
             break
         stops += 1
@@ -106,6 +115,8 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
                         tracees[child] = 0
                         res.threads += 1
                         fresh.add(child)
+                    if child:
+                        tracer.forked(tid, child)
                     if len(tracees) > res.max_tracees:
                         res.max_tracees = len(tracees)
                 elif event == mem.EVENT_EXEC:
@@ -146,8 +157,10 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
                     except OSError:
                         tracees.pop(other, None)
     res.status = main_status if main_status is not None else 0
-    res.stops = stops
-    res.seccomp_stops = tracer.stops
+    if fast is not None:
+        res.fast_stops, res.fast_rewritten = fast.counts()
+    res.stops = stops + res.fast_stops
+    res.seccomp_stops = tracer.stops + res.fast_stops
     return res
 
 

@@ -35,6 +35,10 @@ class Bind(NamedTuple):
     guest: str
 
 
+# Answers of Namespace.fast_dir.
+NOT_FAST, PLAIN, FILLED = 0, 1, 2
+
+
 def parse_bind(spec: str) -> Tuple[str, str]:
     """``HOST[:GUEST]`` as given to ``-b``: GUEST defaults to HOST."""
     host, sep, guest = spec.partition(":")
@@ -158,6 +162,21 @@ class Namespace:
         if guest == "/":
             return self.root
         return self._root_prefix + guest
+
+    def fast_dir(self, guest_dir: str, host_dir: str) -> int:
+        """May a name in ``guest_dir`` be looked up in ``host_dir`` without
+        the namespace (the tracer's C fast path does)?  :data:`PLAIN`: yes;
+        :data:`FILLED`: a lazily filled directory (CernVM-FS) that is
+        complete, where subdirectories and files without their content yet
+        still go to the tracer; :data:`NOT_FAST`: /proc (its entries depend
+        on who asks), or a lazy directory still being filled.  Bind points
+        are the caller's concern."""
+        if host_dir.startswith("/proc"):
+            return NOT_FAST
+        lazy = self.lazy
+        if lazy is None or not (host_dir == lazy.base or host_dir.startswith(lazy.base + "/")):
+            return PLAIN
+        return FILLED if lazy.complete(host_dir) else NOT_FAST
 
     def is_bind_point(self, guest: str) -> bool:
         """Is ``guest`` exactly where a bind sits (a mount point)?"""

@@ -66,6 +66,11 @@ class Resolver:
     def invalidate(self) -> None:
         self._dirs.clear()
 
+    def cached_dir(self, head: str) -> Optional[str]:
+        """Canonical guest directory cached for ``head`` (a path's part before
+        its last slash, as given), if any."""
+        return self._dirs.get(head or "/")
+
     # -- public ----------------------------------------------------------------
 
     def resolve(self, path: str, base: str, follow: bool, tid: int = 0) -> Tuple[str, str]:
@@ -84,7 +89,7 @@ class Resolver:
         elif tid and full.startswith("/proc"):
             guest, host = self._walk(full, follow, tid)
         else:
-            gdir = self._dirs.get(head)
+            gdir = self._dirs.get(head or "/")
             if gdir is None:
                 gdir = self._dir(head or "/", tid)
             guest = gdir + "/" + last if gdir != "/" else "/" + last

@@ -21,6 +21,7 @@ from uvm.errors import SandboxError
 from uvm.sandbox import memory as mem
 from uvm.sandbox import seccomp
 from uvm.sandbox.dispatch import Tracer, filter_numbers
+from uvm.sandbox.placement import Placement
 from uvm.sandbox.loop import LoopResult, run_loop
 from uvm.sandbox.namespace import Namespace
 
@@ -68,6 +69,7 @@ class Sandbox:
         log: Optional[TextIO] = None,
         wait_all: bool = False,
         use_seccomp: bool = True,
+        spread: bool = False,
     ) -> None:
         if not argv:
             raise SandboxError("no command to run", hint="give one after --")
@@ -82,6 +84,10 @@ class Sandbox:
         if getattr(namespace, "layer", None) is not None:  # writable layer (layer_tracer.py)
             from uvm.sandbox.layer_tracer import LayerTracer as tracer_class
         self.tracer = tracer_class(namespace, verbose, self._log if verbose else None)
+        # One CPU for the tracer and a guest that runs one thing at a time
+        # (placement.py); ``spread``: leave CPUs to the scheduler.
+        if not spread:
+            self.tracer.placement = Placement(self.tracer.tracees.keys)
         self.guest_cwd = cwd or self._default_cwd()
         self.result: Optional[LoopResult] = None
         self.seccomp_on = False
@@ -139,9 +145,21 @@ class Sandbox:
         prog = seccomp.build_filter(*numbers, tracer_pid=os.getpid())
         no_new_privs = os.geteuid() != 0
         env_list = {k: v for k, v in self.env.items()}
+        start = time.monotonic()
+        placement = self.tracer.placement
+        if placement is not None:
+            placement.start()
+        try:
+            return self._trace(guest_exe, prog, no_new_privs, env_list, host_cwd, start)
+        finally:
+            if placement is not None:
+                placement.stop()
+
+    def _trace(self, guest_exe: str, prog, no_new_privs: bool, env_list: Dict[str, str],
+               host_cwd: str, start: float) -> int:
+        """Fork the guest, trace it to its end; its exit status."""
         go_r, go_w = os.pipe()
         st_r, st_w = os.pipe2(os.O_CLOEXEC)
-        start = time.monotonic()
         pid = os.fork()
         if pid == 0:  # child
             try:
@@ -230,12 +248,14 @@ class Sandbox:
             "tracer_max_rss_kb": usage.ru_maxrss,
             "stops": res.stops,
             "seccomp_stops": res.seccomp_stops,
-            "translated_paths": self.tracer.translated,
+            "translated_paths": self.tracer.translated + res.fast_rewritten,
+            "fast_path_stops": res.fast_stops,
             "processes": res.processes,
             "threads": res.threads,
             "max_live_tracees": res.max_tracees,
             "killed_leftovers": res.killed_leftovers,
             "seccomp": self.seccomp_on,
+            "cpu_spreads": self.tracer.placement.spreads if self.tracer.placement else 0,
             "elapsed_s": round(self.elapsed, 6),
             "status": res.status,
             **(self.tracer.layer_stats() if hasattr(self.tracer, "layer_stats") else {}),

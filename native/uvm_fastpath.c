@@ -1,0 +1,425 @@
+/* uvm_fastpath.c: see uvm_fastpath.h.
+ *
+ * One stop settled here costs waitpid, GETREGS, one process_vm_readv, for
+ * a call that follows symlinks one fstatat, one process_vm_writev, SETREGS
+ * and PTRACE_CONT; the same work Python's Tracer.enter does, without the
+ * interpreter.  Every case not covered exactly is handed back to Python
+ * untouched ("bail"), so a miss costs only the GETREGS and the read.
+ */
+
+#define _GNU_SOURCE
+#include "uvm_fastpath.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ptrace.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define HANDLED 1
+#define BAIL 0
+
+#define SHORT_PATH 256  /* longer paths go to Python */
+#define SLOTS 8192      /* published directories (power of two) */
+#define ARENA (1 << 19) /* bytes of their names */
+#define TIDS 2048       /* per-thread records (power of two) */
+#define RED_ZONE_64 128
+#define SCRATCH_GAP 64
+#define SCRATCH_WINDOW 8192
+#define AT_FDCWD32 0xFFFFFF9CUL
+#define PTRACE_EVENT_SECCOMP_STOP (PTRACE_EVENT_SECCOMP << 8)
+
+struct slot {
+    uint64_t hash; /* 0: empty */
+    uint32_t off;
+    uint32_t len;
+    int fd;
+    uint32_t host_len;
+    int filled;
+};
+
+struct restart {
+    int tid;
+    unsigned long rip, rsp, addr;
+    size_t len;
+    char path[SHORT_PATH];
+};
+
+struct cap {
+    int tid;
+    int ok;
+};
+
+struct fast {
+    struct fast_row rows[2][FAST_MAX_NR];
+    struct slot slots[SLOTS];
+    uint32_t used;
+    char *arena;
+    uint32_t arena_used;
+    char names[1024]; /* NUL-separated */
+    size_t names_len;
+    char prefix[48];  /* "/proc/<tracer>/fd/" */
+    size_t prefix_len;
+    int check_caps;
+    int relative_ok;
+    struct restart recs[TIDS];
+    struct cap caps[TIDS];
+    struct fast_counts counts;
+};
+
+/* user_regs_struct words holding arguments 0..5, per ABI. */
+static const int ARG_WORD[2][6] = {
+    {14, 13, 12, 7, 9, 8}, /* rdi rsi rdx r10 r8 r9 */
+    {5, 11, 12, 13, 14, 4}, /* ebx ecx edx esi edi ebp */
+};
+
+static uint64_t hash_of(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h ? h : 1;
+}
+
+struct fast *fast_new(int tracer_pid, int check_caps, int relative_ok)
+{
+    struct fast *f = calloc(1, sizeof(*f));
+    if (!f)
+        return NULL;
+    f->arena = malloc(ARENA);
+    if (!f->arena) {
+        free(f);
+        return NULL;
+    }
+    f->prefix_len = (size_t)snprintf(f->prefix, sizeof(f->prefix), "/proc/%d/fd/", tracer_pid);
+    f->check_caps = check_caps;
+    f->relative_ok = relative_ok;
+    return f;
+}
+
+void fast_free(struct fast *f)
+{
+    if (f) {
+        free(f->arena);
+        free(f);
+    }
+}
+
+void fast_set_row(struct fast *f, int abi, int nr, const struct fast_row *row)
+{
+    if ((abi == 0 || abi == 1) && nr >= 0 && nr < FAST_MAX_NR)
+        f->rows[abi][nr] = *row;
+}
+
+int fast_add_name(struct fast *f, const char *name, size_t len)
+{
+    if (f->names_len + len + 1 > sizeof(f->names))
+        return -1;
+    memcpy(f->names + f->names_len, name, len);
+    f->names_len += len;
+    f->names[f->names_len++] = '\0';
+    return 0;
+}
+
+static int reserved_name(const struct fast *f, const char *name, size_t len)
+{
+    for (size_t i = 0; i < f->names_len;) {
+        size_t n = strlen(f->names + i);
+        if (n == len && memcmp(f->names + i, name, len) == 0)
+            return 1;
+        i += n + 1;
+    }
+    return 0;
+}
+
+void fast_clear(struct fast *f)
+{
+    if (f->used || f->arena_used) {
+        memset(f->slots, 0, sizeof(f->slots));
+        f->used = 0;
+        f->arena_used = 0;
+    }
+}
+
+void fast_forget_creds(struct fast *f)
+{
+    memset(f->caps, 0, sizeof(f->caps));
+}
+
+static struct slot *find(struct fast *f, const char *head, size_t len, uint64_t h)
+{
+    for (uint32_t i = (uint32_t)h & (SLOTS - 1);; i = (i + 1) & (SLOTS - 1)) {
+        struct slot *s = &f->slots[i];
+        if (!s->hash)
+            return s;
+        if (s->hash == h && s->len == len && memcmp(f->arena + s->off, head, len) == 0)
+            return s;
+    }
+}
+
+int fast_publish(struct fast *f, const char *head, size_t len, int fd, size_t host_len,
+                 int filled)
+{
+    if (len >= SHORT_PATH)
+        return -1;
+    if (f->used >= SLOTS / 2 || f->arena_used + len > ARENA)
+        fast_clear(f);
+    uint64_t h = hash_of(head, len);
+    struct slot *s = find(f, head, len, h);
+    if (!s->hash) {
+        memcpy(f->arena + f->arena_used, head, len);
+        s->off = f->arena_used;
+        s->len = (uint32_t)len;
+        s->hash = h;
+        f->arena_used += (uint32_t)len;
+        f->used++;
+    }
+    s->fd = fd;
+    s->host_len = (uint32_t)host_len;
+    s->filled = filled;
+    return 0;
+}
+
+void fast_counts(struct fast *f, struct fast_counts *out)
+{
+    *out = f->counts;
+}
+
+/* -- per-thread state ------------------------------------------------------ */
+
+static int may_anchor(struct fast *f, int tid)
+{
+    if (!f->check_caps)
+        return 1;
+    struct cap *c = &f->caps[(unsigned)tid & (TIDS - 1)];
+    if (c->tid == tid)
+        return c->ok;
+    char path[64], buf[4096];
+    snprintf(path, sizeof(path), "/proc/%d/status", tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    int ok = 0;
+    if (n > 0) {
+        buf[n] = '\0';
+        char *line = strstr(buf, "\nCapEff:");
+        if (line)
+            ok = (strtoull(line + 8, NULL, 16) >> 19) & 1; /* CAP_SYS_PTRACE */
+    }
+    c->tid = tid;
+    c->ok = ok;
+    return ok;
+}
+
+int fast_restarted(struct fast *f, int tid, unsigned long rip, unsigned long rsp,
+                   unsigned long addr, char *out, size_t cap)
+{
+    struct restart *r = &f->recs[(unsigned)tid & (TIDS - 1)];
+    if (r->tid != tid || r->rip != rip || r->rsp != rsp || r->addr != addr || r->len >= cap)
+        return -1;
+    memcpy(out, r->path, r->len + 1);
+    return (int)r->len;
+}
+
+/* -- one stop -------------------------------------------------------------- */
+
+/* The NUL-terminated string at ``addr`` if shorter than SHORT_PATH. */
+static ssize_t read_path(int tid, unsigned long addr, char *out)
+{
+    size_t got = 0;
+    while (got < SHORT_PATH) {
+        size_t page = 4096 - ((addr + got) & 4095);
+        size_t want = SHORT_PATH - got < page ? SHORT_PATH - got : page;
+        struct iovec local = {out + got, want};
+        struct iovec remote = {(void *)(addr + got), want};
+        ssize_t n = process_vm_readv(tid, &local, 1, &remote, 1, 0);
+        if (n <= 0)
+            return -1;
+        char *nul = memchr(out + got, '\0', (size_t)n);
+        if (nul)
+            return nul - out;
+        got += (size_t)n;
+    }
+    return -1;
+}
+
+static int write_mem(int tid, unsigned long addr, const char *data, size_t len)
+{
+    struct iovec local = {(void *)data, len};
+    struct iovec remote = {(void *)addr, len};
+    return process_vm_writev(tid, &local, 1, &remote, 1, 0) == (ssize_t)len ? 0 : -1;
+}
+
+/* Is ``name`` (in directory ``dirfd`` of the tracee, or its cwd) a symlink? */
+static int relative_is_link(int tid, unsigned long dirfd, const char *name)
+{
+    char where[SHORT_PATH + 64];
+    struct stat st;
+    if (dirfd == AT_FDCWD32)
+        snprintf(where, sizeof(where), "/proc/%d/cwd/%s", tid, name);
+    else
+        snprintf(where, sizeof(where), "/proc/%d/fd/%lu/%s", tid, dirfd, name);
+    return lstat(where, &st) == 0 && S_ISLNK(st.st_mode);
+}
+
+static int enter(struct fast *f, int tid)
+{
+    struct user_regs_struct regs;
+    unsigned long *word = (unsigned long *)&regs;
+    if (ptrace(PTRACE_GETREGS, tid, 0, &regs) < 0)
+        return BAIL;
+    int abi = regs.cs == 0x23;
+    if (!abi && regs.rip < 0x100000000UL) {
+        unsigned long msg = 1;
+        if (ptrace(PTRACE_GETEVENTMSG, tid, 0, &msg) < 0 || msg == 1)
+            return BAIL; /* int $0x80 from 64-bit code: Python refuses it */
+    }
+    unsigned long nr = regs.orig_rax;
+    if (nr >= FAST_MAX_NR)
+        return BAIL;
+    const struct fast_row *row = &f->rows[abi][nr];
+    if (row->kind == FAST_NONE)
+        return BAIL;
+    unsigned long mask = abi ? 0xFFFFFFFFUL : ~0UL;
+    const int *aw = ARG_WORD[abi];
+    unsigned long ptr = word[aw[row->path_i]] & mask;
+    unsigned long sp = regs.rsp & mask;
+    unsigned long top = sp - (abi ? 0 : RED_ZONE_64) - SCRATCH_GAP;
+    char path[SHORT_PATH];
+    ssize_t len;
+    struct restart *rec = &f->recs[(unsigned)tid & (TIDS - 1)];
+    if (ptr < top && ptr >= top - SCRATCH_WINDOW) {
+        /* Our own copy, for a call restarted after a signal (the copy may
+         * be overwritten by the signal frame): the guest's path again. */
+        if (rec->tid != tid || rec->rip != regs.rip || rec->rsp != regs.rsp || rec->addr != ptr)
+            return BAIL; /* Python's copy: Python knows */
+        len = (ssize_t)rec->len;
+        memcpy(path, rec->path, rec->len + 1);
+    } else {
+        len = read_path(tid, ptr, path);
+        if (len < 0)
+            return BAIL;
+    }
+    unsigned long flags = row->flags_i >= 0 ? word[aw[row->flags_i]] & mask : 0;
+    if (len == 0) {
+        /* fstat done as newfstatat(fd, "", AT_EMPTY_PATH) (glibc 2.33+),
+         * statx alike: the descriptor itself, nothing to translate. */
+        return row->kind == FAST_AT && row->dirfd_i >= 0 && (flags & AT_EMPTY_PATH) ? HANDLED : BAIL;
+    }
+    int follow = row->follow;
+    if (row->kind == FAST_OPEN) {
+        /* read-only, nothing created: O_WRONLY/O_RDWR, O_CREAT, O_TRUNC, O_TMPFILE */
+        if (flags & (3 | 0100 | 01000 | 020000000))
+            return BAIL;
+        follow = !(flags & O_NOFOLLOW);
+    } else if (row->kind == FAST_AT) {
+        if (flags & row->toggle)
+            follow = !follow;
+    } else if (row->kind == FAST_READLINK) {
+        follow = 0;
+    }
+    int setregs = 0;
+    if (path[0] == '/') {
+        char *slash = strrchr(path, '/');
+        const char *last = slash + 1;
+        size_t last_len = (size_t)(path + len - last);
+        size_t head_len = (size_t)(slash - path);
+        if (last_len == 0 || (last[0] == '.' && (last_len == 1 || (last_len == 2 && last[1] == '.'))))
+            return BAIL;
+        if (strncmp(path, "/proc", 5) == 0 || reserved_name(f, last, last_len))
+            return BAIL;
+        struct slot *s = find(f, path, head_len, hash_of(path, head_len));
+        if (!s->hash || s->host_len + 1 + last_len >= 4096 || !may_anchor(f, tid))
+            return BAIL;
+        if (s->filled) {
+            /* A shadow directory: subdirectories are completed and file
+             * content fetched by Python; a missing name is absent. */
+            struct stat st;
+            if (fstatat(s->fd, last, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+                if (S_ISDIR(st.st_mode) || (S_ISLNK(st.st_mode) && follow))
+                    return BAIL;
+                if (row->kind == FAST_OPEN && S_ISREG(st.st_mode) && st.st_size > 0 &&
+                    st.st_blocks == 0)
+                    return BAIL;
+            } else if (errno != ENOENT) {
+                return BAIL;
+            }
+        } else if (follow) {
+            struct stat st;
+            if (fstatat(s->fd, last, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+                return BAIL; /* Python walks the link in the guest's view */
+        }
+        char host[SHORT_PATH + 64];
+        int n = snprintf(host, sizeof(host), "%s%d/%s", f->prefix, s->fd, last);
+        if (n <= 0 || (size_t)n >= sizeof(host))
+            return BAIL;
+        unsigned long addr = (top - (unsigned long)n - 1) & ~15UL;
+        if (write_mem(tid, addr, host, (size_t)n + 1) < 0)
+            return BAIL;
+        word[aw[row->path_i]] = addr;
+        rec->tid = tid;
+        rec->rip = regs.rip;
+        rec->rsp = regs.rsp;
+        rec->addr = addr;
+        rec->len = (size_t)len;
+        memcpy(rec->path, path, (size_t)len + 1);
+        setregs = 1;
+        f->counts.rewritten++;
+    } else {
+        if (!f->relative_ok || row->kind == FAST_READLINK || strchr(path, '/'))
+            return BAIL;
+        if ((path[0] == '.' && (len == 1 || (len == 2 && path[1] == '.'))) ||
+            reserved_name(f, path, (size_t)len))
+            return BAIL;
+        if (follow) {
+            unsigned long dirfd = row->dirfd_i >= 0 ? word[aw[row->dirfd_i]] & 0xFFFFFFFFUL : AT_FDCWD32;
+            if (relative_is_link(tid, dirfd, path))
+                return BAIL;
+        }
+    }
+    if (follow) {
+        /* The final component was checked: the kernel must not follow a
+         * symlink raced into its place. */
+        if (row->kind == FAST_OPEN) {
+            word[aw[row->flags_i]] = flags | O_NOFOLLOW;
+            setregs = 1;
+        } else if (row->kind == FAST_AT && row->flags_i >= 0 && row->toggle) {
+            word[aw[row->flags_i]] = flags | (unsigned long)row->toggle;
+            setregs = 1;
+        } else if (row->kind == FAST_PATH && row->nofollow_nr >= 0) {
+            regs.orig_rax = (unsigned long)row->nofollow_nr;
+            setregs = 1;
+        }
+    }
+    if (setregs && ptrace(PTRACE_SETREGS, tid, 0, &regs) < 0)
+        return BAIL;
+    return HANDLED;
+}
+
+int fast_wait(struct fast *f, int *tid, int *status)
+{
+    for (;;) {
+        int st = 0;
+        pid_t pid = waitpid(-1, &st, __WALL);
+        if (pid < 0)
+            return -errno;
+        if (WIFSTOPPED(st) && (st >> 8) == (SIGTRAP | PTRACE_EVENT_SECCOMP_STOP) &&
+            enter(f, pid) == HANDLED) {
+            f->counts.handled++;
+            ptrace(PTRACE_CONT, pid, 0, 0); /* ESRCH: its exit comes next */
+            continue;
+        }
+        *tid = pid;
+        *status = st;
+        return 0;
+    }
+}

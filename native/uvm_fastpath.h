@@ -1,0 +1,58 @@
+/* uvm_fastpath.h: the tracer's per-stop hot path in C.
+ *
+ * uvm/sandbox/fastpath.py is the only user.  The wait loop lives here: a
+ * seccomp stop whose call the C can settle from what Python has taught it
+ * (a row per system call, and guest directories already resolved by
+ * Python's namespace, each with the tracer's directory descriptor) is
+ * handled without coming back to Python; every other stop is returned to
+ * Python, which handles it as before.  The C never decides policy: it only
+ * replays, for read-only calls, what Python did for the same directory.
+ */
+
+#include <stddef.h>
+
+#define FAST_NONE 0
+#define FAST_AT 1       /* stat-like call with a dirfd and maybe flags */
+#define FAST_PATH 2     /* path relative to the cwd */
+#define FAST_OPEN 3     /* open/openat: only read-only flags */
+#define FAST_READLINK 4 /* absolute paths only */
+
+#define FAST_MAX_NR 512
+
+struct fast_row {
+    int kind;
+    int dirfd_i;     /* argument holding the directory descriptor, or -1 */
+    int path_i;
+    int flags_i;     /* argument holding the flags, or -1 */
+    int follow;      /* follows a final symlink unless flags say otherwise */
+    int toggle;      /* flag bit inverting follow */
+    int nofollow_nr; /* same call without following (stat -> lstat), or -1 */
+};
+
+struct fast_counts {
+    unsigned long handled;   /* stops settled in C */
+    unsigned long rewritten; /* of which a path was rewritten */
+};
+
+struct fast;
+
+struct fast *fast_new(int tracer_pid, int check_caps, int relative_ok);
+void fast_free(struct fast *f);
+void fast_set_row(struct fast *f, int abi, int nr, const struct fast_row *row);
+/* Last components that always go to Python (a bind may sit on them). */
+int fast_add_name(struct fast *f, const char *name, size_t len);
+/* Guest directory ``head`` (as written by the guest, before the last '/')
+ * resolves to the host directory behind tracer descriptor ``fd``.
+ * ``filled``: a complete CernVM-FS shadow directory, whose subdirectories
+ * and content-less files still need Python. */
+int fast_publish(struct fast *f, const char *head, size_t len, int fd, size_t host_len,
+                 int filled);
+void fast_clear(struct fast *f);
+void fast_forget_creds(struct fast *f);
+/* Wait for the next stop Python must see; 0, or -errno of waitpid. */
+int fast_wait(struct fast *f, int *tid, int *status);
+/* The guest's path of a call restarted after a signal, whose argument
+ * still points at the C's copy below the stack; -1 when not ours. */
+int fast_restarted(struct fast *f, int tid, unsigned long rip, unsigned long rsp,
+                   unsigned long addr, char *out, size_t cap);
+void fast_counts(struct fast *f, struct fast_counts *out);

@@ -1,0 +1,162 @@
+"""The tracer's C hot path and the CPU placement, seen from the guest.
+
+The C settles read-only calls on directories Python resolved before; every
+answer must be the one the Python tracer gives, and whatever changes a
+directory (rename, copy-up into the layer) must reach it.  The placement
+keeps a sequential guest on one CPU without the guest noticing, and gives
+a parallel one every CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from harness import guest_env
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("uvm_available")]
+
+# Stats, opens, readlinks and accesses of absolute paths: plain files,
+# directories, absolute and relative symlinks, missing names, `..`, a bind.
+PROBE = r"""
+import os, sys
+def show(label, fn):
+    try:
+        value = fn()
+    except OSError as exc:
+        value = "E" + str(exc.errno)
+    print(label, value)
+paths = ["/etc/hostname", "/etc", "/usr/bin/python3", "/usr/lib/../bin/sh", "/nope/x",
+         "/etc/nope", "/etc/hostname/x", "/data/link-abs", "/data/link-rel", "/data/sub/f",
+         "/data/sub", "/data/loop", "/bin/sh"]
+for rnd in range(3):
+    for p in paths:
+        show("stat " + p, lambda: (os.stat(p).st_size, oct(os.stat(p).st_mode)))
+        show("lstat " + p, lambda: oct(os.lstat(p).st_mode))
+        show("link " + p, lambda: os.readlink(p))
+        show("access " + p, lambda: os.access(p, os.R_OK))
+        show("read " + p, lambda: open(p, "rb").read(64))
+        show("fstat " + p, lambda: os.fstat(os.open(p, os.O_RDONLY)).st_size)
+"""
+
+
+def _data_dir(uvm_runner):
+    data = uvm_runner.make_scratch("fast")
+    (data / "sub").mkdir()
+    (data / "sub" / "f").write_text("in the bind\n")
+    os.symlink("/etc/hostname", data / "link-abs")  # resolves in the guest root
+    os.symlink("sub/f", data / "link-rel")
+    os.symlink("loop", data / "loop")
+    if not uvm_runner.is_root:
+        for path in (data / "sub", data / "sub" / "f"):
+            os.chown(path, uvm_runner.uid, uvm_runner.gid)
+    return data
+
+
+def _run(uvm_runner, root, tracer, *cmd, binds=(), extra=(), stats=None):
+    env = guest_env()
+    env["UVM_TRACER"] = tracer
+    res = subprocess.run(uvm_runner.command(root, cmd, binds=binds, extra=extra, stats=stats),
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+@pytest.mark.parametrize("layer", [True, False], ids=["layer", "no-layer"])
+def test_c_and_python_tracers_give_the_same_answers(uvm_runner, host_root, layer):
+    data = _data_dir(uvm_runner)
+    extra = () if layer else ("--no-layer",)
+    stats = uvm_runner.make_scratch("stats") / "stats.json"
+    fast = _run(uvm_runner, host_root, "c", "python3", "-c", PROBE, binds=[(data, "/data")],
+                extra=extra, stats=stats)
+    slow = _run(uvm_runner, host_root, "python", "python3", "-c", PROBE, binds=[(data, "/data")],
+                extra=extra)
+    assert fast == slow
+    assert "link /data/link-abs /etc/hostname" in fast.splitlines()
+    assert "in the bind" in fast and "E2" in fast and "E20" in fast and "E40" in fast
+    assert (host_root / "etc/hostname").read_text().strip()[:20] in fast
+    counts = json.loads(stats.read_text())
+    assert counts["fast_path_stops"] > 0  # the C really answered some of them
+
+
+def test_c_tracer_forgets_a_renamed_directory(uvm_runner, host_root):
+    data = _data_dir(uvm_runner)
+    script = (
+        "import os\n"
+        "for _ in range(3): print(os.path.exists('/data/sub/f'))\n"
+        "os.rename('/data/sub', '/data/moved')\n"
+        "print(os.path.exists('/data/sub/f'), open('/data/moved/f').read().strip())\n"
+        "os.mkdir('/data/sub'); open('/data/sub/g', 'w').write('new')\n"
+        "print(os.path.exists('/data/sub/f'), open('/data/sub/g').read())\n"
+    )
+    out = _run(uvm_runner, host_root, "c", "python3", "-c", script, binds=[(data, "/data")])
+    assert out.split() == ["True", "True", "True", "False", "in", "the", "bind", "False", "new"]
+
+
+def test_c_tracer_reads_a_file_copied_up_into_the_layer(uvm_runner, host_root):
+    """The C knew /etc as the lower root's; after a write it is the layer's."""
+    script = (
+        "import os\n"
+        "for _ in range(3): before = open('/etc/hostname').read()\n"
+        "open('/etc/hostname', 'w').write('rewritten\\n')\n"
+        "print(repr(before), repr(open('/etc/hostname').read()), os.stat('/etc/hostname').st_size)\n"
+    )
+    out = _run(uvm_runner, host_root, "c", "python3", "-c", script)
+    original = (host_root / "etc/hostname").read_text()
+    assert out.strip() == f"{original!r} 'rewritten\\n' 10"
+    assert (host_root / "etc/hostname").read_text() == original  # the root is untouched
+
+
+AFFINITY = r"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+buf = ctypes.create_string_buffer(128)
+for size in (1, 8, 128):
+    res = libc.syscall(204, 0, size, buf)
+    print(size, res, ctypes.get_errno() if res < 0 else buf.raw[:res].hex())
+print(sorted(os.sched_getaffinity(0)))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to place on one")
+def test_guest_sees_every_cpu_while_kept_on_one(uvm_runner, host_root):
+    """nproc and make -j$(nproc) see what they would without uvm, with the
+    kernel's own answers to odd buffer sizes."""
+    inside = _run(uvm_runner, host_root, "c", "python3", "-c", AFFINITY)
+    outside = subprocess.run(["python3", "-c", AFFINITY], capture_output=True, text=True,
+                             check=True).stdout
+    assert inside == outside
+
+
+SPIN = r"""
+import os, sys, time
+def allowed():
+    return open('/proc/self/status').read().split('Cpus_allowed_list:')[1].split()[0]
+if sys.argv[1] != "-":
+    os.sched_setaffinity(0, {int(sys.argv[1])})
+start = allowed()
+for _ in range(2):
+    if os.fork() == 0:
+        deadline = time.monotonic() + (60 if sys.argv[1] == "-" else 2)
+        while time.monotonic() < deadline and allowed() == start:
+            pass
+        print(allowed(), flush=True)
+        os._exit(0)
+os.wait(); os.wait()
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_parallel_guest_gets_every_cpu_and_pinned_one_stays(uvm_runner, host_root):
+    """Two busy processes: uvm stops keeping them on one CPU.  A process
+    pinned by the guest itself (taskset) is never moved."""
+    allowed = subprocess.run(["sh", "-c", "grep Cpus_allowed_list /proc/self/status"],
+                             capture_output=True, text=True, check=True).stdout.split()[1]
+    out = _run(uvm_runner, host_root, "c", "python3", "-c", SPIN, "-")
+    assert out.split() == [allowed, allowed]
+    one = str(min(os.sched_getaffinity(0)))
+    pinned = _run(uvm_runner, host_root, "c", "python3", "-c", SPIN, one)
+    assert pinned.split() == [one, one]

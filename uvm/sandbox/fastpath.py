@@ -1,0 +1,163 @@
+"""The tracer's hot path in C (``native/uvm_fastpath.c``), taught by Python.
+
+Most stops of real workloads are read-only calls on absolute paths in
+directories the tracer has resolved before (gcc's realpath readlinks, the
+opens and stats of an interpreter start-up) and glibc's fstat done as
+``newfstatat(fd, "", AT_EMPTY_PATH)``.  For those the Python tracer does the
+same few things every time; the C wait loop does them without the
+interpreter and hands every other stop back to :class:`~uvm.sandbox.dispatch.Tracer`.
+
+What the C knows, Python told it:
+
+- a row per read-only system call, built here from the handler table (the
+  stat family, access, readlink, getxattr, open/openat without write or
+  create flags); calls that write, create, remove or execute never run in C;
+- guest directories resolved by the namespace (:meth:`publish`): the head of
+  a guest path exactly as written, and the tracer's anchor descriptor of its
+  host directory (see ``anchors.py``), only for directories whose every
+  entry maps to the same host directory (not a layer's copied-up directory,
+  nor a CernVM-FS shadow directory still being filled; in a complete one,
+  subdirectories and files whose content is not fetched yet go to Python);
+- last components that may be bind points, which always go to Python.
+
+Everything Python forgets (a rename, an unlink, a copy-up, a new generation
+of anchors), the C forgets too (:meth:`clear`).  ``UVM_TRACER=python`` turns
+the C off (benchmarks compare both; a suspected C bug).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any, Iterable, Optional, Tuple
+
+from uvm.sandbox.handlers import TABLE
+from uvm.sandbox.sysnums import NUMBERS
+
+FAST_AT, FAST_PATH, FAST_OPEN, FAST_READLINK = 1, 2, 3, 4
+
+# The calls the C may settle: they read, never change, the file system.
+READ_ONLY = frozenset({
+    "stat", "lstat", "stat64", "lstat64", "newfstatat", "fstatat64", "statx",
+    "statfs", "statfs64", "access", "faccessat", "faccessat2",
+    "getxattr", "lgetxattr", "listxattr", "llistxattr",
+    "readlink", "readlinkat", "open", "openat",
+})
+
+_NOFOLLOW_TWIN = {"stat": "lstat", "stat64": "lstat64", "getxattr": "lgetxattr",
+                  "listxattr": "llistxattr"}
+
+
+def _load() -> Tuple[Any, str]:
+    if os.environ.get("UVM_TRACER", "").strip().lower() == "python":
+        return None, "Python, forced by UVM_TRACER=python"
+    try:
+        from uvm import _native_fastpath
+    except ImportError as err:
+        return None, f"Python, C fast path not built: {err}"
+    return _native_fastpath, "C fast path"
+
+
+_MODULE, BACKEND = _load()
+
+
+def _row(name: str, row: tuple, numbers: dict) -> Optional[dict]:
+    kind = row[0]
+    if kind == "path":
+        twin = _NOFOLLOW_TWIN.get(name)
+        return {"kind": FAST_PATH, "dirfd_i": -1, "path_i": row[1], "flags_i": -1,
+                "follow": int(row[2]), "toggle": 0,
+                "nofollow_nr": numbers.get(twin, -1) if twin else -1}
+    if kind == "at":
+        return {"kind": FAST_AT, "dirfd_i": row[1], "path_i": row[2], "flags_i": row[3],
+                "follow": int(row[4]), "toggle": row[5], "nofollow_nr": -1}
+    if kind == "open" and row[2] >= 0:
+        return {"kind": FAST_OPEN, "dirfd_i": -1, "path_i": row[1], "flags_i": row[2],
+                "follow": 1, "toggle": 0, "nofollow_nr": -1}
+    if kind == "openat":
+        return {"kind": FAST_OPEN, "dirfd_i": row[1], "path_i": row[2], "flags_i": row[3],
+                "follow": 1, "toggle": 0, "nofollow_nr": -1}
+    if kind == "readlink":
+        return {"kind": FAST_READLINK, "dirfd_i": row[1], "path_i": row[2], "flags_i": -1,
+                "follow": 0, "toggle": 0, "nofollow_nr": -1}
+    return None
+
+
+class FastPath:
+    """One C fast path for one sandbox run (not thread-safe: the tracer's)."""
+
+    def __init__(self, module: Any, reserved_names: Iterable[str], relative_ok: bool,
+                 check_caps: bool) -> None:
+        self._ffi = module.ffi
+        self._lib = module.lib
+        self._fast = self._ffi.gc(
+            self._lib.fast_new(os.getpid(), int(check_caps), int(relative_ok)), self._lib.fast_free)
+        if self._fast == self._ffi.NULL:
+            raise MemoryError("uvm: cannot allocate the tracer's fast path")
+        for abi in (0, 1):
+            numbers = NUMBERS[abi]
+            for name in READ_ONLY:
+                nr, row = numbers.get(name), TABLE.get(name)
+                spec = _row(name, row, numbers) if nr is not None and row is not None else None
+                if spec is not None:
+                    self._lib.fast_set_row(self._fast, abi, nr, self._ffi.new("struct fast_row *", spec))
+        for name in reserved_names:
+            raw = name.encode("utf-8", "surrogateescape")
+            if raw and self._lib.fast_add_name(self._fast, raw, len(raw)) != 0:
+                raise ValueError("uvm: too many bind points for the tracer's fast path")
+        self._published: set = set()
+        self._out = self._ffi.new("int[2]")
+        self._text = self._ffi.new("char[]", 4096)
+        self._counts = self._ffi.new("struct fast_counts *")
+
+    def publish(self, head: bytes, fd: int, host_len: int, filled: bool = False) -> None:
+        """Guest directory ``head`` (as the guest wrote it) is host
+        directory ``host_len`` bytes long behind tracer descriptor ``fd``;
+        ``filled``: a complete lazily filled directory (namespace.FILLED)."""
+        if head not in self._published:
+            self._published.add(head)
+            self._lib.fast_publish(self._fast, head, len(head), fd, host_len, int(filled))
+
+    def clear(self) -> None:
+        if self._published:
+            self._published.clear()
+            self._lib.fast_clear(self._fast)
+
+    def forget_creds(self) -> None:
+        self._lib.fast_forget_creds(self._fast)
+
+    def wait(self) -> Tuple[int, int]:
+        """The next stop Python must handle, as ``os.waitpid(-1, __WALL)``
+        would return it."""
+        res = self._lib.fast_wait(self._fast, self._out, self._out + 1)
+        while res == -errno.EINTR:  # the interpreter runs signal handlers here
+            res = self._lib.fast_wait(self._fast, self._out, self._out + 1)
+        if res == -errno.ECHILD:
+            raise ChildProcessError(errno.ECHILD, os.strerror(errno.ECHILD))
+        if res < 0:
+            raise OSError(-res, os.strerror(-res))
+        return self._out[0], self._out[1]
+
+    def restarted(self, tid: int, rip: int, rsp: int, addr: int) -> Optional[bytes]:
+        """The guest's path of a call the C translated, restarted after a signal."""
+        n = self._lib.fast_restarted(self._fast, tid, rip, rsp, addr, self._text, 4096)
+        return None if n < 0 else self._ffi.buffer(self._text, n)[:]
+
+    def counts(self) -> Tuple[int, int]:
+        """(stops settled in C, of which paths rewritten)."""
+        self._lib.fast_counts(self._fast, self._counts)
+        return self._counts.handled, self._counts.rewritten
+
+
+def create(reserved_names: Iterable[str], relative_ok: bool, check_caps: bool) -> Optional[FastPath]:
+    """A fast path, or None when the C is not built or turned off."""
+    if _MODULE is None:
+        return None
+    return FastPath(_MODULE, reserved_names, relative_ok, check_caps)
+
+
+def checks() -> list:
+    """For ``uvm doctor``: which tracer loop runs (the Python one is slower, not wrong)."""
+    from uvm.doctor import Check
+
+    return [Check("tracer", True, BACKEND)]
