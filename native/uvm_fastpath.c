@@ -45,6 +45,12 @@ struct slot {
     int filled;
 };
 
+struct dslot {
+    unsigned long dev, ino; /* ino 0: empty */
+    int fd;
+    int filled;
+};
+
 struct restart {
     int tid;
     unsigned long rip, rsp, addr;
@@ -61,6 +67,8 @@ struct fast {
     struct fast_row rows[2][FAST_MAX_NR];
     struct slot slots[SLOTS];
     uint32_t used;
+    struct dslot dirs[SLOTS];
+    uint32_t dirs_used;
     char *arena;
     uint32_t arena_used;
     char names[1024]; /* NUL-separated */
@@ -146,6 +154,38 @@ void fast_clear(struct fast *f)
         f->used = 0;
         f->arena_used = 0;
     }
+    if (f->dirs_used) {
+        memset(f->dirs, 0, sizeof(f->dirs));
+        f->dirs_used = 0;
+    }
+}
+
+static struct dslot *find_dir(struct fast *f, unsigned long dev, unsigned long ino)
+{
+    uint64_t h = (ino * 0x9E3779B97F4A7C15ULL) ^ dev;
+    for (uint32_t i = (uint32_t)(h >> 17) & (SLOTS - 1);; i = (i + 1) & (SLOTS - 1)) {
+        struct dslot *d = &f->dirs[i];
+        if (!d->ino || (d->ino == ino && d->dev == dev))
+            return d;
+    }
+}
+
+int fast_publish_dir(struct fast *f, unsigned long dev, unsigned long ino, int fd,
+                     size_t host_len, int filled)
+{
+    if (!ino || host_len >= 4096)
+        return -1;
+    if (f->dirs_used >= SLOTS / 2)
+        fast_clear(f);
+    struct dslot *d = find_dir(f, dev, ino);
+    if (!d->ino) {
+        d->dev = dev;
+        d->ino = ino;
+        f->dirs_used++;
+    }
+    d->fd = fd;
+    d->filled = filled;
+    return 0;
 }
 
 void fast_forget_creds(struct fast *f)
@@ -271,6 +311,40 @@ static int relative_is_link(int tid, unsigned long dirfd, const char *name)
     return lstat(where, &st) == 0 && S_ISLNK(st.st_mode);
 }
 
+/* May the call go ahead on entry ``name`` of a published directory?
+ * Symlinks to follow are walked by Python in the guest's view; in a
+ * CernVM-FS shadow directory, subdirectories (completed on stat or open) and
+ * files without their content yet (fetched on open) go to Python too, and a
+ * missing name is absent from the revision. */
+static int entry_ok(int dirfd, int filled, const char *name, int kind, int follow)
+{
+    struct stat st;
+    if (filled) {
+        if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            return errno == ENOENT;
+        if (S_ISDIR(st.st_mode) || (S_ISLNK(st.st_mode) && follow))
+            return 0;
+        return !(kind == FAST_OPEN && S_ISREG(st.st_mode) && st.st_size > 0 && st.st_blocks == 0);
+    }
+    return !(follow && fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode));
+}
+
+/* The published directory a relative name starts from: the guest's cwd or
+ * descriptor, if it is one of them. */
+static struct dslot *start_dir(struct fast *f, int tid, unsigned long dirfd)
+{
+    char where[64];
+    struct stat st;
+    if (dirfd == AT_FDCWD32)
+        snprintf(where, sizeof(where), "/proc/%d/cwd", tid);
+    else
+        snprintf(where, sizeof(where), "/proc/%d/fd/%lu", tid, dirfd);
+    if (stat(where, &st) < 0 || !S_ISDIR(st.st_mode))
+        return NULL;
+    struct dslot *d = find_dir(f, (unsigned long)st.st_dev, (unsigned long)st.st_ino);
+    return d->ino ? d : NULL;
+}
+
 static int enter(struct fast *f, int tid)
 {
     struct user_regs_struct regs;
@@ -340,24 +414,8 @@ static int enter(struct fast *f, int tid)
         struct slot *s = find(f, path, head_len, hash_of(path, head_len));
         if (!s->hash || s->host_len + 1 + last_len >= 4096 || !may_anchor(f, tid))
             return BAIL;
-        if (s->filled) {
-            /* A shadow directory: subdirectories are completed and file
-             * content fetched by Python; a missing name is absent. */
-            struct stat st;
-            if (fstatat(s->fd, last, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-                if (S_ISDIR(st.st_mode) || (S_ISLNK(st.st_mode) && follow))
-                    return BAIL;
-                if (row->kind == FAST_OPEN && S_ISREG(st.st_mode) && st.st_size > 0 &&
-                    st.st_blocks == 0)
-                    return BAIL;
-            } else if (errno != ENOENT) {
-                return BAIL;
-            }
-        } else if (follow) {
-            struct stat st;
-            if (fstatat(s->fd, last, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
-                return BAIL; /* Python walks the link in the guest's view */
-        }
+        if (!entry_ok(s->fd, s->filled, last, row->kind, follow))
+            return BAIL;
         char host[SHORT_PATH + 64];
         int n = snprintf(host, sizeof(host), "%s%d/%s", f->prefix, s->fd, last);
         if (n <= 0 || (size_t)n >= sizeof(host))
@@ -375,14 +433,22 @@ static int enter(struct fast *f, int tid)
         setregs = 1;
         f->counts.rewritten++;
     } else {
-        if (!f->relative_ok || row->kind == FAST_READLINK || strchr(path, '/'))
+        /* One plain name, looked up by the kernel from the guest's own cwd
+         * or descriptor: no rewrite, when that directory is a plain one
+         * (any directory without a layer or CernVM-FS tree; else one that
+         * Python published). */
+        if (row->kind == FAST_READLINK || strchr(path, '/'))
             return BAIL;
         if ((path[0] == '.' && (len == 1 || (len == 2 && path[1] == '.'))) ||
             reserved_name(f, path, (size_t)len))
             return BAIL;
-        if (follow) {
-            unsigned long dirfd = row->dirfd_i >= 0 ? word[aw[row->dirfd_i]] & 0xFFFFFFFFUL : AT_FDCWD32;
-            if (relative_is_link(tid, dirfd, path))
+        unsigned long dirfd = row->dirfd_i >= 0 ? word[aw[row->dirfd_i]] & 0xFFFFFFFFUL : AT_FDCWD32;
+        if (f->relative_ok) {
+            if (follow && relative_is_link(tid, dirfd, path))
+                return BAIL;
+        } else {
+            struct dslot *d = start_dir(f, tid, dirfd);
+            if (!d || !entry_ok(d->fd, d->filled, path, row->kind, follow))
                 return BAIL;
         }
     }

@@ -47,6 +47,10 @@ int fast_add_name(struct fast *f, const char *name, size_t len);
  * and content-less files still need Python. */
 int fast_publish(struct fast *f, const char *head, size_t len, int fd, size_t host_len,
                  int filled);
+/* The same directory known by identity, for names relative to a guest's
+ * cwd or directory descriptor that is this very directory. */
+int fast_publish_dir(struct fast *f, unsigned long dev, unsigned long ino, int fd,
+                     size_t host_len, int filled);
 void fast_clear(struct fast *f);
 void fast_forget_creds(struct fast *f);
 /* Wait for the next stop Python must see; 0, or -errno of waitpid. */

@@ -283,24 +283,28 @@ class Tracer:
         return 0
 
     def _publish(self, path: str, guest: str, host: str, kernel: str) -> None:
-        """Teach the C fast path the directory of absolute ``path``, when
-        its translation was the plain one: the cached directory, the same
-        last component on the host, an anchored name."""
-        head, _, last = path.rpartition("/")
+        """Teach the C fast path the directory of ``path`` (absolute, or one
+        name relative to a directory), when its translation was the plain
+        one: the cached directory, the same last component on the host, an
+        anchored name."""
+        head, slash, last = path.rpartition("/")
         gdir, _, glast = guest.rpartition("/")
         hdir, _, hlast = host.rpartition("/")
         if glast != last or hlast != last or not kernel.startswith(self.anchors.prefix):
             return
-        if self.resolver.cached_dir(head) != (gdir or "/"):
-            return
+        gdir = gdir or "/"
         fd = self.anchors.fd_of(hdir)
-        if fd is None:
+        if fd is None or (slash and self.resolver.cached_dir(head) != gdir):
             return
-        kind = self.ns.fast_dir(gdir or "/", hdir)
+        kind = self.ns.fast_dir(gdir, hdir)
         # The entry's own host directory must be the directory's (a layer
         # maps each entry of a copied-up directory to where it comes from).
-        if kind and self.ns.host_of(gdir or "/") == hdir:
+        if not kind or self.ns.host_of(gdir) != hdir:
+            return
+        if slash:
             self.fast.publish(_enc(head), fd, len(hdir), kind == FILLED)
+        else:
+            self.fast.publish_dir(fd, len(hdir), kind == FILLED)
 
     def _k_creds(self, tid, regs, abi, row):
         self._creds.clear()
@@ -411,7 +415,7 @@ class Tracer:
             self.logfn(f"[{tid}] {name}({path!r}) -> {host}")
         kernel = self._kernel_path(tid, host)
         self._put_path(tid, regs, abi, path_i, path, kernel)
-        if self.fast is not None and path[0] == "/":
+        if self.fast is not None and (path[0] == "/" or "/" not in path):
             self._publish(path, guest, host, kernel)
         # The final component was checked (not a symlink, or resolved): the
         # kernel must not follow a symlink raced into its place (_pin_*).

@@ -12,9 +12,10 @@ What the C knows, Python told it:
 - a row per read-only system call, built here from the handler table (the
   stat family, access, readlink, getxattr, open/openat without write or
   create flags); calls that write, create, remove or execute never run in C;
-- guest directories resolved by the namespace (:meth:`publish`): the head of
-  a guest path exactly as written, and the tracer's anchor descriptor of its
-  host directory (see ``anchors.py``), only for directories whose every
+- guest directories resolved by the namespace (:meth:`publish`, and
+  :meth:`publish_dir` for names relative to a guest's cwd or descriptor that
+  is that directory): the head of a guest path exactly as written, and the
+  tracer's anchor descriptor of its host directory (see ``anchors.py``), only for directories whose every
   entry maps to the same host directory (not a layer's copied-up directory,
   nor a CernVM-FS shadow directory still being filled; in a complete one,
   subdirectories and files whose content is not fetched yet go to Python);
@@ -117,6 +118,15 @@ class FastPath:
         if head not in self._published:
             self._published.add(head)
             self._lib.fast_publish(self._fast, head, len(head), fd, host_len, int(filled))
+
+    def publish_dir(self, fd: int, host_len: int, filled: bool = False) -> None:
+        """The same, for names relative to a guest's cwd or descriptor that
+        is this very directory (known to the C by device and inode)."""
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        if key not in self._published:
+            self._published.add(key)
+            self._lib.fast_publish_dir(self._fast, st.st_dev, st.st_ino, fd, host_len, int(filled))
 
     def clear(self) -> None:
         if self._published:
