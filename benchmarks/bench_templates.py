@@ -7,14 +7,21 @@ minbase of bookworm with gcc, make, python3) is published once with
 while the root is unchanged), served by the loopback fault server of
 ``tests/net`` adding ``--latency`` to every request (0 and 20 ms), and run:
 
-- cold: ``uvm run --template FQRN:/ -- CMD`` with an empty cache (no
-  objects, no shadow tree), one fresh cache per round; requests and bytes
-  served are counted;
+- cold, no cache: ``uvm run --template FQRN:/ -- CMD`` where
+  ``CVMFS_CACHE_BASE`` does not exist yet (no cache, no shadow tree, no
+  state: a first run on a new machine), one fresh base per round; requests
+  and bytes served are counted;
+- cold, empty cache: the same on a cache that ``uvm cache info`` has just
+  set up (directories, quota database) and that holds nothing;
 - warm: the same again on the filled cache and shadow tree;
 - root: ``uvm run --root ROOT -- CMD`` on the unpacked tree.
 
 Wall-clock time of the whole ``uvm`` command (Python start included), median
-of ``--repeat`` rounds.
+of ``--repeat`` rounds; the load average is printed before and after.  The
+caches of all rounds are removed only at the end: on a file system without a
+journal, ext4 skips inodes freed in the last minute when it allocates new
+ones, so removing a cache between rounds would slow every file the next
+round creates (wait a minute between two runs of this script, too).
 
     .venv/bin/python benchmarks/bench_templates.py [--repeat 5] [--latency 0,0.02]
 """
@@ -95,42 +102,62 @@ def main() -> int:
     www = publish_once(root, args.work)
     uvm = [sys.executable, "-m", "uvm"]
     names = [n for n in args.workloads.split(",") if n]
-    print("| workload | latency | cold (requests, MB) | warm | --root | warm / --root |")
-    print("|---|---|---|---|---|---|")
+    made = []
+    print(f"load average {_load()}", file=sys.stderr)
+    print("| workload | latency | cold, no cache (requests, MB) | cold, empty cache "
+          "| warm | --root | warm / --root |")
+    print("|---|---|---|---|---|---|---|")
     for latency in [float(x) for x in args.latency.split(",")]:
         server = FaultServer(www, latency=latency).start()
         try:
             url = server.url_for()
             for name in names:
                 cmd = WORKLOADS[name]
-                colds, requests, sizes = [], [], []
+                run = uvm + ["run", "--template", f"{FQRN}:/", "--", *cmd]
+                colds, empties, requests, sizes = [], [], [], []
                 warm_cache = None
                 for _ in range(args.repeat):
-                    cache = tempfile.mkdtemp(prefix="cache-", dir=args.work)
+                    cache = os.path.join(tempfile.mkdtemp(prefix="cache-", dir=args.work), "c")
                     before_hits = server.total()
                     before_bytes = _bytes(www, server)
-                    colds.append(timed(uvm + ["run", "--template", f"{FQRN}:/", "--", *cmd],
-                                       env_for(args.work, url, cache)))
+                    colds.append(timed(run, env_for(args.work, url, cache)))
                     requests.append(server.total() - before_hits)
                     sizes.append(_bytes(www, server) - before_bytes)
+                    empty = tempfile.mkdtemp(prefix="cache-", dir=args.work)
+                    env = env_for(args.work, url, empty)
+                    timed(uvm + ["cache", "info"], env)
+                    empties.append(timed(run, env))
+                    made += [empty, os.path.dirname(cache)]
                     if warm_cache is None:
                         warm_cache = cache
-                    else:
-                        shutil.rmtree(cache, ignore_errors=True)
                 env = env_for(args.work, url, warm_cache)
                 warms, plain = [], []
                 for _ in range(args.repeat):
-                    warms.append(timed(uvm + ["run", "--template", f"{FQRN}:/", "--", *cmd], env))
+                    warms.append(timed(run, env))
                     plain.append(timed(uvm + ["run", "--root", root, "--", *cmd], env))
-                shutil.rmtree(warm_cache, ignore_errors=True)
-                cold, warm, base = (statistics.median(x) for x in (colds, warms, plain))
+                cold, empty_cold, warm, base = (statistics.median(x)
+                                                for x in (colds, empties, warms, plain))
                 print(f"| `{name}` | {latency * 1000:.0f} ms | {cold:.2f} s "
                       f"({statistics.median(requests):.0f}, {statistics.median(sizes) / 1e6:.1f}) "
-                      f"| {warm * 1000:.0f} ms | {base * 1000:.0f} ms | {warm / base:.2f} |",
-                      flush=True)
+                      f"| {empty_cold:.2f} s | {warm * 1000:.0f} ms | {base * 1000:.0f} ms "
+                      f"| {warm / base:.2f} |", flush=True)
+                print(f"  {name} at {latency * 1000:.0f} ms, every round: no cache "
+                      f"{_list(colds)}; empty cache {_list(empties)}; warm {_list(warms)}; "
+                      f"--root {_list(plain)}", file=sys.stderr)
         finally:
             server.stop()
+    print(f"load average {_load()}", file=sys.stderr)
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
     return 0
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _list(times) -> str:
+    return " ".join(f"{t:.2f}" for t in times)
 
 
 def _bytes(www: str, server: FaultServer) -> int:
