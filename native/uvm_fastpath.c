@@ -147,6 +147,16 @@ static int reserved_name(const struct fast *f, const char *name, size_t len)
     return 0;
 }
 
+int fast_publish_exact(struct fast *f, const char *path, size_t len, int fd, size_t host_len)
+{
+    char key[SHORT_PATH + 1];
+    if (len >= SHORT_PATH)
+        return -1;
+    key[0] = '\001'; /* never the first byte of a directory's key */
+    memcpy(key + 1, path, len);
+    return fast_publish(f, key, len + 1, fd, host_len, 0);
+}
+
 void fast_clear(struct fast *f)
 {
     if (f->used || f->arena_used) {
@@ -412,6 +422,12 @@ static int enter(struct fast *f, int tid)
         if (strncmp(path, "/proc", 5) == 0 || reserved_name(f, last, last_len))
             return BAIL;
         struct slot *s = find(f, path, head_len, hash_of(path, head_len));
+        if (!s->hash) {
+            char key[SHORT_PATH + 1];
+            key[0] = '\001';
+            memcpy(key + 1, path, (size_t)len);
+            s = find(f, key, (size_t)len + 1, hash_of(key, (size_t)len + 1));
+        }
         if (!s->hash || s->host_len + 1 + last_len >= 4096 || !may_anchor(f, tid))
             return BAIL;
         if (!entry_ok(s->fd, s->filled, last, row->kind, follow))

@@ -47,6 +47,10 @@ int fast_add_name(struct fast *f, const char *name, size_t len);
  * and content-less files still need Python. */
 int fast_publish(struct fast *f, const char *head, size_t len, int fd, size_t host_len,
                  int filled);
+/* One exact path (``path``, absolute as written) whose own host name is in
+ * the directory behind ``fd``: for entries of a directory whose others map
+ * elsewhere (the top of a writable layer maps /usr, /etc, ... one by one). */
+int fast_publish_exact(struct fast *f, const char *path, size_t len, int fd, size_t host_len);
 /* The same directory known by identity, for names relative to a guest's
  * cwd or directory descriptor that is this very directory. */
 int fast_publish_dir(struct fast *f, unsigned long dev, unsigned long ino, int fd,

@@ -30,7 +30,7 @@ from uvm.sandbox.handlers import (
     O_NOFOLLOW,
     TABLE,
 )
-from uvm.sandbox.namespace import FILLED, Namespace
+from uvm.sandbox.namespace import FILLED, PLAIN, Namespace
 from uvm.sandbox.paths import _MAGIC, Resolver
 from uvm.sandbox.sysnums import NAMES, NUMBERS
 
@@ -298,8 +298,11 @@ class Tracer:
             return
         kind = self.ns.fast_dir(gdir, hdir)
         # The entry's own host directory must be the directory's (a layer
-        # maps each entry of a copied-up directory to where it comes from).
+        # maps each entry of a copied-up directory to where it comes from);
+        # if not, this one path may still be served as it is.
         if not kind or self.ns.host_of(gdir) != hdir:
+            if slash and self.ns.fast_dir(guest, host) == PLAIN:
+                self.fast.publish_exact(_enc(path), fd, len(hdir))
             return
         if slash:
             self.fast.publish(_enc(head), fd, len(hdir), kind == FILLED)

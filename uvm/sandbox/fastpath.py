@@ -119,6 +119,14 @@ class FastPath:
             self._published.add(head)
             self._lib.fast_publish(self._fast, head, len(head), fd, host_len, int(filled))
 
+    def publish_exact(self, path: bytes, fd: int, host_len: int) -> None:
+        """Absolute ``path`` itself is the name it has in the host directory
+        behind ``fd``, though its siblings may not be."""
+        key = b"\x01" + path
+        if key not in self._published:
+            self._published.add(key)
+            self._lib.fast_publish_exact(self._fast, path, len(path), fd, host_len)
+
     def publish_dir(self, fd: int, host_len: int, filled: bool = False) -> None:
         """The same, for names relative to a guest's cwd or descriptor that
         is this very directory (known to the C by device and inode)."""

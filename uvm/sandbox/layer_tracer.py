@@ -215,10 +215,13 @@ class LayerTracer(Tracer):
         layer.flush()
         return guest, new + ("/" if host.endswith("/") and not new.endswith("/") else "")
 
-    def _done(self, tid, regs, fn, what: str, moved: bool = False) -> int:
+    def _done(self, tid, regs, fn, what: str, moved: bool = False, paths_kept: bool = False) -> int:
         """Run ``fn`` in the tracer instead of the call; its result (0 or
         -errno) becomes the call's.  ``moved``: directories may have moved
-        or gone (new generation of anchors)."""
+        or gone (new generation of anchors); ``paths_kept``: no directory
+        resolution can have changed (a file, not a symlink, was removed), so
+        the resolved directories stay cached (gcc removes its temporary
+        files all the time)."""
         try:
             fn()
             res = 0
@@ -229,7 +232,8 @@ class LayerTracer(Tracer):
             res = -errno.EIO
         self.emulated += 1
         self.layer.flush()
-        self._invalidate(moved)
+        if not paths_kept:
+            self._invalidate(moved)
         if self.verbose:
             self.logfn(f"[{tid}] {what} = {res} (layer)")
         regs.orig_rax = _SKIP
@@ -374,7 +378,8 @@ class LayerTracer(Tracer):
             raise _err(errno.EISDIR if os.path.isdir(host) else errno.ENOTDIR)
         if rm:
             return self._done(tid, regs, lambda: self.layer.rmdir(guest), f"{name}({guest!r})", True)
-        return self._done(tid, regs, lambda: self.layer.unlink(guest), f"{name}({guest!r})")
+        return self._done(tid, regs, lambda: self.layer.unlink(guest), f"{name}({guest!r})",
+                          paths_kept=not os.path.islink(host))
 
     def _k_two(self, tid, regs, abi, row):
         _fn, name, old_i, new_i, _follow_old = row
