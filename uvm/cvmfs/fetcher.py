@@ -72,7 +72,7 @@ class Fetcher:
     """An :class:`uvm.cvmfs.source.ObjectSource` backed by the shared cache and the mirrors.
 
     ``transport_factory`` builds the transport on the first cache miss, so a
-    run served from a warm cache never imports ``requests``.
+    run served from a warm cache never imports HTTP code.
     """
 
     def __init__(
@@ -145,7 +145,7 @@ class Fetcher:
         "Fresh" means verified less than the repository's TTL ago (manifest
         ``D``, capped by ``CVMFS_MAX_TTL``), as the stock client re-checks
         the manifest only after the TTL: a warm run needs no network at all
-        (and never imports ``requests``).  With no server reachable, the last
+        (and never imports HTTP code).  With no server reachable, the last
         verified copy is used whatever its age ("offline").
         """
         with self._lock:
