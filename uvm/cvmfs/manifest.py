@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import Dict, Optional
+
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from uvm.cvmfs import signature
 from uvm.cvmfs.hashing import Algorithm, ContentHash
 from uvm.errors import CvmfsError, ManifestError, SignatureError
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric import rsa
 
 EMPTY_PATH_MD5 = hashlib.md5(b"").hexdigest()
 DEFAULT_TTL = 240
@@ -133,7 +132,7 @@ def check_identity(manifest: Manifest, fqrn: str) -> None:
         raise ManifestError("manifest names no certificate (no 'X' line)")
 
 
-def verify_signature(data: bytes, key: signature.PublicKey) -> signature.SignedLetter:
+def verify_signature(data: bytes, key: rsa.RSAPublicKey) -> signature.SignedLetter:
     """Check the hash line and the certificate key's signature over it."""
     letter = signature.split_letter(data, "manifest")
     signature.check_letter_hash(letter, "manifest")

@@ -21,7 +21,7 @@ import stat as _stat
 from typing import Callable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from uvm.cvmfs import manifest as manifest_mod
-from uvm.cvmfs import der, signature, variant
+from uvm.cvmfs import signature, variant
 from uvm.cvmfs import whitelist as whitelist_mod
 from uvm.cvmfs.catalog import DirEntry
 from uvm.cvmfs.catalog_tree import CatalogTree
@@ -454,6 +454,8 @@ def verify_bootstrap(source: ObjectSource, fqrn: str, master_keys: Sequence,
     comes: two round trips instead of four on a cold start.  The checks and
     their order stay as they are; only the waiting overlaps.
     """
+    from cryptography.hazmat.primitives import serialization
+
     ahead = getattr(source, "ahead", None)
     if ahead is not None:
         ahead(files=(".cvmfswhitelist",))
@@ -465,10 +467,12 @@ def verify_bootstrap(source: ObjectSource, fqrn: str, master_keys: Sequence,
         ahead(objects=first_objects(manifest))
     cert_path = source.fetch_object(manifest.certificate, Suffix.CERTIFICATE)
     with open(cert_path, "rb") as handle:
-        certificate = der.certificate_der(handle.read())
-    manifest_mod.verify_signature(data, der.certificate_key(certificate))
-    whitelist_mod.verify(source.fetch_file(".cvmfswhitelist"), master_keys, fqrn, certificate,
-                         now=now)
+        certificate = signature.load_certificate(handle.read())
+    manifest_mod.verify_signature(data, signature.certificate_public_key(certificate))
+    whitelist_mod.verify(
+        source.fetch_file(".cvmfswhitelist"), master_keys, fqrn,
+        certificate.public_bytes(serialization.Encoding.DER), now=now,
+    )
     return manifest
 
 

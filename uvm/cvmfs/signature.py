@@ -8,35 +8,25 @@ Two different RSA schemes protect a repository (format notes §1.2 and §2.2):
   RSA operation over the hex hash text itself (no DigestInfo, no second hash),
   which is what ``openssl pkeyutl -sign`` / ``RSA_private_encrypt`` produce.
 
-Verifying either needs only the key's modulus and exponent and ``pow()``:
-both are done here in a few lines that are easy to audit, with keys read by
-:mod:`uvm.cvmfs.der`, so that reading a repository never imports
-``cryptography`` (60 ms of a cold start).  Signing, key generation and
-certificate objects (the publisher's side) use ``cryptography``, imported by
-the functions that need it.  No I/O except the key loaders at the bottom.
+The second scheme has no high-level API in ``cryptography``, so it is done
+here with the key numbers and ``pow()``; it is a dozen lines and easy to audit.
+No I/O except the key loaders at the bottom.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
-from uvm.cvmfs.der import RsaKey, public_key_from_pem
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
 from uvm.cvmfs.hashing import Algorithm, ContentHash
 from uvm.errors import CvmfsError, SignatureError
-
-if TYPE_CHECKING:
-    from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-PublicKey = Any
-"""An :class:`~uvm.cvmfs.der.RsaKey` or a ``cryptography`` RSA public key."""
-
-_SHA1_DIGEST_INFO = bytes.fromhex("3021300906052b0e03021a05000414")
-"""DER ``DigestInfo`` prefix of a SHA-1 digest (RFC 8017, 9.2 note 1)."""
 
 SEPARATOR = b"\n--\n"
 
@@ -97,28 +87,15 @@ def letter_hash_text(body: bytes, algorithm: Algorithm) -> str:
 
 
 def sign_pkcs1_sha1(key: rsa.RSAPrivateKey, message: bytes) -> bytes:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
-
     return key.sign(message, padding.PKCS1v15(), hashes.SHA1())
 
 
-def verify_pkcs1_sha1(key: PublicKey, message: bytes, signature: bytes) -> bool:
-    """RSASSA-PKCS1-v1_5 with SHA-1: the signature, raised to the public
-    exponent, must be exactly the encoding of the message's digest (RFC 8017,
-    8.2.2: encode and compare, never parse what the signature decrypts to)."""
-    n, e = _numbers(key)
-    k = _modulus_bytes(n)
-    if len(signature) != k:
+def verify_pkcs1_sha1(key: rsa.RSAPublicKey, message: bytes, signature: bytes) -> bool:
+    try:
+        key.verify(signature, message, padding.PKCS1v15(), hashes.SHA1())
+    except (InvalidSignature, ValueError):
         return False
-    value = int.from_bytes(signature, "big")
-    if value >= n:
-        return False
-    digest_info = _SHA1_DIGEST_INFO + hashlib.sha1(message).digest()
-    if k < len(digest_info) + 11:
-        return False
-    expected = b"\x00\x01" + b"\xff" * (k - 3 - len(digest_info)) + b"\x00" + digest_info
-    return pow(value, e, n).to_bytes(k, "big") == expected
+    return True
 
 
 # --- whitelist scheme: raw PKCS#1 type-1 over the message itself ---------------
@@ -126,14 +103,6 @@ def verify_pkcs1_sha1(key: PublicKey, message: bytes, signature: bytes) -> bool:
 
 def _modulus_bytes(n: int) -> int:
     return (n.bit_length() + 7) // 8
-
-
-def _numbers(key: PublicKey) -> Tuple[int, int]:
-    """(modulus, exponent) of either kind of public key."""
-    if isinstance(key, RsaKey):
-        return key.n, key.e
-    numbers = key.public_numbers()
-    return numbers.n, numbers.e
 
 
 def sign_raw_pkcs1(key: rsa.RSAPrivateKey, message: bytes) -> bytes:
@@ -147,16 +116,16 @@ def sign_raw_pkcs1(key: rsa.RSAPrivateKey, message: bytes) -> bytes:
     return pow(int.from_bytes(block, "big"), numbers.d, n).to_bytes(k, "big")
 
 
-def recover_raw_pkcs1(key: PublicKey, signature: bytes) -> Optional[bytes]:
+def recover_raw_pkcs1(key: rsa.RSAPublicKey, signature: bytes) -> Optional[bytes]:
     """``RSA_public_decrypt(PKCS1)``: the payload, or None when the padding is wrong."""
-    n, e = _numbers(key)
-    k = _modulus_bytes(n)
+    numbers = key.public_numbers()
+    k = _modulus_bytes(numbers.n)
     if len(signature) != k:
         return None
     value = int.from_bytes(signature, "big")
-    if value >= n:
+    if value >= numbers.n:
         return None
-    block = pow(value, e, n).to_bytes(k, "big")
+    block = pow(value, numbers.e, numbers.n).to_bytes(k, "big")
     if block[:2] != b"\x00\x01":
         return None
     end = block.find(b"\x00", 2)
@@ -165,7 +134,9 @@ def recover_raw_pkcs1(key: PublicKey, signature: bytes) -> Optional[bytes]:
     return block[end + 1:]
 
 
-def verify_raw_pkcs1(keys: Sequence[PublicKey], message: bytes, signature: bytes) -> bool:
+def verify_raw_pkcs1(
+    keys: Sequence[rsa.RSAPublicKey], message: bytes, signature: bytes
+) -> bool:
     """True when any of ``keys`` recovers exactly ``message`` (``VerifyRsa``)."""
     return any(recover_raw_pkcs1(key, signature) == message for key in keys)
 
@@ -174,10 +145,6 @@ def verify_raw_pkcs1(keys: Sequence[PublicKey], message: bytes, signature: bytes
 
 
 def load_certificate(pem: bytes) -> x509.Certificate:
-    """A ``cryptography`` certificate object (publishing and tests; readers use
-    :func:`uvm.cvmfs.der.certificate_der` and :func:`~uvm.cvmfs.der.certificate_key`)."""
-    from cryptography import x509
-
     try:
         return x509.load_pem_x509_certificate(pem)
     except ValueError:
@@ -188,8 +155,6 @@ def load_certificate(pem: bytes) -> x509.Certificate:
 
 
 def certificate_public_key(cert: x509.Certificate) -> rsa.RSAPublicKey:
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
     key = cert.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
         raise SignatureError("certificate key is not RSA")
@@ -198,8 +163,6 @@ def certificate_public_key(cert: x509.Certificate) -> rsa.RSAPublicKey:
 
 def certificate_fingerprint(cert: x509.Certificate, algorithm: Algorithm = Algorithm.SHA1) -> str:
     """``AA:BB:..`` upper-case hash of the DER encoding, plus ``-SHAKE128`` etc."""
-    from cryptography.hazmat.primitives import serialization
-
     digest = ContentHash.of(cert.public_bytes(serialization.Encoding.DER), algorithm)
     text = ":".join(f"{byte:02X}" for byte in digest.digest)
     return text + algorithm.value.upper()
@@ -221,14 +184,17 @@ def parse_fingerprint(line: str) -> Optional[ContentHash]:
 # --- keys -----------------------------------------------------------------------
 
 
-def load_public_key(pem: bytes, where: str) -> RsaKey:
-    return public_key_from_pem(pem, where)
+def load_public_key(pem: bytes, where: str) -> rsa.RSAPublicKey:
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError:
+        raise SignatureError(f"{where} is not a PEM public key") from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise SignatureError(f"{where} is not an RSA public key")
+    return key
 
 
 def load_private_key(pem: bytes, where: str) -> rsa.RSAPrivateKey:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError):
@@ -255,7 +221,7 @@ def master_key_paths(
     return sorted(glob.glob("/etc/cvmfs/keys/*.pub"))
 
 
-def load_master_keys(paths: Sequence[str]) -> List[RsaKey]:
+def load_master_keys(paths: Sequence[str]) -> List[rsa.RSAPublicKey]:
     if not paths:
         raise SignatureError(
             "no master public key found",

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
+
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from uvm.cvmfs import signature
 from uvm.cvmfs.hashing import Algorithm, ContentHash
 from uvm.errors import SignatureError, WhitelistError
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric import rsa
 
 DEFAULT_DAYS = 30
 _STAMP = "%Y%m%d%H%M%S"
@@ -82,7 +81,7 @@ def is_expired(expires: _dt.datetime, now: _dt.datetime) -> bool:
 
 def verify(
     data: bytes,
-    master_keys: Sequence[signature.PublicKey],
+    master_keys: Sequence[rsa.RSAPublicKey],
     fqrn: str,
     certificate_der: Optional[bytes] = None,
     now: Optional[_dt.datetime] = None,
