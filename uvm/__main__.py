@@ -1,5 +1,3 @@
-import sys
+from uvm.cli.main import entry
 
-from uvm.cli.main import main
-
-sys.exit(main())
+entry()
