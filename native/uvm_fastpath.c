@@ -325,13 +325,14 @@ static int relative_is_link(int tid, unsigned long dirfd, const char *name)
  * Symlinks to follow are walked by Python in the guest's view; in a
  * CernVM-FS shadow directory, subdirectories (completed on stat or open) and
  * files without their content yet (fetched on open) go to Python too, and a
- * missing name is absent from the revision. */
+ * missing name is absent from the revision once the directory is complete
+ * (while it is partial, Python may have to make it). */
 static int entry_ok(int dirfd, int filled, const char *name, int kind, int follow)
 {
     struct stat st;
-    if (filled) {
+    if (filled != FAST_PLAIN) {
         if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-            return errno == ENOENT;
+            return errno == ENOENT && filled == FAST_FILLED;
         if (S_ISDIR(st.st_mode) || (S_ISLNK(st.st_mode) && follow))
             return 0;
         return !(kind == FAST_OPEN && S_ISREG(st.st_mode) && st.st_size > 0 && st.st_blocks == 0);
@@ -422,15 +423,17 @@ static int enter(struct fast *f, int tid)
         if (strncmp(path, "/proc", 5) == 0 || reserved_name(f, last, last_len))
             return BAIL;
         struct slot *s = find(f, path, head_len, hash_of(path, head_len));
-        if (!s->hash) {
+        if (!s->hash || !entry_ok(s->fd, s->filled, last, row->kind, follow)) {
+            /* The path itself may be known: an entry of a directory whose
+             * other entries map elsewhere, or a complete shadow directory. */
             char key[SHORT_PATH + 1];
             key[0] = '\001';
             memcpy(key + 1, path, (size_t)len);
             s = find(f, key, (size_t)len + 1, hash_of(key, (size_t)len + 1));
+            if (!s->hash || !entry_ok(s->fd, s->filled, last, row->kind, follow))
+                return BAIL;
         }
-        if (!s->hash || s->host_len + 1 + last_len >= 4096 || !may_anchor(f, tid))
-            return BAIL;
-        if (!entry_ok(s->fd, s->filled, last, row->kind, follow))
+        if (s->host_len + 1 + last_len >= 4096 || !may_anchor(f, tid))
             return BAIL;
         char host[SHORT_PATH + 64];
         int n = snprintf(host, sizeof(host), "%s%d/%s", f->prefix, s->fd, last);

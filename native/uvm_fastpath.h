@@ -19,6 +19,10 @@
 
 #define FAST_MAX_NR 512
 
+#define FAST_PLAIN 0
+#define FAST_FILLED 2  /* the values of uvm.sandbox.namespace */
+#define FAST_PARTIAL 3
+
 struct fast_row {
     int kind;
     int dirfd_i;     /* argument holding the directory descriptor, or -1 */
@@ -43,8 +47,9 @@ void fast_set_row(struct fast *f, int abi, int nr, const struct fast_row *row);
 int fast_add_name(struct fast *f, const char *name, size_t len);
 /* Guest directory ``head`` (as written by the guest, before the last '/')
  * resolves to the host directory behind tracer descriptor ``fd``.
- * ``filled``: a complete CernVM-FS shadow directory, whose subdirectories
- * and content-less files still need Python. */
+ * ``filled``: FAST_PLAIN, or a CernVM-FS shadow directory, complete
+ * (FAST_FILLED) or still being filled (FAST_PARTIAL), whose subdirectories
+ * and content-less files (and, while partial, missing names) need Python. */
 int fast_publish(struct fast *f, const char *head, size_t len, int fd, size_t host_len,
                  int filled);
 /* One exact path (``path``, absolute as written) whose own host name is in

@@ -208,3 +208,39 @@ def test_preload_then_offline_in_a_new_tree(uvm_runner, published, workdir):
     out = _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--", "/bin/sh", "-c",
                       "python3 -c 'import json; print(json.dumps(1))'; cat /etc/uvm-marker"))
     assert out == "1\nrevision one\n"
+
+
+_PROBE = r"""
+import os
+def show(label, fn):
+    try:
+        value = fn()
+    except OSError as exc:
+        value = "E%d" % exc.errno
+    print(label, value)
+for p in ("/etc/uvm-marker", "/etc", "/usr/bin/python3", "/bin", "/bin/sh", "/srv/empty",
+          "/srv/nope", "/usr/lib", "/etc/os-release", "/usr/lib/os-release"):
+    for _ in range(2):
+        show("stat " + p, lambda: (oct(os.stat(p).st_mode), os.stat(p).st_size, os.stat(p).st_nlink))
+        show("lstat " + p, lambda: oct(os.lstat(p).st_mode))
+        show("link " + p, lambda: os.readlink(p))
+        show("read " + p, lambda: open(p, "rb").read(24))
+        show("list " + p, lambda: sorted(os.listdir(p))[:8])
+os.chdir("/etc")
+for name in ("uvm-marker", "os-release", "nope", "."):
+    show("rel " + name, lambda: (os.stat(name).st_size, open(name, "rb").read(8)))
+"""
+
+
+def test_c_fast_path_and_python_tracer_agree_on_a_template(uvm_runner, published, server, workdir):
+    """Cold (entries made on lookup, contents on open), then warm with the C
+    fast path serving the shadow tree, then warm with the Python tracer:
+    the guest sees the same everywhere."""
+    outputs = []
+    for tracer in ("c", "c", "python"):
+        env = env_for(published, server.url_for(), workdir, UVM_TRACER=tracer)
+        outputs.append(_ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--",
+                                   "python3", "-c", _PROBE)))
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert "read /etc/uvm-marker b'revision one\\n'" in outputs[0]
+    assert "stat /srv/nope E2" in outputs[0]

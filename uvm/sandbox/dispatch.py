@@ -304,10 +304,14 @@ class Tracer:
             if slash and self.ns.fast_dir(guest, host) == PLAIN:
                 self.fast.publish_exact(_enc(path), fd, len(hdir))
             return
+        lazy = 0 if kind == PLAIN else kind  # the C's "filled" codes: see fastpath.py
+        if slash and lazy and self.ns.fast_dir(guest, host) == FILLED:
+            # a complete shadow directory: stat and open need nothing more
+            self.fast.publish_exact(_enc(path), fd, len(hdir))
         if slash:
-            self.fast.publish(_enc(head), fd, len(hdir), kind == FILLED)
+            self.fast.publish(_enc(head), fd, len(hdir), lazy)
         else:
-            self.fast.publish_dir(fd, len(hdir), kind == FILLED)
+            self.fast.publish_dir(fd, len(hdir), lazy)
 
     def _k_creds(self, tid, regs, abi, row):
         self._creds.clear()

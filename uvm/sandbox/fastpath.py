@@ -17,8 +17,9 @@ What the C knows, Python told it:
   is that directory): the head of a guest path exactly as written, and the
   tracer's anchor descriptor of its host directory (see ``anchors.py``), only for directories whose every
   entry maps to the same host directory (not a layer's copied-up directory,
-  nor a CernVM-FS shadow directory still being filled; in a complete one,
-  subdirectories and files whose content is not fetched yet go to Python);
+  in a CernVM-FS shadow directory, subdirectories, files whose content is
+  not fetched yet and, while the directory is still being filled, missing
+  names go to Python);
 - last components that may be bind points, which always go to Python.
 
 Everything Python forgets (a rename, an unlink, a copy-up, a new generation
@@ -111,13 +112,14 @@ class FastPath:
         self._text = self._ffi.new("char[]", 4096)
         self._counts = self._ffi.new("struct fast_counts *")
 
-    def publish(self, head: bytes, fd: int, host_len: int, filled: bool = False) -> None:
+    def publish(self, head: bytes, fd: int, host_len: int, lazy: int = 0) -> None:
         """Guest directory ``head`` (as the guest wrote it) is host
         directory ``host_len`` bytes long behind tracer descriptor ``fd``;
-        ``filled``: a complete lazily filled directory (namespace.FILLED)."""
+        ``lazy``: 0 for a plain directory, else ``namespace.FILLED`` or
+        ``namespace.PARTIAL`` (a CernVM-FS shadow directory, complete or not)."""
         if head not in self._published:
             self._published.add(head)
-            self._lib.fast_publish(self._fast, head, len(head), fd, host_len, int(filled))
+            self._lib.fast_publish(self._fast, head, len(head), fd, host_len, lazy)
 
     def publish_exact(self, path: bytes, fd: int, host_len: int) -> None:
         """Absolute ``path`` itself is the name it has in the host directory
@@ -127,14 +129,14 @@ class FastPath:
             self._published.add(key)
             self._lib.fast_publish_exact(self._fast, path, len(path), fd, host_len)
 
-    def publish_dir(self, fd: int, host_len: int, filled: bool = False) -> None:
+    def publish_dir(self, fd: int, host_len: int, lazy: int = 0) -> None:
         """The same, for names relative to a guest's cwd or descriptor that
         is this very directory (known to the C by device and inode)."""
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
         if key not in self._published:
             self._published.add(key)
-            self._lib.fast_publish_dir(self._fast, st.st_dev, st.st_ino, fd, host_len, int(filled))
+            self._lib.fast_publish_dir(self._fast, st.st_dev, st.st_ino, fd, host_len, lazy)
 
     def clear(self) -> None:
         if self._published:

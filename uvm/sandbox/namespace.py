@@ -36,7 +36,7 @@ class Bind(NamedTuple):
 
 
 # Answers of Namespace.fast_dir.
-NOT_FAST, PLAIN, FILLED = 0, 1, 2
+NOT_FAST, PLAIN, FILLED, PARTIAL = 0, 1, 2, 3
 
 
 def parse_bind(spec: str) -> Tuple[str, str]:
@@ -168,15 +168,16 @@ class Namespace:
         the namespace (the tracer's C fast path does)?  :data:`PLAIN`: yes;
         :data:`FILLED`: a lazily filled directory (CernVM-FS) that is
         complete, where subdirectories and files without their content yet
-        still go to the tracer; :data:`NOT_FAST`: /proc (its entries depend
-        on who asks), or a lazy directory still being filled.  Bind points
-        are the caller's concern."""
+        still go to the tracer; :data:`PARTIAL`: the same, still being
+        filled, where a missing name goes to the tracer too (it may be made
+        on lookup); :data:`NOT_FAST`: /proc, whose entries depend on who
+        asks.  Bind points are the caller's concern."""
         if host_dir.startswith("/proc"):
             return NOT_FAST
         lazy = self.lazy
         if lazy is None or not (host_dir == lazy.base or host_dir.startswith(lazy.base + "/")):
             return PLAIN
-        return FILLED if lazy.complete(host_dir) else NOT_FAST
+        return FILLED if lazy.complete(host_dir) else PARTIAL
 
     def is_bind_point(self, guest: str) -> bool:
         """Is ``guest`` exactly where a bind sits (a mount point)?"""
