@@ -10,12 +10,15 @@ even ``make -j2`` of 40 files was faster on one CPU (2.4 s against 2.7 s),
 because the single tracer serialises the stops anyway.
 
 So while the guest runs one thing at a time, uvm keeps the tracer and every
-tracee on one CPU; when that CPU is contended for a while (two tracees
-runnable at once in a parallel build, or another program on the machine:
-the kernel's per-task run-queue delay says so), it gives them back every
-CPU the job was allowed, and takes them back to one CPU when at most one
-tracee has been runnable for a while (waiting longer each time the CPU
-turned out to be contended).  The guest does not see this: ``sched_getaffinity`` is answered with
+tracee on one CPU; when that CPU is short for a while (the tracees and the
+tracer spend more than half of each 10 ms sample waiting in the run queue,
+three samples running: a parallel build, or another program on the
+machine), it gives them back every CPU the job was allowed, and takes them
+back to one CPU when at most one tracee has been runnable for a while
+(waiting longer each time the CPU turned out to be short).  Two tracees
+merely runnable at once is not enough: a pipeline such as ``tar | wc``
+hands its data over on one CPU three times faster than across two (W5:
+0.6 s against 1.7-1.9 s).  The guest does not see this: ``sched_getaffinity`` is answered with
 the CPUs uvm itself was given (so ``nproc`` and ``make -j$(nproc)`` behave
 as without uvm), and a process that sets its own affinity is never moved
 again.  ``uvm run --spread`` turns all of this off.
@@ -28,8 +31,8 @@ import threading
 from typing import Callable, Iterable, Optional, Set
 
 SAMPLE_S = 0.01
-SPREAD_AFTER = 2     # consecutive contended samples
-CONTENDED = 0.3      # run-queue delay per sample, as a share of it
+SPREAD_AFTER = 3     # consecutive contended samples
+CONTENDED = 0.5      # run-queue delay per sample, as a share of it
 GATHER_AFTER = 10    # consecutive samples with at most one runnable tracee
 GATHER_MAX = 400     # the longest wait before gathering again (4 s)
 MAX_SAMPLED = 64     # more tracees than this: spread, stop sampling
@@ -126,7 +129,7 @@ class Placement:
                 delay = sum(_run_delay(tid) for tid in [self._tracer_tid, *tids])
             waited = delay - last_delay if last_delay else 0
             last_delay = delay
-            contended = runnable > 1 or waited > CONTENDED * SAMPLE_S * 1e9
+            contended = waited > CONTENDED * SAMPLE_S * 1e9
             if contended:
                 busy, calm = busy + 1, 0
             else:
