@@ -43,27 +43,27 @@ def _cdef(header: str) -> str:
     return "\n".join(lines)
 
 
+def _builder(module: str, name: str, **link) -> FFI:
+    """An API-mode builder for ``native/<name>.c`` with its header ``<name>.h``."""
+    ffi = FFI()
+    ffi.cdef(_cdef(name + ".h"))
+    ffi.set_source(
+        module,
+        f'#include "{name}.h"\n',
+        # Relative to the project root, where setup.py runs.
+        sources=[f"native/{name}.c"],
+        include_dirs=[str(HERE)],
+        extra_compile_args=["-O2", "-Wall", "-Wextra"],
+        **link,
+    )
+    return ffi
+
+
 LIBDEFLATE = _have_libdeflate()
 
-ffibuilder = FFI()
-ffibuilder.cdef(_cdef("uvm_codec.h"))
-ffibuilder.set_source(
-    "uvm._native_codec",
-    '#include "uvm_codec.h"\n',
-    # Relative to the project root, where setup.py runs.
-    sources=["native/uvm_codec.c"],
-    include_dirs=[str(HERE)],
+ffibuilder = _builder(
+    "uvm._native_codec", "uvm_codec",
     libraries=["z", "crypto"] + (["deflate"] if LIBDEFLATE else []),
     define_macros=[("UVM_HAVE_LIBDEFLATE", "1")] if LIBDEFLATE else [],
-    extra_compile_args=["-O2", "-Wall", "-Wextra"],
 )
-
-fastpath_builder = FFI()
-fastpath_builder.cdef(_cdef("uvm_fastpath.h"))
-fastpath_builder.set_source(
-    "uvm._native_fastpath",
-    '#include "uvm_fastpath.h"\n',
-    sources=["native/uvm_fastpath.c"],
-    include_dirs=[str(HERE)],
-    extra_compile_args=["-O2", "-Wall", "-Wextra"],
-)
+fastpath_builder = _builder("uvm._native_fastpath", "uvm_fastpath")
