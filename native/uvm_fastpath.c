@@ -340,6 +340,28 @@ static int entry_ok(int dirfd, int filled, const char *name, int kind, int follo
     return !(follow && fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode));
 }
 
+/* A final symlink whose target is a plain name in the same directory
+ * (libz.so.1 -> libz.so.1.2.13: every shared library opened by soname) is
+ * followed here as Python would, up to a few hops: ``name`` becomes the
+ * target.  0 when it is anything else (Python walks it). */
+static int follow_in_dir(struct fast *f, int dirfd, char *name, size_t cap)
+{
+    for (int hops = 0; hops < 8; hops++) {
+        struct stat st;
+        if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISLNK(st.st_mode))
+            return 1;
+        char target[SHORT_PATH];
+        ssize_t n = readlinkat(dirfd, name, target, sizeof(target) - 1);
+        if (n <= 0 || (size_t)n >= cap || memchr(target, '/', (size_t)n) ||
+            (target[0] == '.' && (n == 1 || (n == 2 && target[1] == '.'))) ||
+            reserved_name(f, target, (size_t)n))
+            return 0;
+        memcpy(name, target, (size_t)n);
+        name[n] = '\0';
+    }
+    return 0;
+}
+
 /* The published directory a relative name starts from: the guest's cwd or
  * descriptor, if it is one of them. */
 static struct dslot *start_dir(struct fast *f, int tid, unsigned long dirfd)
@@ -422,21 +444,26 @@ static int enter(struct fast *f, int tid)
             return BAIL;
         if (strncmp(path, "/proc", 5) == 0 || reserved_name(f, last, last_len))
             return BAIL;
+        char name[SHORT_PATH];
+        memcpy(name, last, last_len + 1);
         struct slot *s = find(f, path, head_len, hash_of(path, head_len));
-        if (!s->hash || !entry_ok(s->fd, s->filled, last, row->kind, follow)) {
+        if (s->hash && follow && !follow_in_dir(f, s->fd, name, sizeof(name)))
+            return BAIL;
+        if (!s->hash || !entry_ok(s->fd, s->filled, name, row->kind, follow)) {
             /* The path itself may be known: an entry of a directory whose
              * other entries map elsewhere, or a complete shadow directory. */
             char key[SHORT_PATH + 1];
             key[0] = '\001';
             memcpy(key + 1, path, (size_t)len);
             s = find(f, key, (size_t)len + 1, hash_of(key, (size_t)len + 1));
-            if (!s->hash || !entry_ok(s->fd, s->filled, last, row->kind, follow))
+            memcpy(name, last, last_len + 1);
+            if (!s->hash || !entry_ok(s->fd, s->filled, name, row->kind, follow))
                 return BAIL;
         }
-        if (s->host_len + 1 + last_len >= 4096 || !may_anchor(f, tid))
+        if (s->host_len + 1 + strlen(name) >= 4096 || !may_anchor(f, tid))
             return BAIL;
         char host[SHORT_PATH + 64];
-        int n = snprintf(host, sizeof(host), "%s%d/%s", f->prefix, s->fd, last);
+        int n = snprintf(host, sizeof(host), "%s%d/%s", f->prefix, s->fd, name);
         if (n <= 0 || (size_t)n >= sizeof(host))
             return BAIL;
         unsigned long addr = (top - (unsigned long)n - 1) & ~15UL;

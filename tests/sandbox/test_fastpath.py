@@ -31,7 +31,8 @@ def show(label, fn):
     print(label, value)
 paths = ["/etc/hostname", "/etc", "/usr/bin/python3", "/usr/lib/../bin/sh", "/nope/x",
          "/etc/nope", "/etc/hostname/x", "/data/link-abs", "/data/link-rel", "/data/sub/f",
-         "/data/sub", "/data/loop", "/bin/sh"]
+         "/data/sub", "/data/loop", "/bin/sh", "/data/sub/to-to-f", "/data/sub/dangling",
+         "/data/sub/up"]
 for rnd in range(3):
     for p in paths:
         show("stat " + p, lambda: (os.stat(p).st_size, oct(os.stat(p).st_mode)))
@@ -58,9 +59,15 @@ def _data_dir(uvm_runner):
     os.symlink("/etc/hostname", data / "link-abs")  # resolves in the guest root
     os.symlink("sub/f", data / "link-rel")
     os.symlink("loop", data / "loop")
+    os.symlink("f", data / "sub" / "to-f")           # followed in the directory by the C
+    os.symlink("to-f", data / "sub" / "to-to-f")
+    os.symlink("nothing", data / "sub" / "dangling")
+    os.symlink("..", data / "sub" / "up")
     if not uvm_runner.is_root:
         for path in (data / "sub", data / "sub" / "f"):
             os.chown(path, uvm_runner.uid, uvm_runner.gid)
+        for name in ("to-f", "to-to-f", "dangling", "up"):
+            os.lchown(data / "sub" / name, uvm_runner.uid, uvm_runner.gid)
     return data
 
 
