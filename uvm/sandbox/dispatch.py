@@ -25,6 +25,7 @@ from uvm.sandbox import placement as _placement
 from uvm.sandbox.arch import ABI_I386, ABI_NAMES, ARG_REGS, RED_ZONE, WORD_SIZE
 from uvm.sandbox.handlers import (
     AT_EMPTY_PATH,
+    NOFOLLOW_TWIN,
     O_CREAT,
     O_EXCL,
     O_NOFOLLOW,
@@ -794,11 +795,7 @@ class Tracer:
 
 # Calls that follow a final symlink -> their twin that does not (same arguments).
 _NOFOLLOW_TWIN = tuple(
-    {NUMBERS[abi][a]: NUMBERS[abi][b] for a, b in (
-        ("stat", "lstat"), ("stat64", "lstat64"), ("oldstat", "oldlstat"),
-        ("chown", "lchown"), ("chown32", "lchown32"), ("chown16", "lchown16"),
-        ("getxattr", "lgetxattr"), ("setxattr", "lsetxattr"),
-        ("listxattr", "llistxattr"), ("removexattr", "lremovexattr"))
+    {NUMBERS[abi][a]: NUMBERS[abi][b] for a, b in NOFOLLOW_TWIN.items()
      if a in NUMBERS[abi] and b in NUMBERS[abi]}
     for abi in (0, 1))
 

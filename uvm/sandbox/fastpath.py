@@ -33,7 +33,7 @@ import errno
 import os
 from typing import Any, Iterable, Optional, Tuple
 
-from uvm.sandbox.handlers import TABLE
+from uvm.sandbox.handlers import NOFOLLOW_TWIN, TABLE
 from uvm.sandbox.sysnums import NUMBERS
 
 FAST_AT, FAST_PATH, FAST_OPEN, FAST_READLINK = 1, 2, 3, 4
@@ -45,10 +45,6 @@ READ_ONLY = frozenset({
     "getxattr", "lgetxattr", "listxattr", "llistxattr",
     "readlink", "readlinkat", "open", "openat",
 })
-
-_NOFOLLOW_TWIN = {"stat": "lstat", "stat64": "lstat64", "getxattr": "lgetxattr",
-                  "listxattr": "llistxattr"}
-
 
 def _load() -> Tuple[Any, str]:
     if os.environ.get("UVM_TRACER", "").strip().lower() == "python":
@@ -66,7 +62,7 @@ _MODULE, BACKEND = _load()
 def _row(name: str, row: tuple, numbers: dict) -> Optional[dict]:
     kind = row[0]
     if kind == "path":
-        twin = _NOFOLLOW_TWIN.get(name)
+        twin = NOFOLLOW_TWIN.get(name)
         return {"kind": FAST_PATH, "dirfd_i": -1, "path_i": row[1], "flags_i": -1,
                 "follow": int(row[2]), "toggle": 0,
                 "nofollow_nr": numbers.get(twin, -1) if twin else -1}

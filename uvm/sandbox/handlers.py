@@ -177,3 +177,14 @@ TABLE: Dict[str, Tuple] = {
     "statmount": ("refuse", errno.ENOSYS),
     "listmount": ("refuse", errno.ENOSYS),
 }
+
+
+# Calls that follow a final symlink -> their twin that does not (same
+# arguments): a follow call whose last component the tracer checked becomes
+# its twin, so that a symlink raced into its place is not followed.
+NOFOLLOW_TWIN: Dict[str, str] = {
+    "stat": "lstat", "stat64": "lstat64", "oldstat": "oldlstat",
+    "chown": "lchown", "chown32": "lchown32", "chown16": "lchown16",
+    "getxattr": "lgetxattr", "setxattr": "lsetxattr",
+    "listxattr": "llistxattr", "removexattr": "lremovexattr",
+}
