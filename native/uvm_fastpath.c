@@ -203,6 +203,16 @@ void fast_forget_creds(struct fast *f)
     memset(f->caps, 0, sizeof(f->caps));
 }
 
+void fast_forget(struct fast *f, int tid)
+{
+    struct cap *c = &f->caps[(unsigned)tid & (TIDS - 1)];
+    struct restart *r = &f->recs[(unsigned)tid & (TIDS - 1)];
+    if (c->tid == tid)
+        c->tid = 0;
+    if (r->tid == tid)
+        r->tid = 0;
+}
+
 static struct slot *find(struct fast *f, const char *head, size_t len, uint64_t h)
 {
     for (uint32_t i = (uint32_t)h & (SLOTS - 1);; i = (i + 1) & (SLOTS - 1)) {

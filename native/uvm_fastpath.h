@@ -62,6 +62,9 @@ int fast_publish_dir(struct fast *f, unsigned long dev, unsigned long ino, int f
                      size_t host_len, int filled);
 void fast_clear(struct fast *f);
 void fast_forget_creds(struct fast *f);
+/* ``tid`` has exited: what the C remembers of it must not pass to a new
+ * thread given the same number. */
+void fast_forget(struct fast *f, int tid);
 /* Wait for the next stop Python must see; 0, or -errno of waitpid. */
 int fast_wait(struct fast *f, int *tid, int *status);
 /* The guest's path of a call restarted after a signal, whose argument

@@ -149,6 +149,8 @@ class Tracer:
             self.placement.inherit(parent, child)
 
     def forget(self, tid: int) -> None:
+        if self.fast is not None:
+            self.fast.forget(tid)
         self.tracees.pop(tid, None)
         self._creds.pop(tid, None)
         self.last.pop(tid, None)

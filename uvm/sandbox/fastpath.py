@@ -142,6 +142,10 @@ class FastPath:
     def forget_creds(self) -> None:
         self._lib.fast_forget_creds(self._fast)
 
+    def forget(self, tid: int) -> None:
+        """``tid`` exited; its number may be given to a new thread."""
+        self._lib.fast_forget(self._fast, tid)
+
     def wait(self) -> Tuple[int, int]:
         """The next stop Python must handle, as ``os.waitpid(-1, __WALL)``
         would return it."""
