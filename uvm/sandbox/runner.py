@@ -21,9 +21,9 @@ from uvm.errors import SandboxError
 from uvm.sandbox import memory as mem
 from uvm.sandbox import seccomp
 from uvm.sandbox.dispatch import Tracer, filter_numbers
-from uvm.sandbox.placement import Placement
 from uvm.sandbox.loop import LoopResult, run_loop
 from uvm.sandbox.namespace import Namespace
+from uvm.sandbox.placement import Placement
 
 OPTIONS = (
     mem.PTRACE_O_TRACESYSGOOD
