@@ -13,12 +13,13 @@ default binds and environment.  The revision chosen is pinned for the whole
 run (the repository is opened once).
 """
 
-from __future__ import annotations
+# A NamedTuple, not a dataclass: every template run parses its spec, and
+# ``dataclasses`` imports ``inspect`` (7-8 ms of a warm run's start).  No
+# ``from __future__ import annotations`` either (see ``uvm/config.py``).
 
 import re
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, NamedTuple, Optional, Tuple
 
 from uvm.errors import UsageError
 
@@ -26,8 +27,7 @@ _DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+
 _FQRN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]*\.[A-Za-z0-9_.-]+\Z")
 
 
-@dataclass(frozen=True)
-class TemplateSpec:
+class TemplateSpec(NamedTuple):
     """A resolved ``--template`` argument."""
 
     text: str
@@ -37,7 +37,7 @@ class TemplateSpec:
     tag: Optional[str] = None
     date: Optional[str] = None
     binds: Tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    env: Mapping[str, str] = MappingProxyType({})  # read-only: one shared empty default
 
     @property
     def selector(self) -> str:

@@ -15,7 +15,10 @@ import datetime as _dt
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from uvm.record import RunRecord
 
 HOST_BINDS = ("/proc", "/sys", "/dev", "/tmp")
 
@@ -47,7 +50,6 @@ class CvmfsRun:
     def __init__(self, args: argparse.Namespace) -> None:
         from uvm import config as config_mod
         from uvm.errors import UsageError
-        from uvm.record import RunRecord
 
         self.args = args
         self.config = config_mod.load(getattr(args, "config", None))
@@ -59,6 +61,8 @@ class CvmfsRun:
         self.started = time.time()
         self.replayed: Optional[RunRecord] = None
         if args.replay:
+            from uvm.record import RunRecord  # (not on other runs: it imports dataclasses)
+
             try:
                 with open(args.replay) as handle:
                     self.replayed = RunRecord.from_json(handle.read(), args.replay)
@@ -225,13 +229,13 @@ class CvmfsRun:
     # -- the end -----------------------------------------------------------------------
 
     def finish(self, status: Optional[int], command: Sequence[str]) -> None:
-        from uvm import __version__
-        from uvm.record import RunRecord, TreeRecord
-
         summary = self.fetch_log.summary() if getattr(self, "fetch_log", None) else None
         if summary and self.fetch_log.show is not None:
             self.fetch_log.show(summary)
         if self.args.record:
+            from uvm import __version__
+            from uvm.record import RunRecord, TreeRecord
+
             template = None
             if self.template is not None:
                 tree, path = self.template

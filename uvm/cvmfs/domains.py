@@ -8,7 +8,6 @@ keys ship as package data under ``uvm/data/keys/<domain>/``.
 
 from __future__ import annotations
 
-import glob
 import os
 from types import MappingProxyType
 from typing import Any, List, Mapping, Optional, Tuple
@@ -77,4 +76,6 @@ def public_key_files(public_key: str, keys_directory: str, fqrn: Optional[str] =
         directory = keys_dir(domain) if domain else ""
     if not directory:
         return []
+    import glob  # (here: the configuration imports this module on every template run)
+
     return sorted(glob.glob(os.path.join(directory, "*.pub")))

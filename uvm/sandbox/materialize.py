@@ -63,11 +63,12 @@ from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from uvm.cvmfs import variant
-from uvm.cvmfs.hashing import Suffix
-from uvm.cvmfs.quota import pid_alive
 from uvm.errors import CvmfsError, SandboxError
-from uvm.sandbox import elfdeps
 from uvm.sandbox.namespace import canonical_lexical
+
+# A warm run needs no catalog, download or quota code: what only cold work
+# uses (``Suffix``, which imports hashlib and dataclasses; ``pid_alive``,
+# whose module imports sqlite3; the ELF reader) is imported where it is used.
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,12 @@ class ShadowTree:
         self._absent = _read_log(self._absent_log)
 
     def _clean_tmp(self) -> None:
-        for name in os.listdir(self._tmp_dir):
+        names = os.listdir(self._tmp_dir)
+        if not names:
+            return
+        from uvm.cvmfs.quota import pid_alive
+
+        for name in names:
             try:
                 pid = int(name.split(".", 1)[0])
             except ValueError:
@@ -505,6 +511,8 @@ class ShadowTree:
 
     def _fetch_all(self, repo: str, entry: Any) -> None:
         """Fetch the objects of a file; the chunks of a chunked one in parallel."""
+        from uvm.cvmfs.hashing import Suffix
+
         prefetch = getattr(self.repo.source, "prefetch", None)
         if entry.is_chunked and prefetch is not None:
             chunks = self.repo.tree.chunks(entry)
@@ -535,6 +543,9 @@ class ShadowTree:
             log.debug("prefetch for %s stopped: %s", host, err)
 
     def _closure(self, host: str) -> None:
+        from uvm.cvmfs.hashing import Suffix
+        from uvm.sandbox import elfdeps
+
         fetcher = self.repo.source
         program_repo = host[len(self.top):]
         with self.repo.open_file(program_repo) as handle:
