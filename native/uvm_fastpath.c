@@ -43,6 +43,8 @@ struct slot {
     int fd;
     uint32_t host_len;
     int filled;
+    uint32_t xoff; /* the missing name, or the guest cwd, in the arena */
+    uint32_t xlen;
 };
 
 struct dslot {
@@ -147,14 +149,18 @@ static int reserved_name(const struct fast *f, const char *name, size_t len)
     return 0;
 }
 
-int fast_publish_exact(struct fast *f, const char *path, size_t len, int fd, size_t host_len)
+static int publish_extra(struct fast *f, const char *key, size_t len, int fd, size_t host_len,
+                         int kind, const char *extra, size_t extra_len);
+
+int fast_publish_exact(struct fast *f, const char *path, size_t len, int fd, size_t host_len,
+                       int filled, const char *target, size_t target_len)
 {
     char key[SHORT_PATH + 1];
-    if (len >= SHORT_PATH)
+    if (len >= SHORT_PATH || memchr(target, '/', target_len))
         return -1;
     key[0] = '\001'; /* never the first byte of a directory's key */
     memcpy(key + 1, path, len);
-    return fast_publish(f, key, len + 1, fd, host_len, 0);
+    return publish_extra(f, key, len + 1, fd, host_len, filled, target, target_len);
 }
 
 void fast_clear(struct fast *f)
@@ -244,7 +250,45 @@ int fast_publish(struct fast *f, const char *head, size_t len, int fd, size_t ho
     s->fd = fd;
     s->host_len = (uint32_t)host_len;
     s->filled = filled;
+    s->xlen = 0;
     return 0;
+}
+
+/* Publish ``key`` with the string ``extra`` beside it. */
+static int publish_extra(struct fast *f, const char *key, size_t len, int fd, size_t host_len,
+                         int kind, const char *extra, size_t extra_len)
+{
+    if (len >= SHORT_PATH || extra_len >= SHORT_PATH)
+        return -1;
+    if (f->arena_used + len + extra_len > ARENA)
+        fast_clear(f);
+    if (fast_publish(f, key, len, fd, host_len, kind) < 0)
+        return -1;
+    struct slot *s = find(f, key, len, hash_of(key, len));
+    memcpy(f->arena + f->arena_used, extra, extra_len);
+    s->xoff = f->arena_used;
+    s->xlen = (uint32_t)extra_len;
+    f->arena_used += (uint32_t)extra_len;
+    return 0;
+}
+
+int fast_publish_missing(struct fast *f, const char *head, size_t len, int fd,
+                         const char *name, size_t name_len)
+{
+    if (name_len == 0 || memchr(name, '/', name_len))
+        return -1;
+    return publish_extra(f, head, len, fd, 0, FAST_MISSING, name, name_len);
+}
+
+int fast_publish_cwd(struct fast *f, const char *host, size_t len, const char *guest,
+                     size_t guest_len)
+{
+    char key[SHORT_PATH + 1];
+    if (len >= SHORT_PATH || guest_len == 0)
+        return -1;
+    key[0] = '\002'; /* apart from directories and exact paths */
+    memcpy(key + 1, host, len);
+    return publish_extra(f, key, len + 1, -1, 0, FAST_CWD, guest, guest_len);
 }
 
 void fast_counts(struct fast *f, struct fast_counts *out)
@@ -388,6 +432,51 @@ static struct dslot *start_dir(struct fast *f, int tid, unsigned long dirfd)
     return d->ino ? d : NULL;
 }
 
+/* Skip the call: the tracee gets ``ret`` as its result. */
+static int answer(int tid, struct user_regs_struct *regs, long ret)
+{
+    regs->orig_rax = ~0UL;
+    regs->rax = (unsigned long)ret;
+    return ptrace(PTRACE_SETREGS, tid, 0, regs) < 0 ? BAIL : HANDLED;
+}
+
+/* A path below a head published missing: ENOENT while its first missing
+ * name is still absent (anything there now, even a symlink: Python). */
+static int missing(struct fast *f, int tid, struct user_regs_struct *regs, const struct slot *s)
+{
+    char name[SHORT_PATH];
+    struct stat st;
+    memcpy(name, f->arena + s->xoff, s->xlen);
+    name[s->xlen] = '\0';
+    if (!may_anchor(f, tid) || fstatat(s->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT)
+        return BAIL;
+    return answer(tid, regs, -ENOENT);
+}
+
+/* getcwd(buf, size) for a cwd Python has answered before. */
+static int getcwd_call(struct fast *f, int tid, struct user_regs_struct *regs, int abi)
+{
+    const unsigned long *word = (const unsigned long *)regs;
+    const int *aw = ARG_WORD[abi];
+    char where[64], key[SHORT_PATH];
+    snprintf(where, sizeof(where), "/proc/%d/cwd", tid);
+    ssize_t n = readlink(where, key + 1, sizeof(key) - 2);
+    if (n <= 0 || n >= (ssize_t)sizeof(key) - 2)
+        return BAIL;
+    key[0] = '\002';
+    struct slot *s = find(f, key, (size_t)n + 1, hash_of(key, (size_t)n + 1));
+    if (!s->hash || s->filled != FAST_CWD)
+        return BAIL;
+    if (s->xlen + 1 > (word[aw[1]] & 0xFFFFFFFFUL))
+        return answer(tid, regs, -ERANGE);
+    char out[SHORT_PATH];
+    memcpy(out, f->arena + s->xoff, s->xlen);
+    out[s->xlen] = '\0';
+    if (write_mem(tid, word[aw[0]] & (abi ? 0xFFFFFFFFUL : ~0UL), out, s->xlen + 1) < 0)
+        return BAIL;
+    return answer(tid, regs, (long)s->xlen + 1);
+}
+
 static int enter(struct fast *f, int tid)
 {
     struct user_regs_struct regs;
@@ -406,6 +495,8 @@ static int enter(struct fast *f, int tid)
     const struct fast_row *row = &f->rows[abi][nr];
     if (row->kind == FAST_NONE)
         return BAIL;
+    if (row->kind == FAST_GETCWD)
+        return getcwd_call(f, tid, &regs, abi);
     unsigned long mask = abi ? 0xFFFFFFFFUL : ~0UL;
     const int *aw = ARG_WORD[abi];
     unsigned long ptr = word[aw[row->path_i]] & mask;
@@ -450,24 +541,52 @@ static int enter(struct fast *f, int tid)
         const char *last = slash + 1;
         size_t last_len = (size_t)(path + len - last);
         size_t head_len = (size_t)(slash - path);
-        if (last_len == 0 || (last[0] == '.' && (last_len == 1 || (last_len == 2 && last[1] == '.'))))
+        if (strncmp(path, "/proc", 5) == 0)
             return BAIL;
-        if (strncmp(path, "/proc", 5) == 0 || reserved_name(f, last, last_len))
-            return BAIL;
-        char name[SHORT_PATH];
-        memcpy(name, last, last_len + 1);
         struct slot *s = find(f, path, head_len, hash_of(path, head_len));
-        if (s->hash && follow && !follow_in_dir(f, s->fd, name, sizeof(name)))
+        if (s->hash && s->filled == FAST_MISSING)
+            return missing(f, tid, &regs, s);
+        char name[SHORT_PATH];
+        int ok;
+        if (len == 1) {
+            /* "/" itself, published as an exact path when it is plain */
+            s = find(f, "\001/", 2, hash_of("\001/", 2));
+            if (!s->hash)
+                return BAIL;
+            memcpy(name, ".", 2);
+            ok = 1;
+        } else if (last_len == 0 || (last_len == 1 && last[0] == '.')) {
+            /* "dir/" or "dir/.": the published directory itself */
+            if (!s->hash || (s->filled != FAST_PLAIN && s->filled != FAST_FILLED))
+                return BAIL;
+            memcpy(name, ".", 2);
+            ok = 1;
+        } else if (last_len == 2 && last[0] == '.' && last[1] == '.') {
             return BAIL;
-        if (!s->hash || !entry_ok(s->fd, s->filled, name, row->kind, follow)) {
+        } else {
+            /* A name a bind may sit on is served only as an exact path. */
+            memcpy(name, last, last_len + 1);
+            ok = s->hash && !reserved_name(f, last, last_len) &&
+                 (!follow || follow_in_dir(f, s->fd, name, sizeof(name))) &&
+                 entry_ok(s->fd, s->filled, name, row->kind, follow);
+        }
+        if (!ok) {
             /* The path itself may be known: an entry of a directory whose
-             * other entries map elsewhere, or a complete shadow directory. */
+             * other entries map elsewhere, a complete shadow directory, or
+             * a symlink (followed only) to a file elsewhere. */
             char key[SHORT_PATH + 1];
             key[0] = '\001';
             memcpy(key + 1, path, (size_t)len);
             s = find(f, key, (size_t)len + 1, hash_of(key, (size_t)len + 1));
-            memcpy(name, last, last_len + 1);
-            if (!s->hash || !entry_ok(s->fd, s->filled, name, row->kind, follow))
+            if (!s->hash || (s->xlen && !follow))
+                return BAIL;
+            if (s->xlen) {
+                memcpy(name, f->arena + s->xoff, s->xlen);
+                name[s->xlen] = '\0';
+            } else {
+                memcpy(name, last, last_len + 1);
+            }
+            if (!entry_ok(s->fd, s->filled, name, row->kind, follow))
                 return BAIL;
         }
         if (s->host_len + 1 + strlen(name) >= 4096 || !may_anchor(f, tid))

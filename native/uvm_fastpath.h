@@ -16,12 +16,15 @@
 #define FAST_PATH 2     /* path relative to the cwd */
 #define FAST_OPEN 3     /* open/openat: only read-only flags */
 #define FAST_READLINK 4 /* absolute paths only */
+#define FAST_GETCWD 5   /* path_i: the buffer, flags_i: its size */
 
 #define FAST_MAX_NR 512
 
 #define FAST_PLAIN 0
 #define FAST_FILLED 2  /* the values of uvm.sandbox.namespace */
 #define FAST_PARTIAL 3
+#define FAST_MISSING 4 /* a head whose first missing directory is known */
+#define FAST_CWD 5     /* a cwd's host path, and its guest path */
 
 struct fast_row {
     int kind;
@@ -54,8 +57,22 @@ int fast_publish(struct fast *f, const char *head, size_t len, int fd, size_t ho
                  int filled);
 /* One exact path (``path``, absolute as written) whose own host name is in
  * the directory behind ``fd``: for entries of a directory whose others map
- * elsewhere (the top of a writable layer maps /usr, /etc, ... one by one). */
-int fast_publish_exact(struct fast *f, const char *path, size_t len, int fd, size_t host_len);
+ * elsewhere (the top of a writable layer maps /usr, /etc, ... one by one).
+ * With a ``target`` name, ``path`` is a symlink that calls following it
+ * find as entry ``target`` of that directory (``filled`` as for
+ * fast_publish); calls that do not follow it go to Python. */
+int fast_publish_exact(struct fast *f, const char *path, size_t len, int fd, size_t host_len,
+                       int filled, const char *target, size_t target_len);
+/* Guest directory ``head`` does not exist: its walk found no entry
+ * ``name`` in the (plain or complete) directory behind ``fd``.  While that is
+ * still so, every read-only call on a path below ``head`` fails with ENOENT
+ * without reaching the kernel (compilers and interpreters search many
+ * directories that are not there). */
+int fast_publish_missing(struct fast *f, const char *head, size_t len, int fd,
+                         const char *name, size_t name_len);
+/* A tracee whose cwd is host directory ``host`` gets ``guest`` from getcwd. */
+int fast_publish_cwd(struct fast *f, const char *host, size_t len, const char *guest,
+                     size_t guest_len);
 /* The same directory known by identity, for names relative to a guest's
  * cwd or directory descriptor that is this very directory. */
 int fast_publish_dir(struct fast *f, unsigned long dev, unsigned long ino, int fd,

@@ -32,7 +32,9 @@ def show(label, fn):
 paths = ["/etc/hostname", "/etc", "/usr/bin/python3", "/usr/lib/../bin/sh", "/nope/x",
          "/etc/nope", "/etc/hostname/x", "/data/link-abs", "/data/link-rel", "/data/sub/f",
          "/data/sub", "/data/loop", "/bin/sh", "/data/sub/to-to-f", "/data/sub/dangling",
-         "/data/sub/up"]
+         "/data/sub/up", "/", "/etc/", "/etc/.", "/data/sub/.", "/data/sub/up/.",
+         "/nope/deeper/x", "/nope/x/.", "/data/none/x", "/etc/hostname/.", "/data/sys",
+         "/data/sub/sys/x", "/data/link-abs/."]
 for rnd in range(3):
     for p in paths:
         show("stat " + p, lambda: (os.stat(p).st_size, oct(os.stat(p).st_mode)))
@@ -49,6 +51,7 @@ for rnd in range(3):
             show("at " + d + " " + name, lambda: os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
             show("open " + d + " " + name, lambda: open(name, "rb").read(16))
         os.close(fd)
+        show("cwd " + d, os.getcwd)
 """
 
 
@@ -63,6 +66,7 @@ def _data_dir(uvm_runner):
     os.symlink("to-f", data / "sub" / "to-to-f")
     os.symlink("nothing", data / "sub" / "dangling")
     os.symlink("..", data / "sub" / "up")
+    (data / "sys").write_text("a name that is a bind point elsewhere\n")
     if not uvm_runner.is_root:
         for path in (data / "sub", data / "sub" / "f"):
             os.chown(path, uvm_runner.uid, uvm_runner.gid)
@@ -125,6 +129,82 @@ def test_c_tracer_reads_a_file_copied_up_into_the_layer(uvm_runner, host_root):
     original = (host_root / "etc/hostname").read_text()
     assert out.strip() == f"{original!r} {original!r} 'rewritten\\n' 'rewritten\\n' 10"
     assert (host_root / "etc/hostname").read_text() == original  # the root is untouched
+
+
+# Read-only calls the C answers without the kernel or from what Python
+# taught it: paths below missing directories, getcwd, a directory named as
+# "dir/.", a symlink followed into another directory.  Every change, by the
+# guest or by the host meanwhile, must be seen at once.
+CHANGES = r"""
+import os, sys
+def probe(path):
+    try:
+        st = os.stat(path)
+        return "size%d" % st.st_size
+    except OSError as exc:
+        return "E%d" % exc.errno
+def show(*values):
+    print(*values, flush=True)
+show(*[probe("/data/later/f") for _ in range(3)])
+os.mkdir("/data/later"); open("/data/later/f", "w").write("made")
+show(probe("/data/later/f"))
+show(*[probe("/data/hostmade/f") for _ in range(3)])
+show(*[probe("/deep/x/y") for _ in range(3)], probe("/deep/er/bound/f"))
+os.chdir("/data/sub")
+show(*[os.getcwd() for _ in range(3)])
+os.rename("/data/sub", "/data/moved")
+show(os.getcwd(), *[probe("/data/sub/.") for _ in range(2)])
+show(*[probe("/data/link") for _ in range(3)])
+os.unlink("/data/link"); os.symlink("/etc/hostname", "/data/link")
+show(probe("/data/link"))
+os.mkdir("/data/d"); show(*[probe("/data/d/.") for _ in range(3)]); os.rmdir("/data/d")
+show(probe("/data/d/."), probe("/data/d/"))
+os.symlink("/data/moved", "/data/via")
+show(*[probe("/data/via/f") for _ in range(3)])
+os.unlink("/data/via")
+show(probe("/data/via/f"))
+show("ready")
+sys.stdin.readline()  # the host makes data/hostmade/f and renames data/moved
+show(probe("/data/hostmade/f"), os.getcwd())
+"""
+
+
+@pytest.mark.parametrize("layer", [True, False], ids=["layer", "no-layer"])
+def test_c_answers_follow_changes_by_guest_and_host(uvm_runner, host_root, layer):
+    data = _data_dir(uvm_runner)
+    bound = uvm_runner.make_scratch("bound")
+    (bound / "f").write_text("bound")
+    os.symlink("moved/f", data / "link")  # dangling until the guest renames sub
+    if not uvm_runner.is_root:
+        os.lchown(data / "link", uvm_runner.uid, uvm_runner.gid)
+    env = guest_env()
+    env["UVM_TRACER"] = "c"
+    cmd = uvm_runner.command(host_root, ["python3", "-c", CHANGES],
+                             binds=[(data, "/data"), (bound, "/deep/er/bound")],
+                             extra=() if layer else ("--no-layer",))
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env) as proc:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.split())
+            if line.strip() == "ready":
+                (data / "hostmade").mkdir()
+                (data / "hostmade" / "f").write_text("host")
+                os.rename(data / "moved", data / "again")
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    hostname = len((host_root / "etc/hostname").read_bytes())
+    assert lines == [
+        ["E2", "E2", "E2"], ["size4"],
+        ["E2", "E2", "E2"],
+        ["E2", "E2", "E2", "size5"],
+        ["/data/sub"] * 3, ["/data/moved", "E2", "E2"],
+        ["size12"] * 3, [f"size{hostname}"],
+        [lines[8][0]] * 3, ["E2", "E2"],
+        ["size12"] * 3, ["E2"],
+        ["ready"], ["size4", "/data/again"],
+    ]
 
 
 AFFINITY = r"""

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import re
+import stat
 import struct
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -86,6 +87,7 @@ class Tracer:
                 self.handlers[abi][nr] = (getattr(self, "_k_" + row[0]), name) + row[1:]
         self._cursor = 0
         self._pinned = False
+        self._translated = ""  # what the kernel will look up for the last _translate
         self.fallback = False  # set by the loop when every call stops
         # Translated paths reach the kernel through directory descriptors of
         # the tracer (anchors.py) so that a swapped directory cannot redirect
@@ -285,19 +287,31 @@ class Tracer:
             self.placement.chose_own(pid or tid)
         return 0
 
-    def _publish(self, path: str, guest: str, host: str, kernel: str) -> None:
+    def _publish(self, path: str, guest: str, host: str, kernel: str, follow: bool) -> None:
         """Teach the C fast path the directory of ``path`` (absolute, or one
         name relative to a directory), when its translation was the plain
         one: the cached directory, the same last component on the host, an
-        anchored name."""
+        anchored name.  Also "/", a directory named as "dir/" or "dir/.",
+        and a final symlink followed into another directory (as an exact
+        path with its target's name)."""
         head, slash, last = path.rpartition("/")
+        if path == "/" or (slash and last in ("", ".")):
+            self._publish_itself(head, guest, host.rstrip("/") or "/")
+            return
         gdir, _, glast = guest.rpartition("/")
         hdir, _, hlast = host.rpartition("/")
-        if glast != last or hlast != last or not kernel.startswith(self.anchors.prefix):
-            return
         gdir = gdir or "/"
+        if glast != hlast or not kernel.startswith(self.anchors.prefix):
+            return
         fd = self.anchors.fd_of(hdir)
-        if fd is None or (slash and self.resolver.cached_dir(head) != gdir):
+        if fd is None:
+            return
+        if glast != last or (slash and self.resolver.cached_dir(head) != gdir):
+            if follow and slash and glast not in self._not_simple:
+                kind = self.ns.fast_dir(gdir, hdir)
+                if kind and self.ns.host_of(gdir) == hdir:
+                    self.fast.publish_exact(_enc(path), fd, len(hdir), 0 if kind == PLAIN else kind,
+                                            _enc(glast))
             return
         kind = self.ns.fast_dir(gdir, hdir)
         # The entry's own host directory must be the directory's (a layer
@@ -313,8 +327,57 @@ class Tracer:
             self.fast.publish_exact(_enc(path), fd, len(hdir))
         if slash:
             self.fast.publish(_enc(head), fd, len(hdir), lazy)
+            if last in self._not_simple and guest not in self._bind_points:
+                # a name that is a bind point elsewhere, not here
+                self.fast.publish_exact(_enc(path), fd, len(hdir), lazy)
         else:
             self.fast.publish_dir(fd, len(hdir), lazy)
+
+    def _publish_itself(self, head: str, guest: str, host: str) -> None:
+        """A directory named by itself ("/", "dir/", "dir/."): published as
+        the head it is, with a descriptor of its own, when plain or complete."""
+        if guest.startswith("/proc") or self.ns.host_of(guest) != host:
+            return
+        kind = self.ns.fast_dir(guest, host)
+        if kind not in (PLAIN, FILLED):
+            return
+        try:
+            self.anchors.anchored(host + "/.")
+        except OSError:
+            return
+        fd = self.anchors.fd_of(host)
+        if fd is None:
+            return
+        if head:
+            self.fast.publish(_enc(head), fd, len(host), 0 if kind == PLAIN else kind)
+        else:
+            self.fast.publish_exact(b"/", fd, len(host))
+
+    def _publish_missing(self, path: str) -> None:
+        """Teach the C fast path that the head of ``path`` does not exist,
+        when the walk stopped at a name absent from a plain or complete
+        directory with no bind at or below it (a missing directory on the
+        way to a bind is not missing in the guest's view)."""
+        head = path.rpartition("/")[0]
+        missing = self.resolver.missing_in(head) if head else None
+        if missing is None:
+            return
+        parent, name = missing
+        below = parent + "/" + name if parent != "/" else "/" + name
+        if any(b == below or b.startswith(below + "/") for b in self._bind_points):
+            return
+        hparent = self.ns.host_of(parent)
+        if self.ns.fast_dir(parent, hparent) not in (PLAIN, FILLED) or \
+                self.ns.host_of(below) != hparent + "/" + name:
+            return
+        try:
+            if not self.anchors.anchored(hparent + "/" + name).startswith(self.anchors.prefix):
+                return
+        except OSError:
+            return
+        fd = self.anchors.fd_of(hparent)
+        if fd is not None:
+            self.fast.publish_missing(_enc(head), fd, _enc(name))
 
     def _k_creds(self, tid, regs, abi, row):
         self._creds.clear()
@@ -396,16 +459,18 @@ class Tracer:
         args = ARG_REGS[abi]
         path = self._read_path(tid, regs, getattr(regs, args[path_i]))
         self._pinned = False
+        self._translated = ""
         if path and path[0] != "/" and "/" not in path and path not in self._not_simple \
                 and self._lazy is None:
             # One plain name below the cwd or a dirfd, which the guest opened
             # through translated paths: the kernel's lookup is the guest's,
             # unless the name is a symlink to follow (absolute targets
             # resolve in the guest) or where a bind may sit on it.
-            if not follow:
-                return 0
             dirfd = (getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32) & 0xFFFFFFFF
             where = f"/proc/{tid}/cwd/{path}" if dirfd == _AT_FDCWD32 else f"/proc/{tid}/fd/{dirfd}/{path}"
+            self._translated = where
+            if not follow:
+                return 0
             try:
                 simple = os.lstat(where).st_mode & 0o170000 != 0o120000
             except OSError:
@@ -417,6 +482,8 @@ class Tracer:
         guest, host = self.resolve(path, base, follow, tid)
         if self._lazy is not None:
             self._lazy.before(name, host, flags)
+        if self.fast is not None and path[0] == "/":
+            self._publish_missing(path)
         if busy and guest in self._bind_points:
             raise _err(errno.EBUSY)
         if host.startswith(self._tracer_proc) and self._tracer_private.match(host):
@@ -424,9 +491,11 @@ class Tracer:
         if self.verbose:
             self.logfn(f"[{tid}] {name}({path!r}) -> {host}")
         kernel = self._kernel_path(tid, host)
+        self._translated = host
         self._put_path(tid, regs, abi, path_i, path, kernel)
-        if self.fast is not None and (path[0] == "/" or "/" not in path):
-            self._publish(path, guest, host, kernel)
+        if self.fast is not None and not busy and (path[0] == "/" or "/" not in path):
+            # (not from a call that moves or removes: "dir/" may be what goes)
+            self._publish(path, guest, host, kernel, follow)
         # The final component was checked (not a symlink, or resolved): the
         # kernel must not follow a symlink raced into its place (_pin_*).
         self._pinned = follow and not host.startswith("/proc/")
@@ -434,11 +503,25 @@ class Tracer:
 
     # -- handler kinds (see handlers.py) ---------------------------------------------------
 
+    def _removing(self, rmdir: bool) -> None:
+        """Before an unlink or rmdir of the path just translated runs: forget
+        what it may change.  A directory takes cached resolutions (and
+        anchors) with it; a file only when it is a symlink that a cached
+        resolution may have gone through (a compiler removes many
+        temporary files)."""
+        if not rmdir and self._translated:
+            try:
+                if not stat.S_ISLNK(os.lstat(self._translated).st_mode):
+                    return
+            except OSError:
+                return  # nothing there: the call fails and changes nothing
+        self._invalidate(rmdir)
+
     def _k_path(self, tid, regs, abi, row):
         _fn, name, idx, follow, mutates = row
-        if mutates:
-            self._invalidate(name == "rmdir")
         res = self._translate(tid, regs, abi, idx, -1, follow, name, busy=mutates)
+        if mutates:
+            self._removing(name == "rmdir")
         if follow and self._pinned:
             nofollow = _NOFOLLOW_TWIN[abi].get(regs.orig_rax)
             if nofollow is not None:
@@ -496,9 +579,9 @@ class Tracer:
                 return 0  # operates on the descriptor itself
         if flags & toggle:
             follow = not follow
-        if mutates:
-            self._invalidate(name == "unlinkat" and bool(getattr(regs, args[2]) & 0x200))
         res = self._translate(tid, regs, abi, idx, dirfd_i, follow, name, busy=mutates)
+        if mutates:
+            self._removing(bool(getattr(regs, args[2]) & 0x200))
         if follow and self._pinned and flags_i >= 0 and toggle:
             setattr(regs, args[flags_i], flags | toggle)
             return SETREGS
@@ -534,6 +617,8 @@ class Tracer:
         path = self._read_path(tid, regs, getattr(regs, args[idx]))
         base = self._base(tid, path, getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32)
         _guest, host = self.resolve(path, base, False, tid)
+        if self.fast is not None and path[:1] == "/":
+            self._publish_missing(path)
         if host.startswith(self._tracer_proc) and self._tracer_private.match(host):
             raise _err(errno.EACCES)
         answer = self._proc_link(tid, host)
@@ -543,7 +628,7 @@ class Tracer:
             kernel = self._kernel_path(tid, host)
             self._put_path(tid, regs, abi, idx, path, kernel)
             if self.fast is not None and path[:1] == "/":
-                self._publish(path, _guest, host, kernel)
+                self._publish(path, _guest, host, kernel, False)
             return SETREGS
         size = getattr(regs, args[size_i]) & 0xFFFFFFFF
         if size == 0 or size >= 0x80000000:
@@ -593,6 +678,8 @@ class Tracer:
         guest = self.ns.guest_of(host)
         if guest is None:
             guest = "(unreachable)" + host
+        elif self.fast is not None:
+            self.fast.publish_cwd(_enc(host), _enc(guest))
         data = _enc(guest) + b"\0"
         if len(data) > (getattr(regs, args[1]) & 0xFFFFFFFF):
             raise _err(errno.ERANGE)

@@ -20,6 +20,11 @@ What the C knows, Python told it:
   in a CernVM-FS shadow directory, subdirectories, files whose content is
   not fetched yet and, while the directory is still being filled, missing
   names go to Python);
+- guest directories that do not exist (:meth:`publish_missing`): below
+  them, every read-only call fails with ENOENT while the first missing
+  component is still absent, which the C checks each time;
+- the guest path of a host directory a tracee's getcwd was answered in
+  (:meth:`publish_cwd`); the same cwd is answered in C the next time;
 - last components that may be bind points, which always go to Python.
 
 Everything Python forgets (a rename, an unlink, a copy-up, a new generation
@@ -36,14 +41,14 @@ from typing import Any, Iterable, Optional, Tuple
 from uvm.sandbox.handlers import NOFOLLOW_TWIN, TABLE
 from uvm.sandbox.sysnums import NUMBERS
 
-FAST_AT, FAST_PATH, FAST_OPEN, FAST_READLINK = 1, 2, 3, 4
+FAST_AT, FAST_PATH, FAST_OPEN, FAST_READLINK, FAST_GETCWD = 1, 2, 3, 4, 5
 
 # The calls the C may settle: they read, never change, the file system.
 READ_ONLY = frozenset({
     "stat", "lstat", "stat64", "lstat64", "newfstatat", "fstatat64", "statx",
     "statfs", "statfs64", "access", "faccessat", "faccessat2",
     "getxattr", "lgetxattr", "listxattr", "llistxattr",
-    "readlink", "readlinkat", "open", "openat",
+    "readlink", "readlinkat", "open", "openat", "getcwd",
 })
 
 def _load() -> Tuple[Any, str]:
@@ -75,6 +80,9 @@ def _row(name: str, row: tuple, numbers: dict) -> Optional[dict]:
     if kind == "openat":
         return {"kind": FAST_OPEN, "dirfd_i": row[1], "path_i": row[2], "flags_i": row[3],
                 "follow": 1, "toggle": 0, "nofollow_nr": -1}
+    if kind == "getcwd":
+        return {"kind": FAST_GETCWD, "dirfd_i": -1, "path_i": 0, "flags_i": 1,
+                "follow": 0, "toggle": 0, "nofollow_nr": -1}
     if kind == "readlink":
         return {"kind": FAST_READLINK, "dirfd_i": row[1], "path_i": row[2], "flags_i": -1,
                 "follow": 0, "toggle": 0, "nofollow_nr": -1}
@@ -117,13 +125,33 @@ class FastPath:
             self._published.add(head)
             self._lib.fast_publish(self._fast, head, len(head), fd, host_len, lazy)
 
-    def publish_exact(self, path: bytes, fd: int, host_len: int) -> None:
+    def publish_exact(self, path: bytes, fd: int, host_len: int, lazy: int = 0,
+                      target: bytes = b"") -> None:
         """Absolute ``path`` itself is the name it has in the host directory
-        behind ``fd``, though its siblings may not be."""
-        key = b"\x01" + path
+        behind ``fd``, though its siblings may not be; or, with ``target``,
+        a symlink that calls following it find as entry ``target`` there
+        (``lazy`` as for :meth:`publish`)."""
+        key = (b"\x01" + path, target)
         if key not in self._published:
             self._published.add(key)
-            self._lib.fast_publish_exact(self._fast, path, len(path), fd, host_len)
+            self._lib.fast_publish_exact(self._fast, path, len(path), fd, host_len, lazy,
+                                         target, len(target))
+
+    def publish_missing(self, head: bytes, fd: int, name: bytes) -> None:
+        """Guest directory ``head`` does not exist: ``name``, the first
+        component of its walk that was not there, is absent from the
+        directory behind ``fd``.  The C checks that it still is, each time."""
+        key = (b"missing", head, fd, name)
+        if key not in self._published:
+            self._published.add(key)
+            self._lib.fast_publish_missing(self._fast, head, len(head), fd, name, len(name))
+
+    def publish_cwd(self, host: bytes, guest: bytes) -> None:
+        """getcwd in a directory whose host path is ``host`` answers ``guest``."""
+        key = (b"cwd", host)
+        if key not in self._published:
+            self._published.add(key)
+            self._lib.fast_publish_cwd(self._fast, host, len(host), guest, len(guest))
 
     def publish_dir(self, fd: int, host_len: int, lazy: int = 0) -> None:
         """The same, for names relative to a guest's cwd or descriptor that

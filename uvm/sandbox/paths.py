@@ -62,6 +62,10 @@ class Resolver:
         self.is_tracee = is_tracee
         self.tgid_of = tgid_of
         self._dirs: Dict[str, str] = {}
+        # (head, guest directory, name): the last walk of a head that found
+        # no ``name`` in that existing directory (see :meth:`missing_in`).
+        self._missing: Optional[Tuple[str, str, str]] = None
+        self._absent: Optional[Tuple[str, str]] = None  # set by _walk_full
 
     def invalidate(self) -> None:
         self._dirs.clear()
@@ -71,11 +75,22 @@ class Resolver:
         its last slash, as given), if any."""
         return self._dirs.get(head or "/")
 
+    def missing_in(self, head: str) -> Optional[Tuple[str, str]]:
+        """When the last :meth:`resolve` found that directory ``head`` does
+        not exist: (the deepest guest directory its walk reached, the name
+        that directory lacks).  Every path below ``head`` is then ENOENT for
+        as long as that name stays absent."""
+        missing = self._missing
+        if missing is not None and missing[0] == head:
+            return missing[1], missing[2]
+        return None
+
     # -- public ----------------------------------------------------------------
 
     def resolve(self, path: str, base: str, follow: bool, tid: int = 0) -> Tuple[str, str]:
         """(guest canonical path, host path) of ``path`` seen from guest
         directory ``base``.  Raises OSError (ENOENT for "", ELOOP, ...)."""
+        self._missing = None
         if not path:
             raise _err(errno.ENOENT)
         full = path if path[0] == "/" else (base + "/" + path if base != "/" else "/" + path)
@@ -83,7 +98,10 @@ class Resolver:
         if last in ("", ".", ".."):
             # A trailing slash (or . / ..) names a directory: always followed,
             # and kept on the host path so that the kernel checks it is one.
+            self._absent = None
             guest, host = self._walk(full, True, tid)
+            if self._absent is not None and not full.startswith("/proc"):
+                self._missing = (head, *self._absent)
             if last == "" and host != "/":
                 host += "/"
         elif tid and full.startswith("/proc"):
@@ -106,11 +124,16 @@ class Resolver:
         return guest, host
 
     def _dir(self, head: str, tid: int) -> str:
+        self._absent = None
         guest, _host, exact = self._walk_full(head, True, tid)
-        if exact and not guest.startswith("/proc") and not head.startswith("/proc"):
+        if head.startswith("/proc") or guest.startswith("/proc"):
+            return guest
+        if exact:
             if len(self._dirs) > 8192:
                 self._dirs.clear()
             self._dirs[head] = guest
+        elif self._absent is not None:
+            self._missing = (head, *self._absent)
         return guest
 
     def _walk(self, full: str, follow: bool, tid: int) -> Tuple[str, str]:
@@ -157,7 +180,9 @@ class Resolver:
                     continue
             try:
                 mode = os.lstat(host).st_mode
-            except (FileNotFoundError, NotADirectoryError):
+            except (FileNotFoundError, NotADirectoryError) as exc:
+                if isinstance(exc, FileNotFoundError):
+                    self._absent = (guest, comp)
                 rest = [c for c in reversed(todo)]
                 return self._lexical(nxt, rest)
             except OSError as exc:
