@@ -185,17 +185,22 @@ class Tracer:
         addr = sp + word * (argc + 2)
         envc = len(mem.read_words(tgid, addr, word))
         addr += word * (envc + 1)
-        for _ in range(64):
-            key, value = struct.unpack(code[0] + code[1] * 2, mem.read_bytes(tgid, addr, 2 * word))
-            if key == 0:
-                return
-            if key == 31:  # AT_EXECFN
-                old = mem.read_cstring(tgid, value)
-                new = _enc(given)
-                if len(new) <= len(old):
-                    mem.write_bytes(tgid, value, new + b"\0")
-                return
-            addr += 2 * word
+        # The auxiliary vector, a page at a time (the stack's mapping ends on
+        # a page boundary): (key, value) words up to AT_NULL.
+        pair = 2 * word
+        for _chunk in range(8):
+            n = max(1, (mem.PAGE - addr % mem.PAGE) // pair)
+            words = struct.unpack(f"<{2 * n}{code[1]}", mem.read_bytes(tgid, addr, n * pair))
+            for key, value in zip(words[::2], words[1::2]):
+                if key == 0:
+                    return
+                if key == 31:  # AT_EXECFN
+                    old = mem.read_cstring(tgid, value)
+                    new = _enc(given)
+                    if len(new) <= len(old):
+                        mem.write_bytes(tgid, value, new + b"\0")
+                    return
+            addr += n * pair
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -241,15 +246,10 @@ class Tracer:
             return True
         ok = self._creds.get(tid)
         if ok is None:
-            ok = False
             try:
-                with open(f"/proc/{tid}/status", "rb") as f:
-                    for line in f:
-                        if line.startswith(b"CapEff:"):
-                            ok = bool(int(line.split()[1], 16) & (1 << 19))  # CAP_SYS_PTRACE
-                            break
+                ok = bool(mem.effective_caps(tid) & (1 << 19))  # CAP_SYS_PTRACE
             except OSError:
-                pass
+                ok = False
             self._creds[tid] = ok
         return ok
 

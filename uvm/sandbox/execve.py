@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -61,6 +62,21 @@ def read_interp(host: str) -> Tuple[bytes, Optional[bytes]]:
         raise _err(errno.ENOEXEC) from None
 
 
+_INTERPS: Dict[Tuple[str, int, int, int, int, int], Tuple[bytes, Optional[bytes]]] = {}
+
+
+def interp_of(host: str, st: os.stat_result) -> Tuple[bytes, Optional[bytes]]:
+    """:func:`read_interp`, remembered for the file as it is (identity,
+    size, times): a shell loop executes the same few programs."""
+    key = (host, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    known = _INTERPS.get(key)
+    if known is None:
+        if len(_INTERPS) >= 1024:
+            _INTERPS.clear()
+        known = _INTERPS[key] = read_interp(host)
+    return known
+
+
 _ARGV0_SUPPORT: Dict[str, bool] = {}
 
 
@@ -92,11 +108,13 @@ def plan_exec(
     changed = False
     for _depth in range(MAX_SCRIPT_DEPTH + 1):
         guest, host = resolve(given)
-        if os.path.isdir(host):
+        try:
+            st = os.stat(host)
+        except OSError:
+            raise _err(errno.ENOENT) from None
+        if stat.S_ISDIR(st.st_mode) or not os.access(host, os.X_OK):
             raise _err(errno.EACCES)
-        if not os.access(host, os.X_OK):
-            raise _err(errno.EACCES if os.path.exists(host) else errno.ENOENT)
-        kind, value = read_interp(host)
+        kind, value = interp_of(host, st)
         if kind == b"#!":
             line = value.strip() if value else b""
             if not line:

@@ -1,4 +1,4 @@
-"""Raw ptrace requests and tracee memory access through ctypes.
+"""Raw ptrace requests, tracee memory access and capabilities through ctypes.
 
 Stateless and allocation-light: one shared register buffer and one read
 buffer, because the tracer handles one stop at a time.  Strings are read
@@ -182,6 +182,26 @@ def write_bytes(pid: int, addr: int, data: bytes) -> None:
         got = _vm_writev(pid, _WLOCAL_REF, 1, _WREMOTE_REF, 1, 0)
     if got != size:
         raise OSError(_errno.EFAULT, "cannot write tracee memory")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+_CAP_VERSION_3 = 0x20080522
+_SYS_CAPGET = 125
+_cap_header = _CapHeader()
+_cap_data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable}
+
+
+def effective_caps(tid: int) -> int:
+    """The effective capability set of thread ``tid`` (capget: one system
+    call, where /proc/TID/status formats a page of text)."""
+    _cap_header.version = _CAP_VERSION_3
+    _cap_header.pid = tid
+    if _libc.syscall(_SYS_CAPGET, ctypes.byref(_cap_header), _cap_data) < 0:
+        raise _fail("capget", tid)
+    return _cap_data[0] | (_cap_data[3] << 32)
 
 
 def read_words(pid: int, addr: int, word: int, limit: int = 1 << 16) -> list:
