@@ -64,6 +64,22 @@ def test_read_everything_through_mirrors_and_cache(published, mirror, mirror2, c
     assert mirror2.count(".cvmfspublished") == 1
 
 
+def test_opening_asks_for_each_bootstrap_file_and_first_object_once(published, mirror,
+                                                                     cache_dir, tmp_path):
+    """Manifest, whitelist, certificate and root catalog are fetched ahead of
+    the reader; nothing is asked for twice."""
+    env = environment([mirror.url_for()], cache_dir, published, tmp_path)
+    cfg = config.load(environ=env, system_files=[])
+    with open_repository(FQRN, cfg, state_dir=str(tmp_path / "state")) as repo:
+        assert repo.read("/etc/conf") == FILES["etc/conf"]
+        asked = dict(mirror.hits)
+    assert asked[f"/cvmfs/{FQRN}/.cvmfspublished"] == 1
+    assert asked[f"/cvmfs/{FQRN}/.cvmfswhitelist"] == 1
+    assert sum(1 for path in asked if path.endswith("X")) == 1  # the certificate
+    assert sum(1 for path in asked if path.endswith("C")) == 1  # the root catalog
+    assert all(count == 1 for count in asked.values()), asked
+
+
 def test_offline_after_one_verified_run(published, mirror, cache_dir, tmp_path, caplog):
     env = environment([mirror.url_for()], cache_dir, published, tmp_path)
     cfg = config.load(environ=env, system_files=[])

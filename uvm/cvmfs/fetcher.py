@@ -200,6 +200,7 @@ class Fetcher:
     def expire(self) -> None:
         """Forget freshness: the next ``fetch_file`` asks the mirrors."""
         self.cache.touch_file(self.fqrn, ".cvmfspublished", 0.0)
+        self.forget_ahead()
 
     # -- objects ------------------------------------------------------------
 
@@ -331,33 +332,49 @@ class Fetcher:
 
     # -- ahead of need -------------------------------------------------------
 
-    def ahead(self, files: Sequence[str] = (), objects: Iterable[ObjectRequest] = ()) -> None:
+    def ahead(self, files: Sequence[str] = (), objects: Iterable[ObjectRequest] = (),
+              then: Optional[Callable[[str, bytes], None]] = None) -> None:
         """Start fetching ``files`` and ``objects`` in the background, and return.
 
         Why: opening a repository is a chain of round trips (manifest, then
         certificate, catalog, whitelist); asking for what will be needed
         next while the caller parses and verifies what it has saves a round
         trip per stage.  The next :meth:`fetch_file` of a name takes the
-        result fetched ahead (and raises its error); a newer ``ahead`` of the
-        same name replaces it, so a retry on another mirror never gets the
-        last attempt's file.  Objects land in the cache, verified as always,
-        where the next :meth:`fetch_object` finds them (or waits on their
-        download lock); their errors are left for that call to meet again.
-        Nothing fetched ahead is trusted more than if it were fetched later.
+        result fetched ahead (and raises its error); a name already asked
+        for and not taken yet is not asked again, and :meth:`forget_ahead`
+        drops such results (a retry on another mirror must never get the
+        last attempt's file).  ``then(name, data)`` is called in the
+        background with each file that arrived, to ask for what it names
+        (its errors are ignored).  Objects land in the cache, verified as
+        always, where the next :meth:`fetch_object` finds them (or waits on
+        their download lock); their errors are left for that call to meet
+        again.  Nothing fetched ahead is trusted more than if it were
+        fetched later.
         """
         if files and self._fresh():
             files = ()  # fetch_file answers from the cache without a round trip
         items = list(objects)
         if not files and not items:
             return
+        started: List[Tuple[str, "Future[bytes]"]] = []
         with self._lock:
             if self._ahead_pool is None:
                 self._ahead_pool = ThreadPoolExecutor(max_workers=4,
                                                       thread_name_prefix="uvm-ahead")
             for name in files:
-                self._ahead_files[name] = self._ahead_pool.submit(self._fetch_file, name)
+                if name not in self._ahead_files:
+                    self._ahead_files[name] = self._ahead_pool.submit(self._fetch_file, name)
+                    started.append((name, self._ahead_files[name]))
             for item in items:
                 self._ahead_pool.submit(self._fetch_quietly, item)
+        if then is not None:  # (outside the lock: a callback may run here, and ask ahead)
+            for name, future in started:
+                future.add_done_callback(lambda done, name=name: _call_then(then, name, done))
+
+    def forget_ahead(self) -> None:
+        """Drop the files fetched ahead and not taken yet (before a retry on another mirror)."""
+        with self._lock:
+            self._ahead_files.clear()
 
     def _fetch_quietly(self, item: ObjectRequest) -> None:
         try:
@@ -436,3 +453,15 @@ class Fetcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _call_then(then: Callable[[str, bytes], None], name: str, done: "Future[bytes]") -> None:
+    """``then(name, data)`` for a file fetched ahead, unless its fetch failed
+    (the caller's own ``fetch_file`` meets that error and reports it)."""
+    if done.cancelled() or done.exception() is not None:
+        return
+    try:
+        then(name, done.result())
+    except Exception as err:  # best effort: the caller asks again in its own order
+        log.debug("after fetching %s ahead: %s", name, err)
+

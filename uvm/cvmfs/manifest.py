@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from uvm.cvmfs import signature
-from uvm.cvmfs.hashing import Algorithm, ContentHash
+from uvm.cvmfs.hashing import Algorithm, ContentHash, Suffix
 from uvm.errors import CvmfsError, ManifestError, SignatureError
+
+# Parsing imports no signature code (``cryptography``): a cold start parses
+# the manifest, and asks for what it names, while that code is still being
+# imported (see ``uvm.cvmfs.client.open_repository``).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from uvm.cvmfs.signature import SignedLetter
 
 EMPTY_PATH_MD5 = hashlib.md5(b"").hexdigest()
 DEFAULT_TTL = 240
@@ -132,13 +137,28 @@ def check_identity(manifest: Manifest, fqrn: str) -> None:
         raise ManifestError("manifest names no certificate (no 'X' line)")
 
 
-def verify_signature(data: bytes, key: rsa.RSAPublicKey) -> signature.SignedLetter:
+def verify_signature(data: bytes, key: rsa.RSAPublicKey) -> SignedLetter:
     """Check the hash line and the certificate key's signature over it."""
+    from uvm.cvmfs import signature
+
     letter = signature.split_letter(data, "manifest")
     signature.check_letter_hash(letter, "manifest")
     if not signature.verify_pkcs1_sha1(key, letter.hash_text.encode("ascii"), letter.signature):
         raise SignatureError("manifest signature does not verify with the repository certificate")
     return letter
+
+
+def first_objects(manifest: Manifest, tag: Optional[str] = None,
+                  date: Union[None, str, int] = None,
+                  root_hash: Union[None, str, ContentHash] = None) -> List[tuple]:
+    """The catalog or tag database that opening a revision (the newest, or
+    the one of ``tag``, ``date`` or ``root_hash``) reads first, as
+    ``(hash, suffix, size or None, compressed)`` requests to fetch ahead."""
+    if tag is not None or date is not None:
+        return [(manifest.history, Suffix.HISTORY, None, True)] if manifest.history else []
+    if root_hash is None or str(root_hash) == str(manifest.root_hash):
+        return [(manifest.root_hash, Suffix.CATALOG, manifest.catalog_size or None, True)]
+    return []
 
 
 def render(manifest: Manifest) -> bytes:
@@ -167,6 +187,8 @@ def render(manifest: Manifest) -> bytes:
 
 def sign(body: bytes, key: rsa.RSAPrivateKey, algorithm: Algorithm) -> bytes:
     """``body--\\nhash\\nsignature``: what ``cvmfs_swissknife sign`` writes."""
+    from uvm.cvmfs import signature
+
     hash_text = signature.letter_hash_text(body, algorithm)
     sig = signature.sign_pkcs1_sha1(key, hash_text.encode("ascii"))
     return body + b"--\n" + hash_text.encode("ascii") + b"\n" + sig

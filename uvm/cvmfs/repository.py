@@ -251,13 +251,7 @@ class Repository:
               now) -> "Repository":
         def first_objects(manifest: manifest_mod.Manifest) -> List[tuple]:
             """The catalog or tag database the revision choice below will open."""
-            if tag is not None or date is not None:
-                return [(manifest.history, Suffix.HISTORY, None, True)] if manifest.history \
-                    else []
-            if root_hash is None or str(root_hash) == str(manifest.root_hash):
-                return [(manifest.root_hash, Suffix.CATALOG, manifest.catalog_size or None,
-                         True)]
-            return []
+            return manifest_mod.first_objects(manifest, tag, date, root_hash)
 
         manifest = verify_bootstrap(source, fqrn, signature.load_master_keys(_key_paths(keys)),
                                     now, first_objects)
