@@ -356,6 +356,11 @@ class Fetcher:
         items = list(objects)
         if not files and not items:
             return
+        if files:
+            # The HTTP code is imported here rather than in a worker, where it
+            # would compete for the GIL with a caller that is still importing
+            # (a cold start): the first request leaves sooner.
+            self.transport.prepare()
         started: List[Tuple[str, "Future[bytes]"]] = []
         with self._lock:
             if self._ahead_pool is None:

@@ -313,6 +313,10 @@ class Transport:
                           hint="check CVMFS_SERVER_URL and CVMFS_HTTP_PROXY "
                           "(`uvm config show`)")
 
+    def prepare(self) -> None:
+        """Import the HTTP code now, in the caller's thread (see :meth:`Fetcher.ahead`)."""
+        self._pool()
+
     def _pool(self) -> Any:
         with self._lock:
             if self._connections is None:
