@@ -31,6 +31,8 @@
 #define SLOTS 8192      /* published directories (power of two) */
 #define ARENA (1 << 19) /* bytes of their names */
 #define TIDS 2048       /* per-thread records (power of two) */
+#define KNOWN 8192      /* live tracees (power of two) */
+#define BIRTHS 256      /* births not yet taken by Python */
 #define RED_ZONE_64 128
 #define SCRATCH_GAP 64
 #define SCRATCH_WINDOW 8192
@@ -82,6 +84,9 @@ struct fast {
     int relative_ok;
     struct restart recs[TIDS];
     struct cap caps[TIDS];
+    int known[KNOWN];          /* tid, or 0; -tid: known, chose its own CPUs */
+    struct fast_birth births[BIRTHS];
+    int births_used;
     struct fast_counts counts;
 };
 
@@ -210,8 +215,69 @@ void fast_forget_creds(struct fast *f)
     memset(f->caps, 0, sizeof(f->caps));
 }
 
+/* -- tracees ---------------------------------------------------------------- */
+
+static int *known_slot(struct fast *f, int tid)
+{
+    return &f->known[(unsigned)tid & (KNOWN - 1)];
+}
+
+/* 1: known, its events may be settled here; -1: known, chose its own CPUs. */
+static int known_as(struct fast *f, int tid)
+{
+    int k = __atomic_load_n(known_slot(f, tid), __ATOMIC_RELAXED);
+    return k == tid ? 1 : k == -tid ? -1 : 0;
+}
+
+void fast_know(struct fast *f, int tid, int own)
+{
+    int *slot = known_slot(f, tid);
+    int k = __atomic_load_n(slot, __ATOMIC_RELAXED);
+    if (k == 0 || k == tid || k == -tid)
+        __atomic_store_n(slot, own ? -tid : tid, __ATOMIC_RELAXED);
+}
+
+int fast_known(struct fast *f, int *out, int cap)
+{
+    int n = 0;
+    for (int i = 0; i < KNOWN && n < cap; i++) {
+        int k = __atomic_load_n(&f->known[i], __ATOMIC_RELAXED);
+        if (k)
+            out[n++] = k < 0 ? -k : k;
+    }
+    return n;
+}
+
+int fast_take_births(struct fast *f, struct fast_birth *out, int cap)
+{
+    int n = f->births_used < cap ? f->births_used : cap;
+    memcpy(out, f->births, (size_t)n * sizeof(*out));
+    memmove(f->births, f->births + n, (size_t)(f->births_used - n) * sizeof(*out));
+    f->births_used -= n;
+    return n;
+}
+
+/* A fork, vfork or clone event of a known tracee: its child is known from
+ * now on (unless its slot is taken), and Python hears of it. */
+static int born(struct fast *f, int tid, int event)
+{
+    unsigned long msg = 0;
+    if (known_as(f, tid) != 1 || f->births_used == BIRTHS ||
+        ptrace(PTRACE_GETEVENTMSG, tid, 0, &msg) < 0 || msg == 0)
+        return BAIL;
+    int child = (int)msg, k = __atomic_load_n(known_slot(f, child), __ATOMIC_RELAXED);
+    if (k != 0 && k != child)
+        return BAIL;
+    __atomic_store_n(known_slot(f, child), child, __ATOMIC_RELAXED);
+    f->births[f->births_used++] = (struct fast_birth){tid, child, event};
+    return HANDLED;
+}
+
 void fast_forget(struct fast *f, int tid)
 {
+    int *slot = known_slot(f, tid);
+    if (*slot == tid || *slot == -tid)
+        __atomic_store_n(slot, 0, __ATOMIC_RELAXED);
     struct cap *c = &f->caps[(unsigned)tid & (TIDS - 1)];
     struct restart *r = &f->recs[(unsigned)tid & (TIDS - 1)];
     if (c->tid == tid)
@@ -637,6 +703,28 @@ static int enter(struct fast *f, int tid)
     return HANDLED;
 }
 
+/* A stop other than a seccomp one, of a known tracee, that needs no
+ * decision: a child's birth, a first or resuming stop (PTRACE_EVENT_STOP
+ * with SIGTRAP), a signal to pass on unchanged.  0 when Python must see
+ * it; else the signal to resume with, plus one. */
+static int settle_event(struct fast *f, int tid, int st)
+{
+    int sig = (st >> 8) & 0xFF, event = (st >> 16) & 0xFF;
+    switch (event) {
+    case PTRACE_EVENT_FORK:
+    case PTRACE_EVENT_VFORK:
+    case PTRACE_EVENT_CLONE:
+        return born(f, tid, event) == HANDLED ? 1 : 0;
+    case PTRACE_EVENT_STOP:
+        return sig == SIGTRAP && known_as(f, tid) ? 1 : 0;
+    case 0:
+        /* a syscall-exit stop (SIGTRAP|0x80) is Python's: it asked for it */
+        return sig != (SIGTRAP | 0x80) && known_as(f, tid) ? sig + 1 : 0;
+    default:
+        return 0;
+    }
+}
+
 int fast_wait(struct fast *f, int *tid, int *status)
 {
     for (;;) {
@@ -644,14 +732,24 @@ int fast_wait(struct fast *f, int *tid, int *status)
         pid_t pid = waitpid(-1, &st, __WALL);
         if (pid < 0)
             return -errno;
-        if (WIFSTOPPED(st) && (st >> 8) == (SIGTRAP | PTRACE_EVENT_SECCOMP_STOP) &&
-            enter(f, pid) == HANDLED) {
-            f->counts.handled++;
-            ptrace(PTRACE_CONT, pid, 0, 0); /* ESRCH: its exit comes next */
-            continue;
+        if (WIFSTOPPED(st)) {
+            if ((st >> 8) == (SIGTRAP | PTRACE_EVENT_SECCOMP_STOP)) {
+                if (enter(f, pid) == HANDLED) {
+                    f->counts.handled++;
+                    ptrace(PTRACE_CONT, pid, 0, 0); /* ESRCH: its exit comes next */
+                    continue;
+                }
+            } else {
+                int resume = settle_event(f, pid, st);
+                if (resume) {
+                    f->counts.events++;
+                    ptrace(PTRACE_CONT, pid, 0, (void *)(long)(resume - 1));
+                    continue;
+                }
+            }
         }
         *tid = pid;
         *status = st;
-        return 0;
+        return f->births_used;
     }
 }

@@ -37,8 +37,16 @@ struct fast_row {
 };
 
 struct fast_counts {
-    unsigned long handled;   /* stops settled in C */
+    unsigned long handled;   /* seccomp stops settled in C */
     unsigned long rewritten; /* of which a path was rewritten */
+    unsigned long events;    /* other stops settled in C: forks, signals */
+};
+
+/* A tracee the C saw being born (a fork, vfork or clone event). */
+struct fast_birth {
+    int parent;
+    int child;
+    int event; /* PTRACE_EVENT_FORK, _VFORK or _CLONE */
 };
 
 struct fast;
@@ -82,8 +90,18 @@ void fast_forget_creds(struct fast *f);
 /* ``tid`` has exited: what the C remembers of it must not pass to a new
  * thread given the same number. */
 void fast_forget(struct fast *f, int tid);
-/* Wait for the next stop Python must see; 0, or -errno of waitpid. */
+/* Tracee ``tid`` is Python's: the C may resume its fork events, its
+ * first stop and its signals.  ``own``: it chose its own CPU affinity; its
+ * fork events go to Python, which passes that choice on to the child. */
+void fast_know(struct fast *f, int tid, int own);
+/* The live tracees the C knows, for the CPU placement's thread (read
+ * without a lock: a tracee born or gone meanwhile may be missed). */
+int fast_known(struct fast *f, int *out, int cap);
+/* Wait for the next stop Python must see; the number of births to take
+ * with fast_take_births first (Python learns of a child before any stop
+ * of it reaches Python), or -errno of waitpid. */
 int fast_wait(struct fast *f, int *tid, int *status);
+int fast_take_births(struct fast *f, struct fast_birth *out, int cap);
 /* The guest's path of a call restarted after a signal, whose argument
  * still points at the C's copy below the stack; -1 when not ours. */
 int fast_restarted(struct fast *f, int tid, unsigned long rip, unsigned long rsp,

@@ -207,6 +207,48 @@ def test_c_answers_follow_changes_by_guest_and_host(uvm_runner, host_root, layer
     ]
 
 
+# Forks, threads and signals: the C resumes births, first stops and
+# signals of the tracees it knows; the guest and uvm's counts must not see
+# the difference.
+FAMILY = r"""
+import os, signal, subprocess, threading
+got = []
+signal.signal(signal.SIGUSR1, lambda *a: got.append("usr1"))
+os.kill(os.getpid(), signal.SIGUSR1)
+threads = [threading.Thread(target=lambda: os.stat("/etc")) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+codes = []
+for i in range(6):
+    pid = os.fork()
+    if pid == 0:
+        if i == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        os._exit(i)
+    codes.append(os.waitpid(pid, 0)[1])
+out = subprocess.run(["/bin/sh", "-c", "trap 'echo hup' HUP; kill -HUP $$; echo $((6*7))"],
+                     capture_output=True, text=True).stdout.split()
+print(got, codes, out)
+"""
+
+
+def test_c_and_python_loops_see_the_same_family(uvm_runner, host_root):
+    runs = {}
+    for tracer in ("c", "python"):
+        stats = uvm_runner.make_scratch("stats") / f"{tracer}.json"
+        out = _run(uvm_runner, host_root, tracer, "python3", "-c", FAMILY, extra=("--no-layer",),
+                   stats=stats)
+        runs[tracer] = (out, json.loads(stats.read_text()))
+    (out, fast), (slow_out, slow) = runs["c"], runs["python"]
+    assert out == slow_out
+    assert out.strip() == "['usr1'] [0, 256, 512, 768, 1024, 15] ['hup', '42']"
+    for key in ("processes", "threads"):
+        assert fast[key] == slow[key], key
+    assert fast["processes"] == 1 + 6 + 1  # python3, its six forks, sh (kill is a builtin)
+    assert fast["threads"] == fast["processes"] + 4
+    assert fast["fast_path_events"] > 0
+
+
 AFFINITY = r"""
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)

@@ -149,6 +149,17 @@ class Tracer:
         """A new tracee: it keeps a CPU affinity its parent chose itself."""
         if self.placement is not None:
             self.placement.inherit(parent, child)
+            if self.fast is not None and self.placement.chose(child):
+                self.fast.know(child, own=True)
+
+    def live_tids(self) -> List[int]:
+        """Every live tracee, for the CPU placement's thread: Python's, and
+        those the C saw born that Python has not adopted yet."""
+        tids = list(self.tracees)
+        if self.fast is not None:
+            tracees = self.tracees
+            tids.extend(tid for tid in self.fast.known() if tid not in tracees)
+        return tids
 
     def forget(self, tid: int) -> None:
         if self.fast is not None:
@@ -285,6 +296,8 @@ class Tracer:
         if self.placement is not None:
             pid = getattr(regs, ARG_REGS[abi][row[2]]) & 0xFFFFFFFF
             self.placement.chose_own(pid or tid)
+            if self.fast is not None and (pid or tid) in self.tracees:
+                self.fast.know(pid or tid, own=True)
         return 0
 
     def _publish(self, path: str, guest: str, host: str, kernel: str, follow: bool) -> None:

@@ -25,7 +25,11 @@ What the C knows, Python told it:
   component is still absent, which the C checks each time;
 - the guest path of a host directory a tracee's getcwd was answered in
   (:meth:`publish_cwd`); the same cwd is answered in C the next time;
-- last components that may be bind points, which always go to Python.
+- last components that may be bind points, which always go to Python;
+- the tracees (:meth:`know`): their fork, vfork and clone events, their
+  first stops and the signals they are sent are resumed in C; the C keeps
+  the children it saw born for Python to take (:meth:`take_births`) before
+  Python handles the next stop.
 
 Everything Python forgets (a rename, an unlink, a copy-up, a new generation
 of anchors), the C forgets too (:meth:`clear`).  ``UVM_TRACER=python`` turns
@@ -36,7 +40,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 from uvm.sandbox.handlers import NOFOLLOW_TWIN, TABLE
 from uvm.sandbox.sysnums import NUMBERS
@@ -115,6 +119,9 @@ class FastPath:
         self._out = self._ffi.new("int[2]")
         self._text = self._ffi.new("char[]", 4096)
         self._counts = self._ffi.new("struct fast_counts *")
+        self._births = self._ffi.new("struct fast_birth[]", 256)
+        # births waiting in the C (see wait): take them before the stop
+        self.born = 0
 
     def publish(self, head: bytes, fd: int, host_len: int, lazy: int = 0) -> None:
         """Guest directory ``head`` (as the guest wrote it) is host
@@ -174,9 +181,30 @@ class FastPath:
         """``tid`` exited; its number may be given to a new thread."""
         self._lib.fast_forget(self._fast, tid)
 
+    def know(self, tid: int, own: bool = False) -> None:
+        """``tid`` is a tracee: the C may settle its fork events, first
+        stop and signals; ``own``: it chose its CPUs (forks go to Python)."""
+        self._lib.fast_know(self._fast, tid, int(own))
+
+    def known(self) -> List[int]:
+        """The live tracees the C knows (any thread may ask)."""
+        out = self._ffi.new("int[]", 8192)
+        return list(out[0:self._lib.fast_known(self._fast, out, 8192)])
+
+    def take_births(self) -> List[Tuple[int, int, int]]:
+        """(parent, child, event) of the forks, vforks and clones the C
+        settled since the last call, oldest first."""
+        births = []
+        while self.born:
+            n = self._lib.fast_take_births(self._fast, self._births, 256)
+            births.extend((b.parent, b.child, b.event) for b in self._births[0:n])
+            self.born -= n
+        return births
+
     def wait(self) -> Tuple[int, int]:
         """The next stop Python must handle, as ``os.waitpid(-1, __WALL)``
-        would return it."""
+        would return it; :attr:`born` says whether births wait to be taken
+        (before that stop is handled: it may be a child's)."""
         res = self._lib.fast_wait(self._fast, self._out, self._out + 1)
         while res == -errno.EINTR:  # the interpreter runs signal handlers here
             res = self._lib.fast_wait(self._fast, self._out, self._out + 1)
@@ -184,6 +212,7 @@ class FastPath:
             raise ChildProcessError(errno.ECHILD, os.strerror(errno.ECHILD))
         if res < 0:
             raise OSError(-res, os.strerror(-res))
+        self.born = res
         return self._out[0], self._out[1]
 
     def restarted(self, tid: int, rip: int, rsp: int, addr: int) -> Optional[bytes]:
@@ -191,10 +220,11 @@ class FastPath:
         n = self._lib.fast_restarted(self._fast, tid, rip, rsp, addr, self._text, 4096)
         return None if n < 0 else self._ffi.buffer(self._text, n)[:]
 
-    def counts(self) -> Tuple[int, int]:
-        """(stops settled in C, of which paths rewritten)."""
+    def counts(self) -> Tuple[int, int, int]:
+        """(seccomp stops settled in C, of which paths rewritten, other
+        stops settled in C)."""
         self._lib.fast_counts(self._fast, self._counts)
-        return self._counts.handled, self._counts.rewritten
+        return self._counts.handled, self._counts.rewritten, self._counts.events
 
 
 def create(reserved_names: Iterable[str], relative_ok: bool, check_caps: bool) -> Optional[FastPath]:

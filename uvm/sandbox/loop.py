@@ -2,8 +2,10 @@
 
 Seccomp stops go to :meth:`Tracer.enter` and the tracee continues with
 PTRACE_CONT (no exit stop); with the C fast path (``fastpath.py``) the wait
-itself is in C, which settles the read-only calls it was taught and returns
-every other stop here.  Fork/vfork/clone children are attached by the
+itself is in C, which settles the read-only calls it was taught, fork
+events, first stops and signals of known tracees (the children it saw born
+are adopted here before the next stop is handled), and returns every other
+stop here.  Fork/vfork/clone children are attached by the
 kernel (options) and start with a PTRACE_EVENT_STOP that is simply resumed;
 signals are re-injected unchanged; group-stops are parked with
 PTRACE_LISTEN so that job control works.  Without seccomp filtering
@@ -39,6 +41,7 @@ class LoopResult:
         self.max_tracees = 1
         self.fast_stops = 0
         self.fast_rewritten = 0
+        self.fast_events = 0
 
 
 def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
@@ -64,11 +67,27 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
     res = LoopResult()
     main_status: Optional[int] = None
     stops = 0
+
+    def adopt(parent: int, child: int, event: int) -> None:
+        if event != mem.EVENT_CLONE:
+            res.processes += 1
+        if child not in tracees:
+            tracees[child] = 0
+            res.threads += 1
+        tracer.forked(parent, child)
+        if len(tracees) > res.max_tracees:
+            res.max_tracees = len(tracees)
+
+    if fast is not None:
+        fast.know(main)
     while tracees:
         try:
             tid, status = wait()
         except ChildProcessError:
             break
+        if fast is not None and fast.born:
+            for parent, child, event in fast.take_births():
+                adopt(parent, child, event)
         stops += 1
         if status & 0xFF == 0x7F:
             sig = (status >> 8) & 0xFF
@@ -100,6 +119,8 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
             if tid not in tracees:
                 tracees[tid] = 0
                 res.threads += 1
+                if fast is not None:
+                    fast.know(tid)
                 if event == mem.EVENT_STOP:
                     resume(restart, tid, 0)
                     continue
@@ -109,16 +130,12 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
                         child = mem.geteventmsg(tid)
                     except OSError:
                         child = 0
-                    if event != mem.EVENT_CLONE:
-                        res.processes += 1
-                    if child and child not in tracees:
-                        tracees[child] = 0
-                        res.threads += 1
-                        fresh.add(child)
                     if child:
-                        tracer.forked(tid, child)
-                    if len(tracees) > res.max_tracees:
-                        res.max_tracees = len(tracees)
+                        if child not in tracees:
+                            fresh.add(child)
+                        adopt(tid, child, event)
+                    elif event != mem.EVENT_CLONE:
+                        res.processes += 1
                 elif event == mem.EVENT_EXEC:
                     try:
                         former = mem.geteventmsg(tid)
@@ -158,8 +175,8 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
                         tracees.pop(other, None)
     res.status = main_status if main_status is not None else 0
     if fast is not None:
-        res.fast_stops, res.fast_rewritten = fast.counts()
-    res.stops = stops + res.fast_stops
+        res.fast_stops, res.fast_rewritten, res.fast_events = fast.counts()
+    res.stops = stops + res.fast_stops + res.fast_events
     res.seccomp_stops = tracer.stops + res.fast_stops
     return res
 

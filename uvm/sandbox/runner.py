@@ -87,7 +87,7 @@ class Sandbox:
         # One CPU for the tracer and a guest that runs one thing at a time
         # (placement.py); ``spread``: leave CPUs to the scheduler.
         if not spread:
-            self.tracer.placement = Placement(self.tracer.tracees.keys)
+            self.tracer.placement = Placement(self.tracer.live_tids)
         self.guest_cwd = cwd or self._default_cwd()
         self.result: Optional[LoopResult] = None
         self.seccomp_on = False
@@ -250,6 +250,7 @@ class Sandbox:
             "seccomp_stops": res.seccomp_stops,
             "translated_paths": self.tracer.translated + res.fast_rewritten,
             "fast_path_stops": res.fast_stops,
+            "fast_path_events": res.fast_events,
             "processes": res.processes,
             "threads": res.threads,
             "max_live_tracees": res.max_tracees,
