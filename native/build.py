@@ -6,7 +6,7 @@
 codec links the system zlib and OpenSSL libcrypto, and libdeflate when its
 headers are installed (``UVM_NO_LIBDEFLATE=1`` builds without it); the
 tracer's fast path needs only libc.  There is no other way to build them:
-after editing the C, run ``pip install -e .`` again.
+after editing the C, run ``./dev/setup.sh`` (or ``pip install -e .``) again.
 """
 
 from __future__ import annotations
