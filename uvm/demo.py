@@ -128,7 +128,7 @@ def run_demo(work: Optional[str] = None, command: Optional[List[str]] = None,
         return status
     finally:
         if own and not keep:
-            from uvm.sandbox.materialize import remove_tree
+            from uvm.sandbox.trees import remove_tree
 
             remove_tree(work)
 

@@ -131,7 +131,7 @@ class LayerRun:
             if self.instance is not None:
                 self.instance.unlock()
             if self.temp and not self.args.keep:
-                from uvm.sandbox.instances import remove_tree
+                from uvm.sandbox.trees import remove_tree
 
                 remove_tree(layer.path)
             elif self.temp:

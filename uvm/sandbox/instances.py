@@ -14,14 +14,16 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import stat
-import tarfile
 import time
-from typing import Dict, Iterator, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional
 
 from uvm.errors import LayerError
 from uvm.sandbox.layer import Layer
+from uvm.sandbox.trees import remove_tree
+
+if TYPE_CHECKING:
+    import tarfile  # export only: kept out of every run's start-up
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 INFO = ".uvm/instance.json"
@@ -38,35 +40,6 @@ def check_name(name: str) -> str:
         raise LayerError(f"bad instance name {name!r}",
                          hint="use letters, digits, '.', '_' and '-' (not first)")
     return name
-
-
-def remove_tree(path: str) -> None:
-    """rm -rf that also enters directories the layer made read-only."""
-
-    def onerror(func, target, _exc):
-        parent = os.path.dirname(target)
-        try:
-            os.chmod(parent, 0o700)
-            if os.path.isdir(target) and not os.path.islink(target):
-                os.chmod(target, 0o700)
-        except OSError:
-            pass
-        try:
-            func(target)
-        except FileNotFoundError:
-            pass
-        except IsADirectoryError:
-            shutil.rmtree(target, onerror=onerror)
-
-    for dirpath, dirnames, _files in os.walk(path):
-        for d in dirnames:
-            full = os.path.join(dirpath, d)
-            try:
-                if not os.path.islink(full):
-                    os.chmod(full, 0o700)
-            except OSError:
-                pass
-    shutil.rmtree(path, onerror=onerror)
 
 
 class Instance:
@@ -191,6 +164,8 @@ class Instance:
         real = (os.getuid(), os.getgid())
         count = 0
         try:
+            import tarfile
+
             with tarfile.open(out, "w") as tar:
                 for kind, guest, host in layer.changes():
                     name = guest.lstrip("/")
@@ -243,6 +218,8 @@ def _own(ti: tarfile.TarInfo, meta, real, ident) -> None:
     if meta.gid != -1:
         ti.gid = meta.gid
     if meta.mode != -1 and (stat.S_ISCHR(meta.mode) or stat.S_ISBLK(meta.mode)):
+        import tarfile
+
         ti.type = tarfile.CHRTYPE if stat.S_ISCHR(meta.mode) else tarfile.BLKTYPE
         ti.devmajor = os.major(meta.rdev) if meta.rdev != -1 else 0
         ti.devminor = os.minor(meta.rdev) if meta.rdev != -1 else 0
@@ -264,4 +241,4 @@ def list_instances(base: Optional[str] = None) -> List[Instance]:
     return out
 
 
-__all__ = ["Instance", "instances_base", "list_instances", "remove_tree", "check_name"]
+__all__ = ["Instance", "instances_base", "list_instances", "check_name"]

@@ -65,6 +65,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 from uvm.cvmfs import variant
 from uvm.errors import CvmfsError, SandboxError
 from uvm.sandbox.namespace import canonical_lexical
+from uvm.sandbox.trees import remove_tree
 
 # A warm run needs no catalog, download or quota code: what only cold work
 # uses (``Suffix``, which imports hashlib and dataclasses; ``pid_alive``,
@@ -697,20 +698,6 @@ def _writable(directory: str, is_root: bool) -> Iterator[None]:
         yield
     finally:
         os.chmod(directory, stat.S_IMODE(mode))
-
-
-def remove_tree(path: str) -> None:
-    """Remove a tree whose directories may be read-only (shadow trees keep
-    the published modes, so ``rmtree`` alone could not empty them)."""
-    import shutil
-
-    for dirpath, dirnames, _files in os.walk(path):
-        for name in dirnames:
-            try:
-                os.chmod(os.path.join(dirpath, name), 0o700)
-            except OSError:
-                pass
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _make_socket(path: str) -> None:
