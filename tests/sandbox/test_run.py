@@ -190,6 +190,42 @@ def test_unix_datagrams_sendto_and_sendmsg(uvm_runner, host_root, scratch):
     assert (scratch / "log").exists()
 
 
+SENDMMSG = r"""
+import ctypes, socket
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+class msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t), ("flags", ctypes.c_int)]
+class mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind("/mnt/log")
+cli = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+addr = ctypes.create_string_buffer(b"\x01\x00/mnt/log\x00")
+words = [ctypes.create_string_buffer(w) for w in (b"alpha", b"beta", b"gamma")]
+iovs = [iovec(ctypes.cast(w, ctypes.c_void_p), len(w.value)) for w in words]
+vec = (mmsghdr * 3)()
+for i in range(3):
+    vec[i].hdr.name, vec[i].hdr.namelen = ctypes.cast(addr, ctypes.c_void_p), 11
+    vec[i].hdr.iov, vec[i].hdr.iovlen = ctypes.pointer(iovs[i]), 1
+sent = libc.sendmmsg(cli.fileno(), vec, 3, 0)
+print(sent, [m.len for m in vec], [srv.recv(9).decode() for _ in range(max(sent, 0))],
+      vec[0].hdr.name == ctypes.addressof(addr))
+"""
+
+
+@pytest.mark.parametrize("layer", [True, False], ids=["layer", "no-layer"])
+def test_unix_datagrams_sendmmsg(uvm_runner, host_root, scratch, layer):
+    """Each destination translated; the guest's vector gets each message's
+    length, and its own pointers back."""
+    out = ok(uvm_runner.run(host_root, "python3", "-c", SENDMMSG, binds=[(scratch, "/mnt")],
+                            extra=() if layer else ("--no-layer",)))
+    assert out.strip() == "3 [5, 4, 5] ['alpha', 'beta', 'gamma'] True"
+    assert (scratch / "log").exists()
+
+
 def test_guest_dropping_privileges_keeps_its_paths(uvm_runner, host_root):
     """A root guest that becomes another user (as su does) loses access to
     the tracer's /proc entry; its paths must still be translated."""

@@ -44,7 +44,10 @@ _AT_FDCWD32 = 0xFFFFFF9C
 _SKIP = _MASK64  # orig_rax of a skipped call
 AF_UNIX = 1
 SOCKADDR_UN_PATH = 108
-SYS_BIND, SYS_CONNECT, SYS_SENDTO, SYS_SENDMSG = 2, 3, 11, 16
+SYS_BIND, SYS_CONNECT, SYS_SENDTO, SYS_SENDMSG, SYS_SENDMMSG = 2, 3, 11, 16, 20
+# sendmmsg messages translated per call: their copy goes below the stack
+# pointer, and the kernel may send fewer than asked (the caller sees how many).
+MMSG_MAX = 64
 
 
 def _err(code: int) -> OSError:
@@ -86,6 +89,9 @@ class Tracer:
                     continue
                 self.handlers[abi][nr] = (getattr(self, "_k_" + row[0]), name) + row[1:]
         self._cursor = 0
+        # Calls whose exit must be seen: tid -> what to do then (with the
+        # exit's registers); the loop resumes them with PTRACE_SYSCALL.
+        self.exits: Dict[int, Callable[[mem.Regs], None]] = {}
         self._pinned = False
         self._translated = ""  # what the kernel will look up for the last _translate
         self.fallback = False  # set by the loop when every call stops
@@ -161,7 +167,14 @@ class Tracer:
             tids.extend(tid for tid in self.fast.known() if tid not in tracees)
         return tids
 
+    def leave(self, tid: int) -> None:
+        """The exit stop of a call that asked for one (:attr:`exits`)."""
+        action = self.exits.pop(tid, None)
+        if action is not None:
+            action(mem.getregs(tid))
+
     def forget(self, tid: int) -> None:
+        self.exits.pop(tid, None)
         if self.fast is not None:
             self.fast.forget(tid)
         self.tracees.pop(tid, None)
@@ -849,9 +862,61 @@ class Tracer:
         self.translated += 1
         return SETREGS
 
+    def _k_sendmmsg(self, tid, regs, abi, row):
+        args = ARG_REGS[abi]
+        mask = _MASK64 if abi == 0 else 0xFFFFFFFF
+        new = self._mmsg(tid, abi, getattr(regs, args[1]) & mask, getattr(regs, args[2]) & 0xFFFFFFFF)
+        if new is None:
+            return 0
+        setattr(regs, args[1], new[0])
+        setattr(regs, args[2], new[1])
+        return SETREGS
+
+    def _mmsg(self, tid: int, abi: int, vec: int, vlen: int) -> Optional[Tuple[int, int]]:
+        """sendmmsg's vector with AF_UNIX destinations translated: (address
+        of a copy below the stack, messages in it), or None when no message
+        names a path.  The kernel writes each message's ``msg_len`` into the
+        copy; they are copied back into the guest's vector at the exit."""
+        if not vec or not vlen:
+            return None
+        vlen = min(vlen, MMSG_MAX)
+        size, fmt, len_off = (64, "<QI", 56) if abi == 0 else (32, "<II", 28)
+        raw = bytearray(mem.read_bytes(tid, vec, size * vlen))
+        changed = False
+        for i in range(vlen):
+            name, namelen = struct.unpack_from(fmt, raw, i * size)
+            sun = self._sun_path(tid, name, namelen, False)
+            if sun is not None:
+                struct.pack_into(fmt, raw, i * size, self._put(tid, sun), len(sun))
+                changed = True
+        if not changed:
+            return None
+        copy = self._put(tid, bytes(raw))
+        self.translated += 1
+
+        def copy_back(regs) -> None:
+            sent = regs.rax & (_MASK64 if abi == 0 else 0xFFFFFFFF)
+            if not 0 < sent <= vlen:
+                return  # an error, or nothing sent
+            done = mem.read_bytes(tid, copy, size * sent)
+            for i in range(sent):
+                at = i * size + len_off
+                mem.write_bytes(tid, vec + at, done[at:at + 4])
+
+        self.exits[tid] = copy_back
+        return copy, vlen
+
     def _k_socketcall(self, tid, regs, abi, row):
         call = regs.rbx & 0xFFFFFFFF
         argp = regs.rcx & 0xFFFFFFFF
+        if call == SYS_SENDMMSG:
+            values = list(struct.unpack("<4I", mem.read_bytes(tid, argp, 16)))
+            new = self._mmsg(tid, abi, values[1], values[2])
+            if new is None:
+                return 0
+            values[1], values[2] = new
+            regs.rcx = self._put(tid, struct.pack("<4I", *values))
+            return SETREGS
         if call == SYS_SENDTO:
             values = list(struct.unpack("<6I", mem.read_bytes(tid, argp, 24)))
             new = self._sun_path(tid, values[4], values[5], False)

@@ -26,7 +26,7 @@ onto names); a row is a tuple whose first item is its kind:
 ``("sock", addr_i, len_i, bind)`` / ``("socketcall",)``  AF_UNIX paths.
 ``("sendto", addr_i, len_i)``
     the filter stops only when the destination pointer is not NULL.
-``("sendmsg",)``  ``msg_name`` of the message header.
+``("sendmsg",)`` / ``("sendmmsg",)``  ``msg_name`` of each message header.
 ``("creds",)``
     set*id and capset: the tracer forgets what it knew of the caller's
     credentials (they decide whether /proc/<tracer>/fd anchors can be used;
@@ -143,6 +143,7 @@ TABLE: Dict[str, Tuple] = {
     "socketcall": ("socketcall",),
     "sendto": ("sendto", 4, 5),
     "sendmsg": ("sendmsg",),
+    "sendmmsg": ("sendmmsg",),
     # credentials (only noted)
     **{name: ("creds",) for name in (
         "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid",

@@ -157,7 +157,6 @@ class LayerTracer(Tracer):
         self._last_host = ""
         if self._lazy is None:
             self._lazy = _NoLazy
-        self.exits: Dict[int, Tuple] = {}
         self.emulated = 0
         self._procs: Dict[int, List] = {}  # tgid -> [[ruid, euid, suid, rgid, egid, sgid], groups]
         self.extra_rows = dict(LAYER_ROWS)
@@ -688,15 +687,11 @@ class LayerTracer(Tracer):
             return
         buf_i = _STAT_BUF.get(name, 1)
         owner = _ROOT_ID if self.layer.is_lower(host.rstrip("/") or "/") else self.identity
-        self.exits[tid] = (layout, getattr(regs, ARG_REGS[abi][buf_i]), guest, owner)
+        addr = getattr(regs, ARG_REGS[abi][buf_i])
+        self.exits[tid] = lambda regs: self._stat_result(tid, regs, layout, addr, guest, owner)
 
-    def leave(self, tid: int) -> None:
-        """Exit of a call that asked for it (stat results under an identity)."""
-        info = self.exits.pop(tid, None)
-        if info is None:
-            return
-        layout, addr, guest, owner = info
-        regs = mem.getregs(tid)
+    def _stat_result(self, tid, regs, layout, addr, guest, owner) -> None:
+        """At the exit of a stat call: the owners an identity presents."""
         if regs.rax != 0:
             return
         try:
@@ -716,7 +711,6 @@ class LayerTracer(Tracer):
 
     def forget(self, tid: int) -> None:
         super().forget(tid)
-        self.exits.pop(tid, None)
         self._procs.pop(tid, None)
 
     def cleanup(self) -> None:

@@ -59,8 +59,8 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
             return os.waitpid(-1, _WALL)
     enter = tracer.enter
     tracees = tracer.tracees
-    # Calls whose result the tracer rewrites (layer_tracer.py): tid -> info.
-    exits = getattr(tracer, "exits", {})
+    # Calls whose exit the tracer must see (Tracer.exits): tid -> action.
+    exits = tracer.exits
     tracees[main] = main
     fresh: Set[int] = {main} if fallback else set()
     insys: Set[int] = set()
