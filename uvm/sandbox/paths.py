@@ -47,8 +47,8 @@ class Resolver:
 
     ``is_tracee(pid)`` tells whether a pid belongs to the guest (its magic
     /proc links may be followed by the kernel).  Call :meth:`invalidate`
-    after any call that may turn a directory into something else (rename,
-    unlink, rmdir, symlink).
+    after any call that may turn a directory or a symlink into something
+    else (rename, unlink of a symlink, rmdir, symlink, link).
     """
 
     def __init__(
@@ -62,6 +62,7 @@ class Resolver:
         self.is_tracee = is_tracee
         self.tgid_of = tgid_of
         self._dirs: Dict[str, str] = {}
+        self._links: Dict[str, Tuple[str, str]] = {}  # final symlinks followed
         # (head, guest directory, name): the last walk of a head that found
         # no ``name`` in that existing directory (see :meth:`missing_in`).
         self._missing: Optional[Tuple[str, str, str]] = None
@@ -69,6 +70,7 @@ class Resolver:
 
     def invalidate(self) -> None:
         self._dirs.clear()
+        self._links.clear()
 
     def cached_dir(self, head: str) -> Optional[str]:
         """Canonical guest directory cached for ``head`` (a path's part before
@@ -118,9 +120,23 @@ class Resolver:
                 except OSError:
                     mode = 0
                 if mode & _S_IFMT == _S_IFLNK:
-                    guest, host = self._walk(full, True, tid)
+                    guest, host = self._through_link(full, tid)
         if len(host) >= PATH_MAX:
             raise _err(errno.ENAMETOOLONG)
+        return guest, host
+
+    def _through_link(self, full: str, tid: int) -> Tuple[str, str]:
+        """``full``, whose last component is a symlink, followed to its end
+        (every exec follows /lib64/ld-linux-x86-64.so.2), kept like the
+        resolved directories while the target exists."""
+        known = self._links.get(full)
+        if known is not None:
+            return known
+        guest, host, exact = self._walk_full(full, True, tid)
+        if exact and not guest.startswith("/proc") and not full.startswith("/proc"):
+            if len(self._links) > 8192:
+                self._links.clear()
+            self._links[full] = (guest, host)
         return guest, host
 
     def _dir(self, head: str, tid: int) -> str:
