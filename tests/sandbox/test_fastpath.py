@@ -249,6 +249,21 @@ def test_c_and_python_loops_see_the_same_family(uvm_runner, host_root):
     assert fast["fast_path_events"] > 0
 
 
+def test_c_tracer_forgets_a_root_file_removed_in_the_layer(uvm_runner, host_root):
+    """/etc copied up, /etc/hostname still the lower root's file (the C knows
+    it there): once the guest removes it, it is gone, though the root keeps it."""
+    script = (
+        "import os\n"
+        "open('/etc/uvm-new', 'w').write('x')\n"
+        "seen = [os.path.exists('/etc/hostname') for _ in range(3)]\n"
+        "os.unlink('/etc/hostname')\n"
+        "print(seen, os.path.exists('/etc/hostname'), os.path.exists('/etc/uvm-new'))\n"
+    )
+    out = _run(uvm_runner, host_root, "c", "python3", "-c", script)
+    assert out.strip() == "[True, True, True] False True"
+    assert (host_root / "etc/hostname").exists()
+
+
 AFFINITY = r"""
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)

@@ -32,7 +32,7 @@ from uvm.sandbox.handlers import (
     O_NOFOLLOW,
     TABLE,
 )
-from uvm.sandbox.namespace import FILLED, PLAIN, Namespace
+from uvm.sandbox.namespace import FILLED, NOT_FAST, PLAIN, Namespace
 from uvm.sandbox.paths import _MAGIC, Resolver
 from uvm.sandbox.sysnums import NAMES, NUMBERS
 
@@ -344,8 +344,9 @@ class Tracer:
         # maps each entry of a copied-up directory to where it comes from);
         # if not, this one path may still be served as it is.
         if not kind or self.ns.host_of(gdir) != hdir:
-            if slash and self.ns.fast_dir(guest, host) == PLAIN:
-                self.fast.publish_exact(_enc(path), fd, len(hdir))
+            itself = self.ns.fast_self(guest, host) if slash else NOT_FAST
+            if itself:
+                self.fast.publish_exact(_enc(path), fd, len(hdir), 0 if itself == PLAIN else itself)
             return
         lazy = 0 if kind == PLAIN else kind  # the C's "filled" codes: see fastpath.py
         if slash and lazy and self.ns.fast_dir(guest, host) == FILLED:
@@ -364,8 +365,9 @@ class Tracer:
         the head it is, with a descriptor of its own, when plain or complete."""
         if guest.startswith("/proc") or self.ns.host_of(guest) != host:
             return
+        # "dir/." becomes the head of dir's entries, "/" only itself
         kind = self.ns.fast_dir(guest, host)
-        if kind not in (PLAIN, FILLED):
+        if (kind not in (PLAIN, FILLED)) if head else not self.ns.fast_self(guest, host):
             return
         try:
             self.anchors.anchored(host + "/.")

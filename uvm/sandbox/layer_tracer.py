@@ -377,8 +377,12 @@ class LayerTracer(Tracer):
             raise _err(errno.EISDIR if os.path.isdir(host) else errno.ENOTDIR)
         if rm:
             return self._done(tid, regs, lambda: self.layer.rmdir(guest), f"{name}({guest!r})", True)
+        # A removed symlink may be part of a cached resolution, and a removed
+        # placeholder still stands in the lower root, where the C fast path
+        # may look it up; the layer's own files are simply gone.
+        kept = not os.path.islink(host) and not self.layer.is_lower(host)
         return self._done(tid, regs, lambda: self.layer.unlink(guest), f"{name}({guest!r})",
-                          paths_kept=not os.path.islink(host))
+                          paths_kept=kept)
 
     def _k_two(self, tid, regs, abi, row):
         _fn, name, old_i, new_i, _follow_old = row

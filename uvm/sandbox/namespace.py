@@ -179,6 +179,15 @@ class Namespace:
             return PLAIN
         return FILLED if lazy.complete(host_dir) else PARTIAL
 
+    def fast_self(self, guest: str, host: str) -> int:
+        """May ``guest`` itself (not what a directory holds) be looked up as
+        ``host`` without the namespace?  :data:`PLAIN` or :data:`FILLED` (a
+        lazily filled tree: files without content still go to the tracer)
+        as for :meth:`fast_dir`; :data:`NOT_FAST` for /proc and a lazily
+        filled directory still being filled."""
+        kind = Namespace.fast_dir(self, guest, host)
+        return kind if kind in (PLAIN, FILLED) else NOT_FAST
+
     def is_bind_point(self, guest: str) -> bool:
         """Is ``guest`` exactly where a bind sits (a mount point)?"""
         return guest in self._bind_points
