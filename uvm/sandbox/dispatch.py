@@ -333,11 +333,10 @@ class Tracer:
         if fd is None:
             return
         if glast != last or (slash and self.resolver.cached_dir(head) != gdir):
-            if follow and slash and glast not in self._not_simple:
-                kind = self.ns.fast_dir(gdir, hdir)
-                if kind and self.ns.host_of(gdir) == hdir:
-                    self.fast.publish_exact(_enc(path), fd, len(hdir), 0 if kind == PLAIN else kind,
-                                            _enc(glast))
+            itself = self.ns.fast_self(guest, host) if follow and slash else NOT_FAST
+            if itself and glast not in self._not_simple:
+                self.fast.publish_exact(_enc(path), fd, len(hdir), 0 if itself == PLAIN else itself,
+                                        _enc(glast))
             return
         kind = self.ns.fast_dir(gdir, hdir)
         # The entry's own host directory must be the directory's (a layer
