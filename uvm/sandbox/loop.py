@@ -74,6 +74,8 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
         if child not in tracees:
             tracees[child] = 0
             res.threads += 1
+        if fast is not None:
+            fast.know(child)
         tracer.forked(parent, child)
         if len(tracees) > res.max_tracees:
             res.max_tracees = len(tracees)
