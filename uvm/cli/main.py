@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from typing import List, Optional
 
+from uvm import log as uvm_log
 from uvm.errors import UvmError
 
 # One module per subcommand, named after it; each defines
@@ -83,10 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help(sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="uvm: %(levelname)s: %(message)s",
-    )
+    uvm_log.configure(args.log_level, "uvm: %(levelname)s: %(message)s")
     try:
         status = args.handler(args)
     except UvmError as err:
@@ -112,7 +109,7 @@ def entry() -> None:
     still running in the background is as if the process were killed (its
     partial file is never served).  Output is flushed first."""
     status = main()
-    logging.shutdown()
+    uvm_log.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

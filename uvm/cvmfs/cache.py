@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import mmap
 import os
 import shutil
@@ -52,12 +51,13 @@ import tempfile
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from uvm import log as uvm_log
 from uvm._native import Decoder
 from uvm.cvmfs.hashing import ContentHash
 from uvm.cvmfs.quota import CATALOG, REGULAR, Quota, pid_alive
 from uvm.errors import CacheError, DecodeError, DecodeFailure
 
-log = logging.getLogger(__name__)
+log = uvm_log.get(__name__)
 
 _MB = 1 << 20
 

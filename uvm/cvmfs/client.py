@@ -11,11 +11,11 @@ offline runs.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Callable, List, Optional, Tuple
 
 from uvm import config as config_mod
+from uvm import log as uvm_log
 from uvm.cvmfs.cache import Cache
 from uvm.cvmfs.domains import public_key_files
 from uvm.cvmfs.fetcher import BOOTSTRAP_FILES, Fetcher, ObjectRequest
@@ -23,7 +23,7 @@ from uvm.cvmfs.hashing import Suffix
 from uvm.errors import (ManifestError, RollbackError, SignatureError, UvmError,
                         WhitelistError)
 
-log = logging.getLogger(__name__)
+log = uvm_log.get(__name__)
 
 SHORT_TERM_TTL = 180.0
 """Seconds before retrying a failed revision check (the stock ``kShortTermTTL``)."""

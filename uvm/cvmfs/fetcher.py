@@ -16,7 +16,6 @@ with no server reachable later runs can start from the last verified state
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -24,13 +23,14 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from uvm import log as uvm_log
 from uvm.cvmfs import servers
 from uvm.cvmfs.cache import Cache
 from uvm.cvmfs.hashing import Algorithm, ContentHash, Suffix
 from uvm.cvmfs.quota import TOUCH_PRECISION
 from uvm.errors import FetchError, FetchFailure
 
-log = logging.getLogger(__name__)
+log = uvm_log.get(__name__)
 
 BOOTSTRAP_FILES = (".cvmfspublished", ".cvmfswhitelist")
 

@@ -22,7 +22,6 @@ database write.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import sqlite3
 import threading
@@ -30,9 +29,10 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from uvm import log as uvm_log
 from uvm.errors import CacheError
 
-log = logging.getLogger(__name__)
+log = uvm_log.get(__name__)
 
 REGULAR, CATALOG = 0, 1
 _FLUSH_SECONDS = 5.0

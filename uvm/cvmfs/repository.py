@@ -14,12 +14,12 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
-import logging
 import os
 import posixpath
 import stat as _stat
 from typing import Callable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+from uvm import log as uvm_log
 from uvm.cvmfs import manifest as manifest_mod
 from uvm.cvmfs import signature, variant
 from uvm.cvmfs import whitelist as whitelist_mod
@@ -30,7 +30,7 @@ from uvm.cvmfs.history import History, Tag, parse_date
 from uvm.cvmfs.source import ObjectSource
 from uvm.errors import CvmfsError, PathNotFoundError, RollbackError
 
-log = logging.getLogger(__name__)
+log = uvm_log.get(__name__)
 
 Keys = Union[None, str, Sequence[str]]
 

@@ -24,7 +24,6 @@ warm cache imports no HTTP code at all.
 
 from __future__ import annotations
 
-import logging
 import random
 import re
 import threading
@@ -34,11 +33,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
 
 from uvm import __version__
+from uvm import log as uvm_log
 from uvm.cvmfs import servers
 from uvm.cvmfs.servers import DIRECT, Blame, TransferProblem
 from uvm.errors import CacheError, DecodeError, DecodeFailure, FetchError, FetchFailure
 
-log = logging.getLogger(__name__)
+log = uvm_log.get(__name__)
 
 USER_AGENT = f"uvm/{__version__} (cvmfs-compatible)"
 MAX_REDIRECTS = 4

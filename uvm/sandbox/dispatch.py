@@ -11,13 +11,13 @@ stop for any call in the table.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import stat
 import struct
 from typing import Callable, Dict, List, Optional, Tuple
 
+from uvm import log as uvm_log
 from uvm.sandbox import anchors as _anchors
 from uvm.sandbox import execve as _execve
 from uvm.sandbox import fastpath as _fastpath
@@ -36,7 +36,7 @@ from uvm.sandbox.namespace import FILLED, NOT_FAST, PLAIN, Namespace
 from uvm.sandbox.paths import _MAGIC, Resolver
 from uvm.sandbox.sysnums import NAMES, NUMBERS
 
-log = logging.getLogger(__name__)
+log = uvm_log.get(__name__)
 
 SETREGS = 1
 _MASK64 = 0xFFFFFFFFFFFFFFFF

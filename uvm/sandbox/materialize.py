@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import stat
 import threading
@@ -62,6 +61,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
+from uvm import log as uvm_log
 from uvm.cvmfs import variant
 from uvm.errors import CvmfsError, SandboxError
 from uvm.sandbox.namespace import canonical_lexical
@@ -71,7 +71,7 @@ from uvm.sandbox.trees import remove_tree
 # uses (``Suffix``, which imports hashlib and dataclasses; ``pid_alive``,
 # whose module imports sqlite3; the ELF reader) is imported where it is used.
 
-log = logging.getLogger(__name__)
+log = uvm_log.get(__name__)
 
 O_ACCMODE = 0o3
 O_CREAT = 0o100

@@ -16,7 +16,6 @@ files add no objects.
 from __future__ import annotations
 
 import datetime as _dt
-import logging
 import mmap
 import os
 import shutil
@@ -27,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
+from uvm import log as uvm_log
 from uvm.cvmfs import manifest as manifest_mod
 from uvm.cvmfs import signature
 from uvm.cvmfs import whitelist as whitelist_mod
@@ -43,7 +43,7 @@ from uvm.cvmfs.publish.keys import PublishKeys, load_publish_keys
 from uvm.cvmfs.publish.store import ObjectStore
 from uvm.errors import CvmfsError, PublishError
 
-log = logging.getLogger(__name__)
+log = uvm_log.get(__name__)
 
 MARKER = ".cvmfscatalog"
 DEFAULT_AUTOCATALOG_MAX = 100_000
