@@ -128,7 +128,9 @@ def main() -> int:
         for name in ("bound", "layer"):
             st = json.loads((stats_dir / f"{name}.json").read_text())
             print(f"stops {name}: {st['stops']} (seccomp {st['seccomp_stops']}, "
-                  f"translated {st['translated_paths']})")
+                  f"translated {st['translated_paths']}, settled in C "
+                  f"{st.get('fast_path_stops', 0) + st.get('fast_path_events', 0)}), "
+                  f"tracer CPU {st['tracer_cpu_s']:.2f} s (last round)")
     finally:
         subprocess.run(["rm", "-rf", str(base)])
     return 0

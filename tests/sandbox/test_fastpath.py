@@ -264,6 +264,38 @@ def test_c_tracer_forgets_a_root_file_removed_in_the_layer(uvm_runner, host_root
     assert (host_root / "etc/hostname").exists()
 
 
+LAYER_DIRS = r"""
+import os
+def probe(path):
+    try:
+        return "size%d" % os.stat(path).st_size
+    except OSError as exc:
+        return "E%d" % exc.errno
+os.makedirs("/usr/src/proj")                 # a directory of the layer's own
+open("/usr/src/proj/a.c", "w").write("int a;")
+open("/etc/uvm-new", "w").write("x")          # /etc copied up: it holds placeholders
+out = [probe("/usr/src/proj/a.c") for _ in range(3)]
+out += [probe("/etc/later/x") for _ in range(3)]
+os.rename("/etc/hostname", "/usr/src/proj/hostname")  # a root file moves into it
+out.append(probe("/usr/src/proj/hostname") == probe("/usr/src/proj/hostname") != "E2")
+os.unlink("/usr/src/proj/a.c")
+out += [probe("/usr/src/proj/a.c"), probe("/etc/hostname")]
+os.mkdir("/etc/later"); open("/etc/later/x", "w").write("later")
+out.append(probe("/etc/later/x"))
+print(*out)
+"""
+
+
+def test_c_tracer_in_the_layers_own_and_copied_up_directories(uvm_runner, host_root):
+    """A directory the guest made in the layer is served by the C; names
+    missing from a copied-up one too; moves, removals and new names are
+    seen at once, and the root stays untouched."""
+    out = _run(uvm_runner, host_root, "c", "python3", "-c", LAYER_DIRS)
+    assert out.split() == ["size6"] * 3 + ["E2"] * 3 + ["True", "E2", "E2", "size5"]
+    assert (host_root / "etc/hostname").exists()
+    assert not (host_root / "usr/src/proj").exists()
+
+
 AFFINITY = r"""
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)

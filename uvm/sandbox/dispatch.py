@@ -394,8 +394,7 @@ class Tracer:
         if any(b == below or b.startswith(below + "/") for b in self._bind_points):
             return
         hparent = self.ns.host_of(parent)
-        if self.ns.fast_dir(parent, hparent) not in (PLAIN, FILLED) or \
-                self.ns.host_of(below) != hparent + "/" + name:
+        if not self.ns.fast_absent(parent, hparent) or self.ns.host_of(below) != hparent + "/" + name:
             return
         try:
             if not self.anchors.anchored(hparent + "/" + name).startswith(self.anchors.prefix):

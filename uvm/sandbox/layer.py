@@ -90,6 +90,8 @@ class Layer:
         self.record_owners: Optional[Tuple[int, int]] = None
         self.origin: Dict[str, str] = {}  # guest path -> lower-relative path ("/usr/lib")
         self.meta: Dict[str, Meta] = {}
+        # directories holding a placeholder (see holds_placeholders), or None
+        self._holders: Optional[set] = None
         self._dirty = False
         self._moved: Optional[list] = None
         self._euid = os.geteuid()
@@ -137,6 +139,7 @@ class Layer:
             pass
 
     def _apply(self, rec) -> None:
+        self._holders = None
         op = rec[0]
         if op == "o":
             self.origin[rec[1]] = rec[2]
@@ -154,6 +157,7 @@ class Layer:
     def _write(self, rec) -> None:
         self._journal.write(json.dumps(rec, ensure_ascii=False) + "\n")
         self._dirty = True
+        self._holders = None  # every change of an origin is journaled
 
     def flush(self) -> None:
         """Hand the journal's new records to the kernel (after each change
@@ -214,6 +218,16 @@ class Layer:
                     return g + rel[len(r):]
             return guest
         return None
+
+    def holds_placeholders(self, guest_dir: str) -> bool:
+        """Does layer directory ``guest_dir`` hold a name that stands for a
+        lower object?  A directory the guest made (an unpacked tarball, a
+        build tree) holds none: a lookup in it is a plain lookup in the
+        layer, which the tracer's C fast path may do."""
+        holders = self._holders
+        if holders is None:
+            holders = self._holders = {parent_of(g) for g in self.origin}
+        return guest_dir in holders
 
     def is_lower(self, host: str) -> bool:
         return host.startswith(self._lower_prefix) or host == self.lower

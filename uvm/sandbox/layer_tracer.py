@@ -35,7 +35,7 @@ from uvm.sandbox.dispatch import _AT_FDCWD32, _MASK64, _SKIP, SETREGS, Tracer, _
 from uvm.sandbox.handlers import TABLE
 from uvm.sandbox.identity import Identity, layout_for, rewrite
 from uvm.sandbox.layer import Layer
-from uvm.sandbox.namespace import NOT_FAST, Namespace
+from uvm.sandbox.namespace import FILLED, NOT_FAST, PLAIN, Namespace
 from uvm.sandbox.sysnums import NUMBERS
 
 CREATE, MODIFY = 1, 2
@@ -104,10 +104,17 @@ class LayerNamespace(Namespace):
 
     def fast_dir(self, guest_dir: str, host_dir: str) -> int:
         """Also: in the root, only directories still wholly in the lower one
-        (a copied-up directory maps each entry through its origin)."""
-        if self.in_root(guest_dir) and not self.layer.is_lower(host_dir):
+        or wholly in the layer (a copied-up directory maps each entry that
+        still stands for a lower one through its origin)."""
+        if self.in_root(guest_dir) and not self.layer.is_lower(host_dir) \
+                and self.layer.holds_placeholders(guest_dir):
             return NOT_FAST
         return Namespace.fast_dir(self, guest_dir, host_dir)
+
+    def fast_absent(self, guest_dir: str, host_dir: str) -> bool:
+        """A copied-up directory holds every name of the merged view, so a
+        name it lacks is absent, placeholders or not."""
+        return Namespace.fast_dir(self, guest_dir, host_dir) in (PLAIN, FILLED)
 
     def in_root(self, guest: str) -> bool:
         for bguest, bguest_slash, _bhost in self._guest_prefixes:

@@ -188,6 +188,11 @@ class Namespace:
         kind = Namespace.fast_dir(self, guest, host)
         return kind if kind in (PLAIN, FILLED) else NOT_FAST
 
+    def fast_absent(self, guest_dir: str, host_dir: str) -> bool:
+        """Is a name missing from ``host_dir`` missing from ``guest_dir`` in
+        the guest's view (binds on it are the caller's concern)?"""
+        return self.fast_dir(guest_dir, host_dir) in (PLAIN, FILLED)
+
     def is_bind_point(self, guest: str) -> bool:
         """Is ``guest`` exactly where a bind sits (a mount point)?"""
         return guest in self._bind_points
