@@ -35,7 +35,7 @@ from uvm.sandbox.dispatch import _AT_FDCWD32, _MASK64, _SKIP, SETREGS, Tracer, _
 from uvm.sandbox.handlers import TABLE
 from uvm.sandbox.identity import Identity, layout_for, rewrite
 from uvm.sandbox.layer import Layer
-from uvm.sandbox.namespace import FILLED, NOT_FAST, PLAIN, Namespace
+from uvm.sandbox.namespace import NOT_FAST, Namespace
 from uvm.sandbox.sysnums import NUMBERS
 
 CREATE, MODIFY = 1, 2
@@ -114,7 +114,7 @@ class LayerNamespace(Namespace):
     def fast_absent(self, guest_dir: str, host_dir: str) -> bool:
         """A copied-up directory holds every name of the merged view, so a
         name it lacks is absent, placeholders or not."""
-        return Namespace.fast_dir(self, guest_dir, host_dir) in (PLAIN, FILLED)
+        return bool(self.fast_self(guest_dir, host_dir))
 
     def in_root(self, guest: str) -> bool:
         for bguest, bguest_slash, _bhost in self._guest_prefixes:
