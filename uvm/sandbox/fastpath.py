@@ -194,12 +194,9 @@ class FastPath:
     def take_births(self) -> List[Tuple[int, int, int]]:
         """(parent, child, event) of the forks, vforks and clones the C
         settled since the last call, oldest first."""
-        births = []
-        while self.born:
-            n = self._lib.fast_take_births(self._fast, self._births, 256)
-            births.extend((b.parent, b.child, b.event) for b in self._births[0:n])
-            self.born -= n
-        return births
+        n = self._lib.fast_take_births(self._fast, self._births, 256)  # the C keeps 256 at most
+        self.born = 0
+        return [(b.parent, b.child, b.event) for b in self._births[0:n]]
 
     def wait(self) -> Tuple[int, int]:
         """The next stop Python must handle, as ``os.waitpid(-1, __WALL)``
