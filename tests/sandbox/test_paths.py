@@ -312,6 +312,12 @@ def test_filter_decisions_per_abi():
     assert _run_bpf(prog, x64, sendto, args={4: 0x1000}) == sc.RET_TRACE
     assert _run_bpf(prog, i386, number(1, "sendto"), args={4: 0x1000}) == sc.RET_TRACE | 1
     assert _run_bpf(prog, x64, number(0, "sendmsg")) == sc.RET_TRACE
+    # calls returning a socket address stop only when there is room for one
+    assert _run_bpf(prog, x64, number(0, "recvfrom"), args={4: 0}) == sc.RET_ALLOW
+    assert _run_bpf(prog, x64, number(0, "recvfrom"), args={4: 0x1000}) == sc.RET_TRACE
+    assert _run_bpf(prog, x64, number(0, "accept4"), args={1: 0}) == sc.RET_ALLOW
+    assert _run_bpf(prog, x64, number(0, "getsockname"), args={1: 0x1000}) == sc.RET_TRACE
+    assert _run_bpf(prog, i386, number(1, "getpeername"), args={1: 0x1000}) == sc.RET_TRACE | 1
 
 
 def test_anchors_pin_the_parent_directory(tmp_path):

@@ -225,6 +225,71 @@ def test_unix_datagrams_sendmmsg(uvm_runner, host_root, scratch, layer):
     assert (scratch / "log").exists()
 
 
+SOCKET_NAMES_C = r"""
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static struct sockaddr_un named(const char *path, const char *suffix)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s%s", path, suffix);
+    unlink(a.sun_path);
+    return a;
+}
+
+static void show(const char *what, struct sockaddr_un *a, socklen_t n, socklen_t room)
+{
+    socklen_t got = n < room ? n : room;
+    printf("%s %d %.*s\n", what, (int)n, got > 2 ? (int)strnlen(a->sun_path, got - 2) : 0,
+           a->sun_path);
+}
+
+int main(int argc, char **argv)
+{
+    struct sockaddr_un srv = named(argv[1], ""), cli = named(argv[1], "-c"), r;
+    struct sockaddr_un d1 = named(argv[1], "-d"), d2 = named(argv[1], "-e");
+    socklen_t n;
+    char byte;
+    int s = socket(AF_UNIX, SOCK_STREAM, 0), c = socket(AF_UNIX, SOCK_STREAM, 0);
+    int u1 = socket(AF_UNIX, SOCK_DGRAM, 0), u2 = socket(AF_UNIX, SOCK_DGRAM, 0);
+    (void)argc;
+    if (bind(s, (void *)&srv, sizeof srv) || listen(s, 1) || bind(c, (void *)&cli, sizeof cli)
+        || connect(c, (void *)&srv, sizeof srv) || bind(u1, (void *)&d1, sizeof d1)
+        || bind(u2, (void *)&d2, sizeof d2))
+        return perror("set-up"), 1;
+    n = sizeof r; getsockname(s, (void *)&r, &n); show("getsockname", &r, n, sizeof r);
+    n = sizeof r; syscall(SYS_getsockname, s, &r, &n); show("direct", &r, n, sizeof r);
+    n = sizeof r; getpeername(c, (void *)&r, &n); show("getpeername", &r, n, sizeof r);
+    n = sizeof r; close(accept(s, (void *)&r, &n)); show("accept", &r, n, sizeof r);
+    n = 5; getsockname(s, (void *)&r, &n); show("cut", &r, n, 5);
+    sendto(u2, "x", 1, 0, (void *)&d1, sizeof d1);
+    n = sizeof r; recvfrom(u1, &byte, 1, 0, (void *)&r, &n); show("recvfrom", &r, n, sizeof r);
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("layer", [True, False], ids=["layer", "no-layer"])
+@pytest.mark.parametrize("abi", ["64", "32"])
+def test_socket_names_come_back_as_the_guest_bound_them(uvm_runner, request, scratch, layer, abi):
+    """getsockname, getpeername, accept and recvfrom report a socket bound
+    in the guest by its guest name, with the kernel's length and its
+    truncation (through socketcall and the direct calls for 32-bit)."""
+    root = request.getfixturevalue("host_root" if abi == "64" else "i386_root")
+    (scratch / "names.c").write_text(SOCKET_NAMES_C)
+    subprocess.run(["gcc", "-O1", "-static", "-Wall", *(["-m32"] if abi == "32" else []),
+                    "-o", str(scratch / "names"), str(scratch / "names.c")], check=True)
+    out = ok(uvm_runner.run(root, "/mnt/names", "/mnt/s", binds=[(scratch, "/mnt")],
+                            extra=() if layer else ("--no-layer",)))
+    assert out.splitlines() == [
+        "getsockname 9 /mnt/s", "direct 9 /mnt/s", "getpeername 9 /mnt/s",
+        "accept 11 /mnt/s-c", "cut 9 /mn", "recvfrom 11 /mnt/s-e"]
+
+
 def test_guest_dropping_privileges_keeps_its_paths(uvm_runner, host_root):
     """A root guest that becomes another user (as su does) loses access to
     the tracer's /proc entry; its paths must still be translated."""

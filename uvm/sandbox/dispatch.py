@@ -45,6 +45,8 @@ _SKIP = _MASK64  # orig_rax of a skipped call
 AF_UNIX = 1
 SOCKADDR_UN_PATH = 108
 SYS_BIND, SYS_CONNECT, SYS_SENDTO, SYS_SENDMSG, SYS_SENDMMSG = 2, 3, 11, 16, 20
+SYS_ACCEPT, SYS_GETSOCKNAME, SYS_GETPEERNAME, SYS_RECVFROM, SYS_ACCEPT4 = 5, 6, 7, 12, 18
+SOCKET_NAMES_KEPT = 4096  # socket names bound for the guest, remembered to give back
 # sendmmsg messages translated per call: their copy goes below the stack
 # pointer, and the kernel may send fewer than asked (the caller sees how many).
 MMSG_MAX = 64
@@ -80,6 +82,8 @@ class Tracer:
         self.translated = 0
         self.sock_dir: Optional[str] = None
         self._sock_links: Dict[str, str] = {}
+        # sun_path the kernel was given at a bind -> the guest's own name
+        self._bound_names: Dict[bytes, bytes] = {}
         self.handlers: Tuple[Dict[int, Tuple], Dict[int, Tuple]] = ({}, {})
         for abi in (0, 1):
             numbers = NUMBERS[abi]
@@ -803,7 +807,8 @@ class Tracer:
         raw = mem.read_bytes(tid, addr, length)
         if struct.unpack_from("<H", raw)[0] != AF_UNIX or raw[2] == 0:
             return None  # not AF_UNIX, or an abstract socket
-        path = _dec(raw[2:].split(b"\0", 1)[0])
+        given = raw[2:].split(b"\0", 1)[0]
+        path = _dec(given)
         base = self._base(tid, path, _AT_FDCWD32)
         _guest, host = self.resolve(path, base, not bind, tid)
         if self.verbose:
@@ -811,6 +816,11 @@ class Tracer:
         data = _enc(self._kernel_path(tid, host))
         if len(data) >= SOCKADDR_UN_PATH:
             data = _enc(self._short_socket_path(host))
+        if bind and data != given:
+            names = self._bound_names
+            if len(names) >= SOCKET_NAMES_KEPT:
+                del names[next(iter(names))]
+            names[data] = given
         return struct.pack("<H", AF_UNIX) + data + b"\0"
 
     def _short_socket_path(self, host: str) -> str:
@@ -906,9 +916,64 @@ class Tracer:
         self.exits[tid] = copy_back
         return copy, vlen
 
+    def _k_sockname(self, tid, regs, abi, row):
+        args = ARG_REGS[abi]
+        mask = _MASK64 if abi == 0 else 0xFFFFFFFF
+        self._give_back_name(tid, abi, getattr(regs, args[row[2]]) & mask,
+                             getattr(regs, args[row[3]]) & mask)
+        return 0
+
+    def _give_back_name(self, tid: int, abi: int, addr: int, lenp: int) -> None:
+        """The kernel reports a socket's name as the string it was bound
+        with: for a name this tracer bound for the guest, that is a host
+        path, which the call's exit replaces with the guest's own name (the
+        length as the kernel counts it, the copy cut to the guest's room)."""
+        if not addr or not lenp or not self._bound_names:
+            return
+        room = struct.unpack("<i", mem.read_bytes(tid, lenp, 4))[0]
+        if room <= 2:
+            return
+        mask = _MASK64 if abi == 0 else 0xFFFFFFFF
+
+        def give_back(regs) -> None:
+            if regs.rax & mask > mask - 4096:
+                return  # the call failed
+            size = struct.unpack("<i", mem.read_bytes(tid, lenp, 4))[0]
+            if min(size, room) <= 2:
+                return
+            raw = mem.read_bytes(tid, addr, min(size, room))
+            if struct.unpack_from("<H", raw)[0] != AF_UNIX:
+                return
+            given = self._bound_name(raw[2:].split(b"\0", 1)[0], size)
+            if given is None:
+                return
+            name = struct.pack("<H", AF_UNIX) + given + b"\0"
+            mem.write_bytes(tid, addr, name[:room])
+            mem.write_bytes(tid, lenp, struct.pack("<i", len(name)))
+
+        self.exits[tid] = give_back
+
+    def _bound_name(self, seen: bytes, size: int) -> Optional[bytes]:
+        """The guest's name for the kernel's ``seen`` (cut short when the
+        guest gave less room than ``size``, the kernel's full length)."""
+        names = self._bound_names
+        if len(seen) + 3 >= size:
+            return names.get(seen)
+        cut = [given for kernel, given in names.items()
+               if len(kernel) + 3 == size and kernel.startswith(seen)]
+        return cut[0] if len(cut) == 1 else None
+
     def _k_socketcall(self, tid, regs, abi, row):
         call = regs.rbx & 0xFFFFFFFF
         argp = regs.rcx & 0xFFFFFFFF
+        if call in (SYS_ACCEPT, SYS_GETSOCKNAME, SYS_GETPEERNAME, SYS_ACCEPT4):
+            _fd, addr, lenp = struct.unpack("<3I", mem.read_bytes(tid, argp, 12))
+            self._give_back_name(tid, abi, addr, lenp)
+            return 0
+        if call == SYS_RECVFROM:
+            values = struct.unpack("<6I", mem.read_bytes(tid, argp, 24))
+            self._give_back_name(tid, abi, values[4], values[5])
+            return 0
         if call == SYS_SENDMMSG:
             values = list(struct.unpack("<4I", mem.read_bytes(tid, argp, 16)))
             new = self._mmsg(tid, abi, values[1], values[2])
@@ -983,7 +1048,7 @@ def filter_numbers(
                 continue
             if row[0] == "refuse":
                 refused[abi][nr] = row[1]
-            elif row[0] == "sendto":
+            elif row[0] in ("sendto", "sockname"):
                 traced_if[abi][nr] = row[1]
             else:
                 traced[abi].append(nr)

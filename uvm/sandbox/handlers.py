@@ -27,6 +27,11 @@ onto names); a row is a tuple whose first item is its kind:
 ``("sendto", addr_i, len_i)``
     the filter stops only when the destination pointer is not NULL.
 ``("sendmsg",)`` / ``("sendmmsg",)``  ``msg_name`` of each message header.
+``("sockname", addr_i, len_i)``
+    a socket address returned (getsockname, getpeername, accept,
+    recvfrom): the filter stops only when the address pointer is not NULL,
+    and a name the tracer bound for the guest is given back, at the call's
+    exit, as the guest wrote it.
 ``("creds",)``
     set*id and capset: the tracer forgets what it knew of the caller's
     credentials (they decide whether /proc/<tracer>/fd anchors can be used;
@@ -144,6 +149,11 @@ TABLE: Dict[str, Tuple] = {
     "sendto": ("sendto", 4, 5),
     "sendmsg": ("sendmsg",),
     "sendmmsg": ("sendmmsg",),
+    "getsockname": ("sockname", 1, 2),
+    "getpeername": ("sockname", 1, 2),
+    "accept": ("sockname", 1, 2),
+    "accept4": ("sockname", 1, 2),
+    "recvfrom": ("sockname", 4, 5),
     # credentials (only noted)
     **{name: ("creds",) for name in (
         "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid",
