@@ -14,7 +14,11 @@ while the root is unchanged), served by the loopback fault server of
 - cold, empty cache: the same on a cache that ``uvm cache info`` has just
   set up (directories, quota database) and that holds nothing;
 - warm: the same again on the filled cache and shadow tree;
-- root: ``uvm run --root ROOT -- CMD`` on the unpacked tree.
+- root: ``uvm run --root ROOT -- CMD`` on the unpacked tree;
+- cold, no cache, with a prefetch list (``python3 -c pass`` only): the
+  files a first cold start fetched (``uvm run --record-prefetch``, at 0 ms),
+  published as ``.uvm-prefetch`` at the top of a second repository made
+  from a hard-linked copy of the same root (both kept under ``--work``).
 
 Wall-clock time of the whole ``uvm`` command (Python start included), median
 of ``--repeat`` rounds; the load average is printed before and after.  The
@@ -71,6 +75,44 @@ def publish_once(root: str, work: str) -> str:
     return www
 
 
+LISTED = {"python3 -c pass"}  # workloads also timed with a prefetch list
+LISTED_FQRN = "listed.bench.uvm.local"
+
+
+def publish_listed(root: str, work: str, www: str, cmd) -> str:
+    """A repository of ``root`` plus the prefetch list a cold ``cmd`` records."""
+    import hashlib
+
+    listed = os.path.join(work, "prefetch.txt")
+    server = FaultServer(www).start()
+    try:
+        cache = tempfile.mkdtemp(prefix="record-", dir=work)
+        timed([sys.executable, "-m", "uvm", "run", "--template", f"{FQRN}:/",
+               "--record-prefetch", listed, "--", *cmd],
+              env_for(work, server.url_for(), cache))
+        shutil.rmtree(cache, ignore_errors=True)
+    finally:
+        server.stop()
+    with open(listed, "rb") as handle:
+        text = handle.read()
+    key = hashlib.sha1(text + root.encode()).hexdigest()[:12]
+    listed_www = os.path.join(work, f"www-listed-{key}")
+    store = os.path.join(listed_www, "cvmfs", LISTED_FQRN)
+    if not os.path.exists(os.path.join(store, ".cvmfspublished")):
+        from uvm.cvmfs.publish import create_keys, publish
+
+        source = os.path.join(work, "src-listed")
+        shutil.rmtree(source, ignore_errors=True)
+        subprocess.run(["cp", "-al", root, source], check=True)
+        with open(os.path.join(source, ".uvm-prefetch"), "wb") as handle:
+            handle.write(text)
+        if not os.path.exists(os.path.join(work, "keys", LISTED_FQRN + ".pub")):
+            create_keys(LISTED_FQRN, os.path.join(work, "keys"))
+        publish(source, LISTED_FQRN, store, os.path.join(work, "keys"))
+        shutil.rmtree(source, ignore_errors=True)
+    return listed_www
+
+
 def env_for(work: str, url: str, cache: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CVMFS_")}
     env.update({"CVMFS_SERVER_URL": url, "CVMFS_KEYS_DIR": os.path.join(work, "keys"),
@@ -104,9 +146,11 @@ def main() -> int:
     names = [n for n in args.workloads.split(",") if n]
     made = []
     print(f"load average {_load()}", file=sys.stderr)
+    listed_www = {name: publish_listed(root, args.work, www, WORKLOADS[name])
+                  for name in names if name in LISTED}
     print("| workload | latency | cold, no cache (requests, MB) | cold, empty cache "
-          "| warm | --root | warm / --root |")
-    print("|---|---|---|---|---|---|---|")
+          "| warm | --root | warm / --root | cold, no cache, prefetch list (requests, MB) |")
+    print("|---|---|---|---|---|---|---|---|")
     for latency in [float(x) for x in args.latency.split(",")]:
         server = FaultServer(www, latency=latency).start()
         try:
@@ -137,10 +181,20 @@ def main() -> int:
                     plain.append(timed(uvm + ["run", "--root", root, "--", *cmd], env))
                 cold, empty_cold, warm, base = (statistics.median(x)
                                                 for x in (colds, empties, warms, plain))
+                listed = "-"
+                if name in listed_www:
+                    times, made_here, counts = _cold_listed(listed_www[name], args, latency,
+                                                            uvm + ["run", "--template",
+                                                                   f"{LISTED_FQRN}:/", "--", *cmd])
+                    made += made_here
+                    listed = (f"{statistics.median(times):.2f} s ({statistics.median(counts[0]):.0f}, "
+                              f"{statistics.median(counts[1]) / 1e6:.1f})")
+                    print(f"  {name} at {latency * 1000:.0f} ms with a prefetch list, every "
+                          f"round: {_list(times)}", file=sys.stderr)
                 print(f"| `{name}` | {latency * 1000:.0f} ms | {cold:.2f} s "
                       f"({statistics.median(requests):.0f}, {statistics.median(sizes) / 1e6:.1f}) "
                       f"| {empty_cold:.2f} s | {warm * 1000:.0f} ms | {base * 1000:.0f} ms "
-                      f"| {warm / base:.2f} |", flush=True)
+                      f"| {warm / base:.2f} | {listed} |", flush=True)
                 print(f"  {name} at {latency * 1000:.0f} ms, every round: no cache "
                       f"{_list(colds)}; empty cache {_list(empties)}; warm {_list(warms)}; "
                       f"--root {_list(plain)}", file=sys.stderr)
@@ -150,6 +204,24 @@ def main() -> int:
     for path in made:
         shutil.rmtree(path, ignore_errors=True)
     return 0
+
+
+def _cold_listed(www: str, args, latency: float, run):
+    """Cold, no-cache rounds against the repository with a prefetch list:
+    (times, caches to remove, (requests, bytes) per round)."""
+    server = FaultServer(www, latency=latency).start()
+    times, made, requests, sizes = [], [], [], []
+    try:
+        for _ in range(args.repeat):
+            cache = os.path.join(tempfile.mkdtemp(prefix="cache-", dir=args.work), "c")
+            before_hits, before_bytes = server.total(), _bytes(www, server)
+            times.append(timed(run, env_for(args.work, server.url_for(), cache)))
+            requests.append(server.total() - before_hits)
+            sizes.append(_bytes(www, server) - before_bytes)
+            made.append(os.path.dirname(cache))
+    finally:
+        server.stop()
+    return times, made, (requests, sizes)
 
 
 def _load() -> str:

@@ -22,7 +22,7 @@ from conftest import FQRN, MISC, VARIANT_ENV, env_for
 
 from uvm import config as config_mod
 from uvm.cvmfs.client import open_repository
-from uvm.sandbox.materialize import CvmfsTrees, ShadowTree, shadow_base
+from uvm.sandbox.materialize import CvmfsTrees, ShadowTree, parse_prefetch_list, shadow_base
 
 
 def _content_requests(server) -> int:
@@ -238,3 +238,10 @@ def test_lookups_make_single_entries_listings_complete(published, server, tmp_pa
         again = ShadowTree(repo, base)
         assert "/os/demo/etc" in again._complete and "/os/demo/etc/nope" in again._absent
         again.close()
+
+
+def test_prefetch_list_lines():
+    text = (b"# recorded\n/usr/bin/python3.11\n\n  /usr/lib/python3.11/  \n"
+            b"usr/lib/../../../etc/passwd\n/\n#/etc/shadow\n/a//b/./c\n")
+    assert parse_prefetch_list(text) == [
+        "/usr/bin/python3.11", "/usr/lib/python3.11", "/etc/passwd", "/", "/a/b/c"]

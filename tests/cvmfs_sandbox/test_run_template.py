@@ -210,6 +210,55 @@ def test_preload_then_offline_in_a_new_tree(uvm_runner, published, workdir):
     assert out == "1\nrevision one\n"
 
 
+def test_prefetch_list_recorded_published_and_fetched_by_a_cold_start(uvm_runner, published,
+                                                                       workdir):
+    """--record-prefetch lists what a start fetched; published as the
+    template's .uvm-prefetch, a cold run fetches all of it (here for a
+    command that opens none of it), so that a later start works offline."""
+    www = Path(tempfile_dir(workdir.parent))
+    try:
+        shutil.copytree(published.www, www / "www", symlinks=True)
+        store = www / "www" / "cvmfs" / FQRN
+        subprocess.run(["chmod", "-R", "a+rX", str(www)], check=True)
+        srv = FaultServer(str(www / "www")).start()
+        try:
+            start = ["--", "python3", "-c", "import json; print(json.dumps([42]))"]
+            listed = workdir / "prefetch.txt"
+            env = env_for(published, srv.url_for(), workdir,
+                          CVMFS_CACHE_BASE=str(workdir / "c1"))
+            assert _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE,
+                               "--record-prefetch", str(listed), *start)) == "[42]\n"
+            names = [n for n in listed.read_text().splitlines() if not n.startswith("#")]
+            assert names[0].startswith("/usr/bin/python3")  # the program, then what it loads
+            assert any(n.endswith("/libc.so.6") for n in names), names
+            assert any(n.startswith("/usr/lib/python3") and "/json/" in n for n in names), names
+            assert all(n.startswith("/") and not n.startswith(TEMPLATE_PATH) for n in names)
+            # warm: nothing fetched, said so, and the guest's status kept
+            res = run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--record-prefetch",
+                          str(workdir / "warm.txt"), "--", "python3", "-c",
+                          "import json, sys; sys.exit(4)")
+            assert res.returncode == 4 and "lists no file" in res.stderr, res.stderr
+            # revision 2 carries the list, with comments, blanks, a directory,
+            # a missing file and a path that climbs out of the template
+            source = Path(tempfile_dir(workdir.parent))
+            shutil.copytree(published.source, source / "src", symlinks=True)
+            extra = "\n# a comment\n\n/usr\n/no/such/file\n/../../../etc/passwd\n"
+            (source / "src" / TEMPLATE_PATH.lstrip("/") / ".uvm-prefetch").write_text(
+                listed.read_text() + extra)
+            publish_tree(source / "src", store, published.keys, tag="v2", now=1_800_000_000)
+            shutil.rmtree(source, ignore_errors=True)
+            subprocess.run(["chmod", "-R", "a+rX", str(www)], check=True)
+            cold = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c2"))
+            assert _ok(run_uvm(uvm_runner, cold, "run", "--template", TEMPLATE, "--",
+                               "cat", "/etc/uvm-marker")) == "revision one\n"
+        finally:
+            srv.stop()
+        # the server is gone: the python3 start was fetched by the list alone
+        assert _ok(run_uvm(uvm_runner, cold, "run", "--template", TEMPLATE, *start)) == "[42]\n"
+    finally:
+        shutil.rmtree(www, ignore_errors=True)
+
+
 _PROBE = r"""
 import os
 def show(label, fn):

@@ -38,10 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "catalog hashes), exit status")
     group.add_argument("--replay", metavar="FILE",
                        help="run the command of a record again, on the same revisions")
+    group.add_argument("--record-prefetch", metavar="FILE",
+                       help="write the template files this run fetched, one per line: "
+                       "published as .uvm-prefetch at the template's top, they are "
+                       "fetched in one parallel wave by the first run of a revision "
+                       "(record on a cold cache)")
 
 
 def wanted(args: argparse.Namespace) -> bool:
-    return bool(args.template or args.cvmfs or args.replay or args.record)
+    return bool(args.template or args.cvmfs or args.replay or args.record
+                or args.record_prefetch)
 
 
 class CvmfsRun:
@@ -74,6 +80,9 @@ class CvmfsRun:
         if args.template and args.root:
             raise UsageError("--template and --root both choose the guest's /",
                              hint="give one of them")
+        if args.record_prefetch and not (args.template or args.replay):
+            raise UsageError("--record-prefetch lists the files of a template",
+                             hint="add --template NAME")
 
     # -- the command -------------------------------------------------------------------
 
@@ -232,6 +241,8 @@ class CvmfsRun:
         summary = self.fetch_log.summary() if getattr(self, "fetch_log", None) else None
         if summary and self.fetch_log.show is not None:
             self.fetch_log.show(summary)
+        if self.args.record_prefetch and self.template is not None:
+            self._write_prefetch_list(self.args.record_prefetch)
         if self.args.record:
             from uvm import __version__
             from uvm.record import RunRecord, TreeRecord
@@ -255,6 +266,24 @@ class CvmfsRun:
             with open(tmp, "w") as handle:
                 handle.write(record.to_json())
             os.replace(tmp, self.args.record)
+
+    def _write_prefetch_list(self, path: str) -> None:
+        from uvm.sandbox.materialize import PREFETCH_LIST
+
+        tree, top = self.template
+        names = tree.fetched_below("" if top == "/" else top)
+        lines = [f"# files a start in {tree.fqrn}:{top} (revision {self.template_repo.revision}) "
+                 "fetched, recorded by uvm run --record-prefetch;",
+                 f"# publish this file as {top.rstrip('/')}/{PREFETCH_LIST} to fetch them "
+                 "in one wave on cold starts", *names]
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as handle:
+            handle.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+        if not names:
+            sys.stderr.write(f"uvm: warning: {path} lists no file: this run found every file "
+                             "it opened in the cache; record on a cold cache "
+                             "(CVMFS_CACHE_BASE=$(mktemp -d) uvm run ...)\n")
 
     def close(self) -> None:
         if self.trees is not None:

@@ -9,6 +9,7 @@ root catalog hash) is presented as a directory of the user's cache::
         lock           flock: entries are added and contents swapped one at a time
         complete-dirs  directories that hold every entry (NUL-separated paths)
         absent         paths known not to exist in the revision
+        prefetch-listed  template paths whose .uvm-prefetch was looked for (and fetched)
 
 Per user, so that files appear owned by the invoking user and nobody can
 change another user's view.  Keyed by the root catalog hash: a revision
@@ -44,6 +45,14 @@ revision.
   stays right.
 - A warm run (everything it touches made, complete or known absent) needs no
   catalog: :class:`LazyRepository` opens the repository on first need only.
+- **A prefetch list** (:meth:`ShadowTree.prefetch_listed`): a template (or a
+  repository) may name, in ``.uvm-prefetch`` at its top, the files its
+  programs open when they start, one path per line, as ``uvm run
+  --record-prefetch`` writes them. A cold start fetches them all in one
+  parallel wave in the background, so that a start that opens files one
+  after another (an interpreter and its modules) waits for one round trip
+  instead of one per file. Nothing is fetched that the catalog does not
+  list; the first run of a revision notes that it looked (``prefetch-listed``).
 
 Everything is idempotent and safe with several uvm processes on the same
 tree: entries and contents are built privately and renamed in under the
@@ -98,6 +107,8 @@ STAT_CALLS = frozenset({"stat", "lstat", "oldstat", "oldlstat", "stat64", "lstat
 EXEC_CALLS = frozenset({"execve", "execveat", "uselib"})
 LD_SO_CACHE = "/etc/ld.so.cache"
 LD_SO_CACHE_NAME = "ld.so.cache"
+PREFETCH_LIST = ".uvm-prefetch"
+PREFETCH_LIST_MAX = 1 << 20  # bytes: a list is a few kB; anything bigger is not one
 
 
 def _ns(entry: Any) -> int:
@@ -177,6 +188,9 @@ class ShadowTree:
         self._thread_lock = threading.RLock()
         self._prefetched: Set[str] = set()
         self._pool: Any = None
+        self._listed_log = os.path.join(self.dir, "prefetch-listed")
+        self._list_jobs: List[threading.Thread] = []
+        self.fetched: List[str] = []         # repo paths whose content this run fetched
         self._root = os.geteuid() == 0
         self._setup()
 
@@ -235,6 +249,8 @@ class ShadowTree:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
+        for job in self._list_jobs:  # the listed files are wanted by the next start
+            job.join()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
@@ -508,6 +524,7 @@ class ShadowTree:
             except OSError:
                 pass
         self._content.update(targets)
+        self.fetched.append(repo)
         self.fetch_log.end(started, entry.size)
 
     def _fetch_all(self, repo: str, entry: Any) -> None:
@@ -594,6 +611,52 @@ class ShadowTree:
                 if elf is not None:
                     frontier.append((elf, entry.path))
 
+    def prefetch_listed(self, sysroot: str) -> None:
+        """Fetch, in the background and in one parallel wave, the files that
+        ``<sysroot>/.uvm-prefetch`` names, once per revision: the first run
+        notes that it looked (list or none), so a warm run reads one small
+        file and opens nothing of the repository."""
+        if sysroot in _read_log(self._listed_log):
+            return
+        job = threading.Thread(target=self._fetch_listed, args=(sysroot,),
+                               name="uvm-prefetch-list", daemon=True)
+        job.start()
+        self._list_jobs.append(job)
+
+    def _fetch_listed(self, sysroot: str) -> None:
+        from uvm.cvmfs.hashing import Suffix
+
+        try:
+            listing = self._lookup_follow(sysroot + "/" + PREFETCH_LIST)
+            if listing is None or listing.size > PREFETCH_LIST_MAX \
+                    or getattr(self.repo.source, "prefetch", None) is None:
+                self._note(set(), self._listed_log, sysroot)
+                return
+            with self.repo.open_file(listing.path) as handle:
+                names = parse_prefetch_list(handle.read())
+            requests = []
+            for name in names:
+                entry = self._lookup_follow(sysroot + name)
+                if entry is None or entry.size == 0 or entry.is_external:
+                    continue
+                if entry.is_chunked:
+                    requests.extend((c.content_hash, Suffix.PARTIAL, c.size, entry.compressed)
+                                    for c in self.repo.tree.chunks(entry))
+                elif entry.content_hash is not None:
+                    requests.append((entry.content_hash, Suffix.NONE, entry.size,
+                                     entry.compressed))
+            self.repo.source.prefetch(requests)
+            self._note(set(), self._listed_log, sysroot)
+        except Exception as err:  # best effort: the guest fetches what it opens
+            log.debug("prefetch list of %s:%s stopped: %s", self.fqrn, sysroot or "/", err)
+
+    def fetched_below(self, sysroot: str) -> List[str]:
+        """The files whose content this run fetched, as paths below
+        ``sysroot``: a prefetch list (:func:`parse_prefetch_list`)."""
+        prefix = sysroot + "/"
+        return [path[len(sysroot):] for path in dict.fromkeys(self.fetched)
+                if path.startswith(prefix)]
+
     sysroots: Tuple[str, ...] = ()
 
     def sysroot_of(self, repo_path: str) -> str:
@@ -657,6 +720,18 @@ def _norm(path: str) -> str:
     """A path resolved lexically, as a catalog path (the root is '')."""
     clean = canonical_lexical(path)
     return "" if clean == "/" else clean
+
+
+def parse_prefetch_list(data: bytes) -> List[str]:
+    """The paths of a prefetch list: one per line, from the template's top
+    (``/usr/bin/python3``), ``#`` comments and blank lines ignored, each
+    resolved lexically so that none climbs above the top."""
+    names = []
+    for raw in data.split(b"\n"):
+        line = raw.strip()
+        if line and not line.startswith(b"#"):
+            names.append(canonical_lexical("/" + os.fsdecode(line)))
+    return names
 
 
 def _read_log(path: str) -> Set[str]:
@@ -735,6 +810,7 @@ class LazyRepository:
         self._opener = opener
         self._repo: Any = None
         self._revision = revision
+        self._opening = threading.Lock()  # the tracer and a background prefetch
 
     @property
     def opened(self) -> bool:
@@ -742,10 +818,13 @@ class LazyRepository:
 
     def _get(self) -> Any:
         if self._repo is None:
-            self._repo = self._opener()
-            if str(self._repo.root_hash) != self.root_hash:
-                raise SandboxError(f"{self.fqrn}: opened {self._repo.root_hash}, "
-                                   f"expected {self.root_hash}")
+            with self._opening:
+                if self._repo is None:
+                    repo = self._opener()
+                    if str(repo.root_hash) != self.root_hash:
+                        raise SandboxError(f"{self.fqrn}: opened {repo.root_hash}, "
+                                           f"expected {self.root_hash}")
+                    self._repo = repo
         return self._repo
 
     @property
@@ -787,6 +866,7 @@ class CvmfsTrees:
             self.trees.append(tree)
         if sysroot and sysroot not in tree.sysroots:
             tree.sysroots = tree.sysroots + (sysroot,)
+        tree.prefetch_listed(sysroot or "")
         return tree
 
     def _tree(self, host: str) -> Optional[ShadowTree]:
@@ -869,4 +949,4 @@ def mounts_dir(base: str, names: Sequence[str]) -> str:
 
 
 __all__ = ["ShadowTree", "CvmfsTrees", "LazyRepository", "FetchLog", "shadow_base", "mounts_dir",
-           "MUTATING_CALLS"]
+           "MUTATING_CALLS", "PREFETCH_LIST", "parse_prefetch_list"]

@@ -165,6 +165,7 @@ class Sandbox:
             try:
                 os.close(go_w)
                 os.close(st_r)
+                _close_private_fds(keep=(go_r, st_w))
                 for sig in (signal.SIGPIPE, signal.SIGXFSZ):
                     signal.signal(sig, signal.SIG_DFL)
                 if os.read(go_r, 1) != b"g":
@@ -268,6 +269,23 @@ class Sandbox:
         with open(path, "w") as f:
             json.dump(self.stats(), f, indent=1, sort_keys=True)
             f.write("\n")
+
+
+def _close_private_fds(keep: Sequence[int]) -> None:
+    """In the forked guest, before anything waits: close uvm's own
+    descriptors (close-on-exec ones, which its exec would close anyway).
+    Background downloads hold an object's ``flock`` through one; a child
+    keeping a copy until its exec would hold the lock too, and the tracer,
+    handling that very exec, would wait for it forever.  Descriptors the
+    user passed to uvm (inheritable) stay for the guest."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                if not os.get_inheritable(fd):
+                    os.close(fd)
+            except OSError:
+                pass  # the listing's own descriptor, gone already
 
 
 def _forward(pid: int, sig: int) -> None:
