@@ -95,7 +95,8 @@ def publish_listed(root: str, work: str, www: str, cmd) -> str:
         server.stop()
     with open(listed, "rb") as handle:
         text = handle.read()
-    key = hashlib.sha1(text + root.encode()).hexdigest()[:12]
+    lines = sorted(set(line for line in text.splitlines() if not line.startswith(b"#")))
+    key = hashlib.sha1(b"\n".join(lines) + root.encode()).hexdigest()[:12]
     listed_www = os.path.join(work, f"www-listed-{key}")
     store = os.path.join(listed_www, "cvmfs", LISTED_FQRN)
     if not os.path.exists(os.path.join(store, ".cvmfspublished")):

@@ -613,6 +613,73 @@ def test_symlink_swap_race_natively(host_root, sentinel, mode):
         shutil.rmtree(host_root / "w" / f"race-{unique}", ignore_errors=True)
 
 
+PIN_PROBE = r"""
+import os, sys, time
+victim, base, dur, op = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+os.makedirs(base, exist_ok=True)
+d = base + "/d"
+pid = os.fork()
+if pid == 0:  # the last component: a file <-> an absolute symlink to the victim
+    end = time.time() + dur
+    while time.time() < end:
+        try:
+            open(d, "w").close(); os.unlink(d); os.symlink(victim, d); os.unlink(d)
+        except OSError:
+            pass
+    os._exit(0)
+def openat2():
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    how = (ctypes.c_uint64 * 3)(0, 0, 0)  # O_RDONLY, no RESOLVE_* flags
+    fd = libc.syscall(437, -100, d.encode(), ctypes.byref(how), 24)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "openat2")
+    with os.fdopen(fd) as f:
+        if f.read() == "keep me\n":
+            print("ESCAPE")
+calls = {"truncate": lambda: os.truncate(d, 0), "chmod": lambda: os.chmod(d, 0o600),
+         "utime": lambda: os.utime(d, (1, 1)), "openat2": openat2}
+tries = done = 0
+end = time.time() + dur
+while time.time() < end:
+    tries += 1
+    try:
+        calls[op](); done += 1
+    except OSError:
+        pass
+os.waitpid(pid, 0)
+print("tries", tries, "done", done)
+"""
+
+
+@needs_uvm
+@pytest.mark.slow
+@pytest.mark.parametrize("op", ["truncate", "chmod", "utime", "openat2"])
+def test_symlink_swap_race_on_calls_that_always_follow(uvm_runner, host_root, op):
+    """truncate, chmod and utime have no form that does not follow a final
+    symlink (openat2 takes its flags from memory): a symlink raced into the
+    checked name's place must not lead the call to a host file of the
+    user's outside the root."""
+    unique = secrets.token_hex(4)
+    victim = SCRATCH_BASE / f"victim-{unique}"
+    SCRATCH_BASE.mkdir(parents=True, exist_ok=True)
+    victim.write_text("keep me\n")
+    os.chmod(victim, 0o644)
+    os.chown(victim, uvm_runner.uid, uvm_runner.gid)
+    os.utime(victim, (1_000_000_000, 1_000_000_000))
+    try:
+        res = uvm_runner.run(host_root, "python3", "-c", PIN_PROBE, str(victim),
+                             f"/w/pin-{unique}", str(RACE_SECONDS), op)
+        assert "tries" in res.stdout and "ESCAPE" not in res.stdout, res.stdout + res.stderr
+        assert int(res.stdout.split()[3]) > 0, res.stdout  # the call did run on the file
+        st = victim.stat()
+        assert (victim.read_text(), oct(st.st_mode & 0o7777), int(st.st_mtime)) == \
+            ("keep me\n", "0o644", 1_000_000_000), f"{op} through a raced symlink reached the host"
+    finally:
+        victim.unlink()
+        shutil.rmtree(host_root / "w" / f"pin-{unique}", ignore_errors=True)
+
+
 UNIX_PROBE = r"""
 import socket, sys
 sock_path, bound = sys.argv[1], sys.argv[2]

@@ -46,6 +46,7 @@ AF_UNIX = 1
 SOCKADDR_UN_PATH = 108
 SYS_BIND, SYS_CONNECT, SYS_SENDTO, SYS_SENDMSG, SYS_SENDMMSG = 2, 3, 11, 16, 20
 SYS_ACCEPT, SYS_GETSOCKNAME, SYS_GETPEERNAME, SYS_RECVFROM, SYS_ACCEPT4 = 5, 6, 7, 12, 18
+OPEN_HOW_SIZE, OPEN_HOW_MAX = 24, 4096  # struct open_how: its size now, and a page
 SOCKET_NAMES_KEPT = 4096  # socket names bound for the guest, remembered to give back
 # sendmmsg messages translated per call: their copy goes below the stack
 # pointer, and the kernel may send fewer than asked (the caller sees how many).
@@ -98,6 +99,10 @@ class Tracer:
         self.exits: Dict[int, Callable[[mem.Regs], None]] = {}
         self._pinned = False
         self._translated = ""  # what the kernel will look up for the last _translate
+        self._kernel_name = ""  # ... and the name it gets for it
+        self._given = ""        # ... and the guest's own
+        # tid -> the O_PATH descriptor its last PIN_BY_DESCRIPTOR call named
+        self._pin_fds: Dict[int, int] = {}
         self.fallback = False  # set by the loop when every call stops
         # Translated paths reach the kernel through directory descriptors of
         # the tracer (anchors.py) so that a swapped directory cannot redirect
@@ -179,6 +184,9 @@ class Tracer:
 
     def forget(self, tid: int) -> None:
         self.exits.pop(tid, None)
+        pinned = self._pin_fds.pop(tid, None)
+        if pinned is not None:
+            os.close(pinned)
         if self.fast is not None:
             self.fast.forget(tid)
         self.tracees.pop(tid, None)
@@ -489,7 +497,8 @@ class Tracer:
         args = ARG_REGS[abi]
         path = self._read_path(tid, regs, getattr(regs, args[path_i]))
         self._pinned = False
-        self._translated = ""
+        self._translated = self._kernel_name = ""
+        self._given = path
         if path and path[0] != "/" and "/" not in path and path not in self._not_simple \
                 and self._lazy is None:
             # One plain name below the cwd or a dirfd, which the guest opened
@@ -498,7 +507,7 @@ class Tracer:
             # resolve in the guest) or where a bind may sit on it.
             dirfd = (getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32) & 0xFFFFFFFF
             where = f"/proc/{tid}/cwd/{path}" if dirfd == _AT_FDCWD32 else f"/proc/{tid}/fd/{dirfd}/{path}"
-            self._translated = where
+            self._translated = self._kernel_name = where
             if not follow:
                 return 0
             try:
@@ -522,6 +531,7 @@ class Tracer:
             self.logfn(f"[{tid}] {name}({path!r}) -> {host}")
         kernel = self._kernel_path(tid, host)
         self._translated = host
+        self._kernel_name = kernel
         self._put_path(tid, regs, abi, path_i, path, kernel)
         if self.fast is not None and not busy and (path[0] == "/" or "/" not in path):
             # (not from a call that moves or removes: "dir/" may be what goes)
@@ -547,6 +557,37 @@ class Tracer:
                 return  # nothing there: the call fails and changes nothing
         self._invalidate(rmdir)
 
+    def _pin_by_descriptor(self, tid: int, regs, abi: int, path_i: int) -> int:
+        """For a call of :data:`PIN_BY_DESCRIPTOR` whose final component was
+        checked: name to the kernel the checked object itself, an O_PATH
+        descriptor the tracer opens without following, so that a symlink
+        raced into its place is not followed (ELOOP, as with O_NOFOLLOW).
+        The descriptor stays open until the thread's next such call (a
+        restarted call still finds it).  These calls never create their
+        path, so a failure here is the call's own."""
+        if not self._pinned or not self._kernel_name or self.anchors is None \
+                or not self._may_anchor(tid):
+            return 0
+        self._put_path(tid, regs, abi, path_i, self._given,
+                       self._pinned_name(tid, self._kernel_name))
+        return SETREGS
+
+    def _pinned_name(self, tid: int, kernel: str) -> str:
+        """``/proc/<tracer>/fd/N`` of ``kernel``'s object, opened without
+        following; the thread's previous one is closed."""
+        try:
+            fd = os.open(kernel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _err(exc.errno) from None
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise _err(errno.ELOOP)
+        old = self._pin_fds.pop(tid, None)
+        if old is not None:
+            os.close(old)
+        self._pin_fds[tid] = fd
+        return f"{self._tracer_proc}fd/{fd}"
+
     def _k_path(self, tid, regs, abi, row):
         _fn, name, idx, follow, mutates = row
         res = self._translate(tid, regs, abi, idx, -1, follow, name, busy=mutates)
@@ -557,6 +598,8 @@ class Tracer:
             if nofollow is not None:
                 regs.orig_rax = nofollow
                 return SETREGS
+            if name in PIN_BY_DESCRIPTOR:
+                return self._pin_by_descriptor(tid, regs, abi, idx) or res
         return res
 
     def _k_open(self, tid, regs, abi, row):
@@ -589,12 +632,21 @@ class Tracer:
 
     def _k_openat2(self, tid, regs, abi, row):
         _fn, name, dirfd_i, idx, how_i = row
-        how = mem.read_bytes(tid, getattr(regs, ARG_REGS[abi][how_i]), 24)
-        flags, _mode, resolve = struct.unpack("<QQQ", how)
+        args = ARG_REGS[abi]
+        size = getattr(regs, args[how_i + 1]) & 0xFFFFFFFF
+        if not OPEN_HOW_SIZE <= size <= OPEN_HOW_MAX:
+            raise _err(errno.EINVAL if size < OPEN_HOW_SIZE else errno.E2BIG)  # as the kernel
+        how = mem.read_bytes(tid, getattr(regs, args[how_i]), size)
+        flags, _mode, resolve = struct.unpack_from("<QQQ", how)
         if resolve:
             raise _err(errno.ENOSYS)  # RESOLVE_* would be judged on host paths
         follow = not (flags & O_NOFOLLOW or flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL)
-        return self._translate(tid, regs, abi, idx, dirfd_i, follow, name, flags=flags)
+        res = self._translate(tid, regs, abi, idx, dirfd_i, follow, name, flags=flags)
+        if not (follow and self._pinned):
+            return res
+        # pinned as openat: O_NOFOLLOW, in a copy of the guest's open_how
+        setattr(regs, args[how_i], self._put(tid, struct.pack("<Q", flags | O_NOFOLLOW) + how[8:]))
+        return SETREGS
 
     def _k_at(self, tid, regs, abi, row):
         _fn, name, dirfd_i, idx, flags_i, follow, toggle, mutates = row
@@ -615,6 +667,8 @@ class Tracer:
         if follow and self._pinned and flags_i >= 0 and toggle:
             setattr(regs, args[flags_i], flags | toggle)
             return SETREGS
+        if follow and name in PIN_BY_DESCRIPTOR:
+            return self._pin_by_descriptor(tid, regs, abi, idx) or res
         return res
 
     def _k_two(self, tid, regs, abi, row):
@@ -800,8 +854,10 @@ class Tracer:
 
     # -- AF_UNIX sockets -------------------------------------------------------------------
 
-    def _sun_path(self, tid: int, addr: int, length: int, bind: bool) -> Optional[bytes]:
-        """Translated sockaddr_un for the one at ``addr``, or None to leave it."""
+    def _sun_path(self, tid: int, addr: int, length: int, bind: bool,
+                  pin: bool = False) -> Optional[bytes]:
+        """Translated sockaddr_un for the one at ``addr``, or None to leave it;
+        ``pin`` (connect): the checked socket itself (:meth:`_pin_by_descriptor`)."""
         if not addr or length <= 2 or length > 2 + SOCKADDR_UN_PATH:
             return None
         raw = mem.read_bytes(tid, addr, length)
@@ -813,7 +869,11 @@ class Tracer:
         _guest, host = self.resolve(path, base, not bind, tid)
         if self.verbose:
             self.logfn(f"[{tid}] {'bind' if bind else 'connect'}(unix:{path!r}) -> {host}")
-        data = _enc(self._kernel_path(tid, host))
+        kernel = self._kernel_path(tid, host)
+        if pin and not host.startswith("/proc/") and self.anchors is not None \
+                and self._may_anchor(tid):
+            kernel = self._pinned_name(tid, kernel)
+        data = _enc(kernel)
         if len(data) >= SOCKADDR_UN_PATH:
             data = _enc(self._short_socket_path(host))
         if bind and data != given:
@@ -844,7 +904,8 @@ class Tracer:
     def _k_sock(self, tid, regs, abi, row):
         _fn, name, addr_i, len_i, bind = row
         args = ARG_REGS[abi]
-        new = self._sun_path(tid, getattr(regs, args[addr_i]), getattr(regs, args[len_i]) & 0xFFFFFFFF, bind)
+        new = self._sun_path(tid, getattr(regs, args[addr_i]), getattr(regs, args[len_i]) & 0xFFFFFFFF,
+                             bind, pin=name == "connect")
         if new is None:
             return 0
         setattr(regs, args[addr_i], self._put(tid, new))
@@ -1008,7 +1069,7 @@ class Tracer:
         if call not in (SYS_BIND, SYS_CONNECT):
             return 0
         fd, addr, length = struct.unpack("<III", mem.read_bytes(tid, argp, 12))
-        new = self._sun_path(tid, addr, length, call == SYS_BIND)
+        new = self._sun_path(tid, addr, length, call == SYS_BIND, pin=call == SYS_CONNECT)
         if new is None:
             return 0
         new_addr = self._put(tid, new)
@@ -1017,6 +1078,9 @@ class Tracer:
         return SETREGS
 
     def cleanup(self) -> None:
+        for fd in self._pin_fds.values():
+            os.close(fd)
+        self._pin_fds.clear()
         if self.anchors is not None:
             self.anchors.close()
         if self.sock_dir:
@@ -1024,6 +1088,13 @@ class Tracer:
 
             shutil.rmtree(self.sock_dir, ignore_errors=True)
 
+
+# Calls that follow a final symlink and have no twin that does not: the
+# kernel gets the checked object as an O_PATH descriptor (_pin_by_descriptor).
+# (access, faccessat and statfs, which only read metadata, are settled by the
+# C fast path as well and stay unpinned; see docs/syscalls.md.)
+PIN_BY_DESCRIPTOR = frozenset({"chdir", "chmod", "fchmodat", "truncate", "truncate64",
+                               "utime", "utimes", "futimesat"})
 
 # Calls that follow a final symlink -> their twin that does not (same arguments).
 _NOFOLLOW_TWIN = tuple(

@@ -362,10 +362,10 @@ class LayerTracer(Tracer):
         finally:
             self._op = 0
 
-    def _sun_path(self, tid, addr, length, bind):
+    def _sun_path(self, tid, addr, length, bind, pin=False):
         self._op = CREATE if bind else 0
         try:
-            return super()._sun_path(tid, addr, length, bind)
+            return super()._sun_path(tid, addr, length, bind, pin)
         finally:
             self._op = 0
 
