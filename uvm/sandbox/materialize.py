@@ -190,6 +190,7 @@ class ShadowTree:
         self._pool: Any = None
         self._listed_log = os.path.join(self.dir, "prefetch-listed")
         self._list_jobs: List[threading.Thread] = []
+        self._wave: Tuple[int, int] = (0, 0)  # objects and bytes the list asked for
         self.fetched: List[str] = []         # repo paths whose content this run fetched
         self._root = os.geteuid() == 0
         self._setup()
@@ -250,6 +251,9 @@ class ShadowTree:
 
     def close(self) -> None:
         for job in self._list_jobs:  # the listed files are wanted by the next start
+            if job.is_alive() and self.fetch_log.show is not None and self._wave:
+                self.fetch_log.show(f"finishing the prefetch list of {self.fqrn} "
+                                    f"({self._wave[0]} objects, {_human(self._wave[1])})")
             job.join()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -645,6 +649,7 @@ class ShadowTree:
                 elif entry.content_hash is not None:
                     requests.append((entry.content_hash, Suffix.NONE, entry.size,
                                      entry.compressed))
+            self._wave = (len(requests), sum(r[2] or 0 for r in requests))
             self.repo.source.prefetch(requests)
             self._note(set(), self._listed_log, sysroot)
         except Exception as err:  # best effort: the guest fetches what it opens
