@@ -180,6 +180,32 @@ def test_record_replay_tag_and_date(uvm_runner, published, workdir):
         shutil.rmtree(www, ignore_errors=True)
 
 
+def test_record_on_a_full_disk_is_one_line_and_leaves_nothing(uvm_runner, published, server,
+                                                             workdir):
+    small = workdir / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
+                             capture_output=True, text=True)
+    assert mounted.returncode == 0, f"cannot mount a small tmpfs (the tests need root): {mounted.stderr}"
+    try:
+        os.chown(small, uvm_runner.uid, uvm_runner.gid)
+        with open(small / "filler", "wb", buffering=0) as filler:
+            try:
+                while True:
+                    filler.write(b"x" * 4096)
+            except OSError:
+                pass
+        env = env_for(published, server.url_for(), workdir)
+        res = run_uvm(uvm_runner, env, "run", "--record", str(small / "run.json"), "--template",
+                      TEMPLATE, "--", "cat", "/etc/uvm-marker")
+        assert res.returncode != 0 and res.stdout == "revision one\n", res.stderr
+        assert res.stderr.count("\n") == 1 and "cannot write --record" in res.stderr, res.stderr
+        assert "No space left" in res.stderr
+        assert sorted(os.listdir(small)) == ["filler"]  # no half-written record, no temporary
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
 def test_two_cold_runs_at_once(uvm_runner, published, server, workdir):
     """Two uvm processes filling the same cold shadow tree and cache at once."""
     env = env_for(published, server.url_for(), workdir)

@@ -380,17 +380,24 @@ def test_i386_guest(uvm_runner, i386_root):
     assert lines[2:] == ["/usr/lib", "/bin/readlink", "/etc/hostname"]
 
 
-@pytest.mark.parametrize("case", ["root-missing", "root-file", "bind-missing", "no-command"])
+@pytest.mark.parametrize("case", ["root-missing", "root-file", "bind-missing", "no-command",
+                                  "stats-dir-missing", "log-is-a-directory"])
 def test_refusals_are_one_line(case, host_root, tmp_path):
     args = {"root-missing": ["--root", str(tmp_path / "nope"), "--", "true"],
             "root-file": ["--root", str(host_root / "etc/hostname"), "--", "true"],
             "bind-missing": ["--root", str(host_root), "-b", str(tmp_path / "gone"), "--", "true"],
-            "no-command": ["--root", str(host_root), "--", "no-such-command"]}[case]
+            "no-command": ["--root", str(host_root), "--", "no-such-command"],
+            "stats-dir-missing": ["--root", str(host_root), "--stats", str(tmp_path / "no/s.json"),
+                                  "--", "touch", str(tmp_path / "ran")],
+            "log-is-a-directory": ["--root", str(host_root), "-v", "--log", str(tmp_path),
+                                   "--", "touch", str(tmp_path / "ran")]}[case]
     res = subprocess.run([*uvm_command(), "run", *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=guest_env(), timeout=60)
     assert res.returncode != 0
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert res.stderr.startswith("uvm: error: ")
     want = {"root-missing": "does not exist", "root-file": "not a directory",
-            "bind-missing": "bind source", "no-command": "command not found"}[case]
+            "bind-missing": "bind source", "no-command": "command not found",
+            "stats-dir-missing": "--stats", "log-is-a-directory": "is a directory"}[case]
     assert want in res.stderr
+    assert not (tmp_path / "ran").exists()  # refused before the guest ran

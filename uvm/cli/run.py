@@ -71,11 +71,32 @@ def _environment(args: argparse.Namespace) -> dict:
     return env
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """The files a run writes are checked before it starts: a job of hours
+    must not end in "cannot write"."""
+    from uvm.errors import UsageError
+
+    for option, path in (("--log", args.log), ("--stats", args.stats),
+                         ("--record", args.record), ("--record-prefetch", args.record_prefetch)):
+        if not path:
+            continue
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise UsageError(f"{option} {path}: directory {parent} does not exist",
+                             hint="create it, or give another file")
+        if os.path.isdir(path):
+            raise UsageError(f"{option} {path} is a directory", hint="give a file name")
+        if not os.access(parent, os.W_OK | os.X_OK) \
+                or (os.path.exists(path) and not os.access(path, os.W_OK)):
+            raise UsageError(f"{option} {path}: not writable", hint="give a file you can write")
+
+
 def _run(args: argparse.Namespace) -> int:
     from uvm.errors import UsageError
     from uvm.sandbox.namespace import Namespace, binds_from_specs
     from uvm.sandbox.runner import Sandbox, reraise_status
 
+    _check_outputs(args)
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]

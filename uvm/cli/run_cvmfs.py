@@ -262,10 +262,7 @@ class CvmfsRun:
                 started=_dt.datetime.fromtimestamp(self.started, _dt.timezone.utc)
                 .strftime("%Y-%m-%dT%H:%M:%SZ"),
                 elapsed_s=round(time.time() - self.started, 3), uvm_version=__version__)
-            tmp = f"{self.args.record}.{os.getpid()}.tmp"
-            with open(tmp, "w") as handle:
-                handle.write(record.to_json())
-            os.replace(tmp, self.args.record)
+            _write_output("--record", self.args.record, record.to_json())
 
     def _write_prefetch_list(self, path: str) -> None:
         from uvm.sandbox.materialize import PREFETCH_LIST
@@ -276,10 +273,7 @@ class CvmfsRun:
                  "fetched, recorded by uvm run --record-prefetch;",
                  f"# publish this file as {top.rstrip('/')}/{PREFETCH_LIST} to fetch them "
                  "in one wave on cold starts", *names]
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as handle:
-            handle.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
+        _write_output("--record-prefetch", path, "\n".join(lines) + "\n")
         if not names:
             sys.stderr.write(f"uvm: warning: {path} lists no file: this run found every file "
                              "it opened in the cache; record on a cold cache "
@@ -293,6 +287,25 @@ class CvmfsRun:
                 repo.close()
             except Exception:  # closing must not hide the run's status
                 pass
+
+
+def _write_output(option: str, path: str, text: str) -> None:
+    """``text`` as file ``path``, whole or not at all (a full disk leaves the
+    old file, or none, and says which option failed)."""
+    from uvm.errors import UvmError
+
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise UvmError(f"cannot write {option} {path}: {err.strerror}",
+                       hint="the command itself ran; free space or give another file") from None
 
 
 def fresh_head(fqrn: str, settings: Any) -> Optional[Tuple[str, int]]:
