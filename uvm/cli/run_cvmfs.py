@@ -231,6 +231,8 @@ class CvmfsRun:
                       root_hash: Optional[str], text: Optional[str]) -> None:
         repo = self._open(fqrn, tag=tag, date=date, root_hash=root_hash)
         tree = self.trees.add(repo, sysroot=path if path != "/" else "")
+        if self.args.record_prefetch:
+            tree.fetched = []
         self.template = (tree, path)
         self.template_repo = repo
         self.template_spec = text or f"{fqrn}:{path}"

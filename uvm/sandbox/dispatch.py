@@ -177,10 +177,17 @@ class Tracer:
         return tids
 
     def leave(self, tid: int) -> None:
-        """The exit stop of a call that asked for one (:attr:`exits`)."""
+        """The exit stop of a call that asked for one (:attr:`exits`).  A
+        guest that unmapped the call's memory meanwhile keeps what the
+        kernel wrote; a tracee that is gone is the loop's business."""
         action = self.exits.pop(tid, None)
         if action is not None:
-            action(mem.getregs(tid))
+            try:
+                action(mem.getregs(tid))
+            except ProcessLookupError:
+                raise
+            except OSError:
+                pass
 
     def forget(self, tid: int) -> None:
         self.exits.pop(tid, None)

@@ -190,8 +190,10 @@ class ShadowTree:
         self._pool: Any = None
         self._listed_log = os.path.join(self.dir, "prefetch-listed")
         self._list_jobs: List[threading.Thread] = []
+        self._listing: Set[str] = set()         # sysroots whose list this run looks at
         self._wave: Tuple[int, int] = (0, 0)  # objects and bytes the list asked for
-        self.fetched: List[str] = []         # repo paths whose content this run fetched
+        # repo paths whose content this run fetched, when asked (--record-prefetch)
+        self.fetched: Optional[List[str]] = None
         self._root = os.geteuid() == 0
         self._setup()
 
@@ -251,7 +253,7 @@ class ShadowTree:
 
     def close(self) -> None:
         for job in self._list_jobs:  # the listed files are wanted by the next start
-            if job.is_alive() and self.fetch_log.show is not None and self._wave:
+            if job.is_alive() and self.fetch_log.show is not None and self._wave[0]:
                 self.fetch_log.show(f"finishing the prefetch list of {self.fqrn} "
                                     f"({self._wave[0]} objects, {_human(self._wave[1])})")
             job.join()
@@ -528,7 +530,8 @@ class ShadowTree:
             except OSError:
                 pass
         self._content.update(targets)
-        self.fetched.append(repo)
+        if self.fetched is not None:
+            self.fetched.append(repo)
         self.fetch_log.end(started, entry.size)
 
     def _fetch_all(self, repo: str, entry: Any) -> None:
@@ -620,8 +623,9 @@ class ShadowTree:
         ``<sysroot>/.uvm-prefetch`` names, once per revision: the first run
         notes that it looked (list or none), so a warm run reads one small
         file and opens nothing of the repository."""
-        if sysroot in _read_log(self._listed_log):
+        if sysroot in self._listing or sysroot in _read_log(self._listed_log):
             return
+        self._listing.add(sysroot)
         job = threading.Thread(target=self._fetch_listed, args=(sysroot,),
                                name="uvm-prefetch-list", daemon=True)
         job.start()
@@ -659,7 +663,7 @@ class ShadowTree:
         """The files whose content this run fetched, as paths below
         ``sysroot``: a prefetch list (:func:`parse_prefetch_list`)."""
         prefix = sysroot + "/"
-        return [path[len(sysroot):] for path in dict.fromkeys(self.fetched)
+        return [path[len(sysroot):] for path in dict.fromkeys(self.fetched or ())
                 if path.startswith(prefix)]
 
     sysroots: Tuple[str, ...] = ()
