@@ -11,7 +11,9 @@ import os
 import shutil
 import stat
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator, Tuple
 
 from conftest import (FQRN, MISC, TEMPLATE_PATH, env_for, publish_tree, run_uvm, tempfile_dir,
                       uvm_cmd)
@@ -131,53 +133,69 @@ def test_offline_from_a_warm_cache(uvm_runner, published, workdir):
     assert _ok(run_uvm(uvm_runner, env, *cmd)).split() == ["42", "done"]
 
 
-def test_record_replay_tag_and_date(uvm_runner, published, workdir):
-    # a private copy of the store, to publish a second revision into
+@contextmanager
+def _private_store(published, workdir) -> Iterator[Tuple[Path, FaultServer]]:
+    """A private copy of the store, to publish more revisions into, and a
+    server for it."""
     www = Path(tempfile_dir(workdir.parent))
     try:
         shutil.copytree(published.www, www / "www", symlinks=True)
-        store = www / "www" / "cvmfs" / FQRN
         subprocess.run(["chmod", "-R", "a+rX", str(www)], check=True)
         srv = FaultServer(str(www / "www")).start()
         try:
-            env = env_for(published, srv.url_for(), workdir)
-            record = workdir / "run.json"
-            args = ["run", "--record", str(record), "--template", TEMPLATE, "--",
-                    "/bin/sh", "-c", "cat /etc/uvm-marker; exit 3"]
-            res = run_uvm(uvm_runner, env, *args)
-            assert res.returncode == 3 and res.stdout == "revision one\n", res.stderr
-            data = json.loads(record.read_text())
-            assert data["exit_status"] == 3
-            assert data["command"] == ["/bin/sh", "-c", "cat /etc/uvm-marker; exit 3"]
-            assert data["template"]["repository"] == FQRN
-            assert data["template"]["path"] == TEMPLATE_PATH
-            first_hash = data["template"]["root_hash"]
-            # revision 2 changes the marker
-            source = Path(tempfile_dir(workdir.parent))
-            shutil.copytree(published.source, source / "src", symlinks=True)
-            (source / "src/os/demo/etc/uvm-marker").write_text("revision two\n")
-            publish_tree(source / "src", store, published.keys, tag="v2", now=1_800_000_000)
-            shutil.rmtree(source, ignore_errors=True)
-            subprocess.run(["chmod", "-R", "a+rX", str(www)], check=True)
-            fresh = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c2"))
-            marker = ["--", "/bin/cat", "/etc/uvm-marker"]
-            assert _ok(run_uvm(uvm_runner, fresh, "run", "--template", TEMPLATE, *marker)) \
-                == "revision two\n"
-            res = run_uvm(uvm_runner, fresh, "run", "--replay", str(record))
-            assert res.returncode == 3 and res.stdout == "revision one\n", res.stderr
-            assert _ok(run_uvm(uvm_runner, fresh, "run", "--template", TEMPLATE + "@v1",
-                               *marker)) == "revision one\n"
-            assert _ok(run_uvm(uvm_runner, fresh, "run", "--template",
-                               TEMPLATE + "@2025-01-01T00:00:00Z", *marker)) == "revision one\n"
-            assert _ok(run_uvm(uvm_runner, fresh, "run", "--template", TEMPLATE + "@v2",
-                               *marker)) == "revision two\n"
-            again = workdir / "again.json"
-            res = run_uvm(uvm_runner, fresh, "run", "--replay", str(record), "--record", str(again))
-            assert json.loads(again.read_text())["template"]["root_hash"] == first_hash
+            yield www / "www" / "cvmfs" / FQRN, srv
         finally:
             srv.stop()
     finally:
         shutil.rmtree(www, ignore_errors=True)
+
+
+def _publish_revision(published, workdir, store: Path, tag: str, now: int,
+                      change: Callable[[Path], None]) -> None:
+    """The next revision of the template: its source as published, after
+    ``change(template's top)``."""
+    source = Path(tempfile_dir(workdir.parent))
+    try:
+        shutil.copytree(published.source, source / "src", symlinks=True)
+        change(source / "src" / TEMPLATE_PATH.lstrip("/"))
+        publish_tree(source / "src", store, published.keys, tag=tag, now=now)
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(store)], check=True)
+
+
+def test_record_replay_tag_and_date(uvm_runner, published, workdir):
+    with _private_store(published, workdir) as (store, srv):
+        env = env_for(published, srv.url_for(), workdir)
+        record = workdir / "run.json"
+        args = ["run", "--record", str(record), "--template", TEMPLATE, "--",
+                "/bin/sh", "-c", "cat /etc/uvm-marker; exit 3"]
+        res = run_uvm(uvm_runner, env, *args)
+        assert res.returncode == 3 and res.stdout == "revision one\n", res.stderr
+        data = json.loads(record.read_text())
+        assert data["exit_status"] == 3
+        assert data["command"] == ["/bin/sh", "-c", "cat /etc/uvm-marker; exit 3"]
+        assert data["template"]["repository"] == FQRN
+        assert data["template"]["path"] == TEMPLATE_PATH
+        first_hash = data["template"]["root_hash"]
+        # revision 2 changes the marker
+        _publish_revision(published, workdir, store, "v2", 1_800_000_000,
+                          lambda top: (top / "etc/uvm-marker").write_text("revision two\n"))
+        fresh = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c2"))
+        marker = ["--", "/bin/cat", "/etc/uvm-marker"]
+        assert _ok(run_uvm(uvm_runner, fresh, "run", "--template", TEMPLATE, *marker)) \
+            == "revision two\n"
+        res = run_uvm(uvm_runner, fresh, "run", "--replay", str(record))
+        assert res.returncode == 3 and res.stdout == "revision one\n", res.stderr
+        assert _ok(run_uvm(uvm_runner, fresh, "run", "--template", TEMPLATE + "@v1",
+                           *marker)) == "revision one\n"
+        assert _ok(run_uvm(uvm_runner, fresh, "run", "--template",
+                           TEMPLATE + "@2025-01-01T00:00:00Z", *marker)) == "revision one\n"
+        assert _ok(run_uvm(uvm_runner, fresh, "run", "--template", TEMPLATE + "@v2",
+                           *marker)) == "revision two\n"
+        again = workdir / "again.json"
+        res = run_uvm(uvm_runner, fresh, "run", "--replay", str(record), "--record", str(again))
+        assert json.loads(again.read_text())["template"]["root_hash"] == first_hash
 
 
 def test_record_on_a_full_disk_is_one_line_and_leaves_nothing(uvm_runner, published, server,
@@ -241,48 +259,33 @@ def test_prefetch_list_recorded_published_and_fetched_by_a_cold_start(uvm_runner
     """--record-prefetch lists what a start fetched; published as the
     template's .uvm-prefetch, a cold run fetches all of it (here for a
     command that opens none of it), so that a later start works offline."""
-    www = Path(tempfile_dir(workdir.parent))
-    try:
-        shutil.copytree(published.www, www / "www", symlinks=True)
-        store = www / "www" / "cvmfs" / FQRN
-        subprocess.run(["chmod", "-R", "a+rX", str(www)], check=True)
-        srv = FaultServer(str(www / "www")).start()
-        try:
-            start = ["--", "python3", "-c", "import json; print(json.dumps([42]))"]
-            listed = workdir / "prefetch.txt"
-            env = env_for(published, srv.url_for(), workdir,
-                          CVMFS_CACHE_BASE=str(workdir / "c1"))
-            assert _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE,
-                               "--record-prefetch", str(listed), *start)) == "[42]\n"
-            names = [n for n in listed.read_text().splitlines() if not n.startswith("#")]
-            assert names[0].startswith("/usr/bin/python3")  # the program, then what it loads
-            assert any(n.endswith("/libc.so.6") for n in names), names
-            assert any(n.startswith("/usr/lib/python3") and "/json/" in n for n in names), names
-            assert all(n.startswith("/") and not n.startswith(TEMPLATE_PATH) for n in names)
-            # warm: nothing fetched, said so, and the guest's status kept
-            res = run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--record-prefetch",
-                          str(workdir / "warm.txt"), "--", "python3", "-c",
-                          "import json, sys; sys.exit(4)")
-            assert res.returncode == 4 and "lists no file" in res.stderr, res.stderr
-            # revision 2 carries the list, with comments, blanks, a directory,
-            # a missing file and a path that climbs out of the template
-            source = Path(tempfile_dir(workdir.parent))
-            shutil.copytree(published.source, source / "src", symlinks=True)
-            extra = "\n# a comment\n\n/usr\n/no/such/file\n/../../../etc/passwd\n"
-            (source / "src" / TEMPLATE_PATH.lstrip("/") / ".uvm-prefetch").write_text(
-                listed.read_text() + extra)
-            publish_tree(source / "src", store, published.keys, tag="v2", now=1_800_000_000)
-            shutil.rmtree(source, ignore_errors=True)
-            subprocess.run(["chmod", "-R", "a+rX", str(www)], check=True)
-            cold = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c2"))
-            assert _ok(run_uvm(uvm_runner, cold, "run", "--template", TEMPLATE, "--",
-                               "cat", "/etc/uvm-marker")) == "revision one\n"
-        finally:
-            srv.stop()
-        # the server is gone: the python3 start was fetched by the list alone
-        assert _ok(run_uvm(uvm_runner, cold, "run", "--template", TEMPLATE, *start)) == "[42]\n"
-    finally:
-        shutil.rmtree(www, ignore_errors=True)
+    start = ["--", "python3", "-c", "import json; print(json.dumps([42]))"]
+    listed = workdir / "prefetch.txt"
+    with _private_store(published, workdir) as (store, srv):
+        env = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c1"))
+        assert _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE,
+                           "--record-prefetch", str(listed), *start)) == "[42]\n"
+        names = [n for n in listed.read_text().splitlines() if not n.startswith("#")]
+        assert names[0].startswith("/usr/bin/python3")  # the program, then what it loads
+        assert any(n.endswith("/libc.so.6") for n in names), names
+        assert any(n.startswith("/usr/lib/python3") and "/json/" in n for n in names), names
+        assert all(n.startswith("/") and not n.startswith(TEMPLATE_PATH) for n in names)
+        # warm: nothing fetched, said so, and the guest's status kept
+        res = run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--record-prefetch",
+                      str(workdir / "warm.txt"), "--", "python3", "-c",
+                      "import json, sys; sys.exit(4)")
+        assert res.returncode == 4 and "lists no file" in res.stderr, res.stderr
+        # revision 2 carries the list, with comments, blanks, a directory,
+        # a missing file and a path that climbs out of the template
+        extra = "\n# a comment\n\n/usr\n/no/such/file\n/../../../etc/passwd\n"
+        _publish_revision(published, workdir, store, "v2", 1_800_000_000,
+                          lambda top: (top / ".uvm-prefetch").write_text(listed.read_text()
+                                                                         + extra))
+        cold = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c2"))
+        assert _ok(run_uvm(uvm_runner, cold, "run", "--template", TEMPLATE, "--",
+                           "cat", "/etc/uvm-marker")) == "revision one\n"
+    # the server is gone: the python3 start was fetched by the list alone
+    assert _ok(run_uvm(uvm_runner, cold, "run", "--template", TEMPLATE, *start)) == "[42]\n"
 
 
 _PROBE = r"""
