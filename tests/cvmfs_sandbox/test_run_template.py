@@ -282,6 +282,9 @@ def test_prefetch_list_recorded_published_and_fetched_by_a_cold_start(uvm_runner
                           lambda top: (top / ".uvm-prefetch").write_text(listed.read_text()
                                                                          + extra))
         cold = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c2"))
+        listing = _ok(run_uvm(uvm_runner, cold, "templates", TEMPLATE))
+        assert f"prefetch list: {len(names) + 3} paths" in listing, listing
+        assert "prefetch list" not in _ok(run_uvm(uvm_runner, cold, "templates", TEMPLATE + "@v1"))
         assert _ok(run_uvm(uvm_runner, cold, "run", "--template", TEMPLATE, "--",
                            "cat", "/etc/uvm-marker")) == "revision one\n"
     # the server is gone: the python3 start was fetched by the list alone

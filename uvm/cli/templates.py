@@ -26,6 +26,23 @@ def _when(timestamp: Optional[int]) -> str:
     return _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _show_prefetch_list(repo: Any, top: str) -> None:
+    """The template's prefetch list (``templates.md``), when it has one."""
+    from uvm.errors import UvmError
+    from uvm.sandbox.materialize import PREFETCH_LIST, PREFETCH_LIST_MAX, parse_prefetch_list
+
+    path = top.rstrip("/") + "/" + PREFETCH_LIST
+    try:
+        if not repo.exists(path) or repo.stat(path).size > PREFETCH_LIST_MAX:
+            return
+        with repo.open_file(path) as handle:
+            names = parse_prefetch_list(handle.read())
+    except UvmError as err:
+        print(f"  prefetch list: cannot read ({err.one_line()})")
+        return
+    print(f"  prefetch list: {len(names)} paths ({path}), fetched at once by cold starts")
+
+
 def _templates(args: argparse.Namespace) -> int:
     from uvm import config as config_mod
     from uvm.cvmfs.client import open_repository
@@ -65,6 +82,8 @@ def _templates(args: argparse.Namespace) -> int:
                 exists = False
             if not exists:
                 print(f"  warning: {spec.path} does not exist in this revision")
+            else:
+                _show_prefetch_list(repo, spec.path)
             try:
                 tags = repo.tags()
             except UvmError as err:
