@@ -275,6 +275,13 @@ def test_prefetch_list_recorded_published_and_fetched_by_a_cold_start(uvm_runner
                       str(workdir / "warm.txt"), "--", "python3", "-c",
                       "import json, sys; sys.exit(4)")
         assert res.returncode == 4 and "lists no file" in res.stderr, res.stderr
+        # a second command recorded into the same list adds its own files after
+        more = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c3"))
+        _ok(run_uvm(uvm_runner, more, "run", "--template", TEMPLATE, "--record-prefetch",
+                    str(listed), "--", "cat", "/etc/uvm-marker"))
+        merged = [n for n in listed.read_text().splitlines() if not n.startswith("#")]
+        assert merged[:len(names)] == names and len(set(merged)) == len(merged)
+        assert {"/usr/bin/cat", "/etc/uvm-marker"} <= set(merged[len(names):]), merged
         # revision 2 carries the list, with comments, blanks, a directory,
         # a missing file and a path that climbs out of the template
         extra = "\n# a comment\n\n/usr\n/no/such/file\n/../../../etc/passwd\n"
@@ -283,7 +290,7 @@ def test_prefetch_list_recorded_published_and_fetched_by_a_cold_start(uvm_runner
                                                                          + extra))
         cold = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c2"))
         listing = _ok(run_uvm(uvm_runner, cold, "templates", TEMPLATE))
-        assert f"prefetch list: {len(names) + 3} paths" in listing, listing
+        assert f"prefetch list: {len(merged) + 3} paths" in listing, listing
         assert "prefetch list" not in _ok(run_uvm(uvm_runner, cold, "templates", TEMPLATE + "@v1"))
         assert _ok(run_uvm(uvm_runner, cold, "run", "--template", TEMPLATE, "--",
                            "cat", "/etc/uvm-marker")) == "revision one\n"

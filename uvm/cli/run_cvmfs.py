@@ -39,10 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--replay", metavar="FILE",
                        help="run the command of a record again, on the same revisions")
     group.add_argument("--record-prefetch", metavar="FILE",
-                       help="write the template files this run fetched, one per line: "
-                       "published as .uvm-prefetch at the template's top, they are "
-                       "fetched in one parallel wave by the first run of a revision "
-                       "(record on a cold cache)")
+                       help="write the template files this run fetched, one per line, "
+                       "after those FILE already lists: published as .uvm-prefetch at the "
+                       "template's top, they are fetched in one parallel wave by the first "
+                       "run of a revision (record on a cold cache)")
 
 
 def wanted(args: argparse.Namespace) -> bool:
@@ -267,14 +267,25 @@ class CvmfsRun:
             _write_output("--record", self.args.record, record.to_json())
 
     def _write_prefetch_list(self, path: str) -> None:
-        from uvm.sandbox.materialize import PREFETCH_LIST
+        """The files this run fetched, after those ``path`` lists already (so
+        that several commands recorded one after another make one list)."""
+        from uvm.errors import UvmError
+        from uvm.sandbox.materialize import PREFETCH_LIST, parse_prefetch_list
 
         tree, top = self.template
         names = tree.fetched_below("" if top == "/" else top)
-        lines = [f"# files a start in {tree.fqrn}:{top} (revision {self.template_repo.revision}) "
-                 "fetched, recorded by uvm run --record-prefetch;",
+        try:
+            with open(path, "rb") as handle:
+                known = parse_prefetch_list(handle.read())
+        except FileNotFoundError:
+            known = []
+        except OSError as err:
+            raise UvmError(f"cannot read --record-prefetch {path}: {err.strerror}",
+                           hint="give a file you can read and write") from None
+        lines = [f"# files starts in {tree.fqrn}:{top} fetched (last: revision "
+                 f"{self.template_repo.revision}), recorded by uvm run --record-prefetch;",
                  f"# publish this file as {top.rstrip('/')}/{PREFETCH_LIST} to fetch them "
-                 "in one wave on cold starts", *names]
+                 "in one wave on cold starts", *dict.fromkeys(known + names)]
         _write_output("--record-prefetch", path, "\n".join(lines) + "\n")
         if not names:
             sys.stderr.write(f"uvm: warning: {path} lists no file: this run found every file "
