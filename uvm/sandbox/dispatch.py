@@ -799,10 +799,17 @@ class Tracer:
             g, h = self.resolve(path, base, False, tid)
             if os.path.islink(h):
                 raise _err(errno.ELOOP)
-        cwd_base = base if path[:1] != "/" else self._base(tid, ".", _AT_FDCWD32)
-
         def resolve(p: str, first=[True]) -> Tuple[str, str]:
-            b = base if first[0] else cwd_base
+            # the program from its base; then interpreters and the loader,
+            # nearly always absolute (a relative one from the cwd)
+            if first[0]:
+                b = base
+            elif p[:1] == "/":
+                b = "/"
+            elif path[:1] != "/":
+                b = base
+            else:
+                b = self._base(tid, ".", _AT_FDCWD32)
             first[0] = False
             g, h = self.resolve(p, b, True, tid)
             if self._lazy is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import os
+import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -205,16 +206,18 @@ def effective_caps(tid: int) -> int:
 
 
 def read_words(pid: int, addr: int, word: int, limit: int = 1 << 16) -> list:
-    """NULL-terminated array of pointers (argv-like) of ``word`` bytes each."""
+    """NULL-terminated array of pointers (argv-like) of ``word`` bytes each.
+    Reads 16 first (most argument lists are short), never across a page
+    boundary in one request."""
     out = []
     if not addr:
         return out
     fmt = "<%d%s"
     code = "Q" if word == 8 else "I"
-    import struct
-
+    want = 16
     while len(out) < limit:
-        n = (PAGE - (addr % PAGE)) // word or 1
+        n = min((PAGE - (addr % PAGE)) // word or 1, want)
+        want = PAGE // word
         raw = read_bytes(pid, addr, n * word)
         for value in struct.unpack(fmt % (n, code), raw):
             if value == 0:
