@@ -161,7 +161,12 @@ class Tracer:
         return tgid
 
     def forked(self, parent: int, child: int) -> None:
-        """A new tracee: it keeps a CPU affinity its parent chose itself."""
+        """A new tracee: it keeps a CPU affinity its parent chose itself, and
+        its parent's credentials (fork copies them; a later set*id or capset
+        is a "creds" row, which forgets them)."""
+        known = self._creds.get(parent)
+        if known is not None:
+            self._creds[child] = known
         if self.placement is not None:
             self.placement.inherit(parent, child)
             if self.fast is not None and self.placement.chose(child):
