@@ -12,7 +12,8 @@ each workload runs as
 interleaved in one run: one warm-up of each, then ``--reps`` rounds of
 native, uvm.  With ``--ablation`` each round also runs uvm with ``--spread``
 (no CPU placement) and with ``--spread`` and ``UVM_TRACER=python`` (no C
-fast path either: the tracer as it was before both), so that each
+fast path either: the tracer as it was before both), and with
+``UVM_PRELOAD=0`` (no preloaded realpath() library), so that each
 decision's gain is measured in the same run.  Printed: the median wall times, uvm's ratio to native beside
 upstream PRoot 5.4's (from ../shared/bench/README.md), and the tracer stops
 per workload (``uvm run --stats``).  Then the tracer's peak RSS (VmHWM of the
@@ -81,6 +82,7 @@ def bench_env() -> dict:
 ABLATION = {
     "spread": (["--spread"], {}),
     "python": (["--spread"], {"UVM_TRACER": "python"}),
+    "no-preload": ([], {"UVM_PRELOAD": "0"}),
 }
 
 
@@ -218,7 +220,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-rss", action="store_true", help="skip the 200-file build")
     ap.add_argument("--json", help="also write the raw figures to this file")
     ap.add_argument("--ablation", action="store_true",
-                    help="also time uvm --spread, and --spread with UVM_TRACER=python")
+                    help="also time uvm --spread, --spread with UVM_TRACER=python, and "
+                    "uvm without the preloaded realpath() library (UVM_PRELOAD=0)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         ap.error("needs root: native chroot is the baseline")

@@ -37,6 +37,7 @@
 #define SCRATCH_GAP 64
 #define SCRATCH_WINDOW 8192
 #define AT_FDCWD32 0xFFFFFF9CUL
+#define REALPATH_FD32 0xFFFF8A8AUL /* uvm_preload.c: readlinkat() on it is realpath() */
 #define PTRACE_EVENT_SECCOMP_STOP (PTRACE_EVENT_SECCOMP << 8)
 
 struct slot {
@@ -297,6 +298,12 @@ static struct slot *find(struct fast *f, const char *head, size_t len, uint64_t 
     }
 }
 
+int fast_publish_canonical(struct fast *f, const char *head, size_t len, int fd,
+                           size_t host_len, int filled, const char *guest, size_t guest_len)
+{
+    return publish_extra(f, head, len, fd, host_len, filled, guest, guest_len);
+}
+
 int fast_publish(struct fast *f, const char *head, size_t len, int fd, size_t host_len,
                  int filled)
 {
@@ -534,6 +541,49 @@ static int getcwd_call(struct fast *f, int tid, struct user_regs_struct *regs, i
     return answer(tid, regs, (long)s->xlen + 1);
 }
 
+/* realpath() of the preloaded library (uvm_preload.c): readlinkat() on
+ * REALPATH_FD32.  Answered here for an absolute, clean path whose
+ * directory Python published with its canonical guest path, when the last
+ * name is no symlink and no bind point; everything else is Python's. */
+static int realpath_call(struct fast *f, int tid, struct user_regs_struct *regs, int abi,
+                         const char *path, size_t len)
+{
+    const unsigned long *word = (const unsigned long *)regs;
+    const int *aw = ARG_WORD[abi];
+    unsigned long mask = abi ? 0xFFFFFFFFUL : ~0UL;
+    if (path[0] != '/' || len < 2 || path[len - 1] == '/' || strstr(path, "//") ||
+        strstr(path, "/./") || strstr(path, "/../") || strncmp(path, "/proc", 5) == 0)
+        return BAIL;
+    const char *slash = strrchr(path, '/');
+    const char *last = slash + 1;
+    size_t last_len = (size_t)(path + len - last), head_len = (size_t)(slash - path);
+    if ((last_len == 1 && last[0] == '.') || (last_len == 2 && last[0] == '.' && last[1] == '.') ||
+        reserved_name(f, last, last_len))
+        return BAIL;
+    struct slot *s = find(f, path, head_len, hash_of(path, head_len));
+    if (s->hash && s->filled == FAST_MISSING)
+        return missing(f, tid, regs, s); /* an include path that is not there */
+    if (!s->hash || !s->xlen || (s->filled != FAST_PLAIN && s->filled != FAST_FILLED))
+        return BAIL;
+    struct stat st;
+    if (fstatat(s->fd, last, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return errno == ENOENT ? answer(tid, regs, -ENOENT) : BAIL;
+    if (S_ISLNK(st.st_mode))
+        return BAIL;
+    char out[2 * SHORT_PATH];
+    size_t n = s->xlen == 1 ? 0 : s->xlen; /* the canonical directory; "/" adds nothing */
+    memcpy(out, f->arena + s->xoff, n);
+    out[n] = '/';
+    memcpy(out + n + 1, last, last_len);
+    n += 1 + last_len;
+    if (n >= (word[aw[3]] & 0xFFFFFFFFUL))
+        return answer(tid, regs, -ENAMETOOLONG);
+    if (write_mem(tid, word[aw[2]] & mask, out, n) < 0)
+        return BAIL;
+    f->counts.rewritten++;
+    return answer(tid, regs, (long)n);
+}
+
 static int enter(struct fast *f, int tid)
 {
     struct user_regs_struct regs;
@@ -575,6 +625,9 @@ static int enter(struct fast *f, int tid)
             return BAIL;
     }
     unsigned long flags = row->flags_i >= 0 ? word[aw[row->flags_i]] & mask : 0;
+    if (row->kind == FAST_READLINK && row->dirfd_i >= 0 &&
+        (word[aw[row->dirfd_i]] & 0xFFFFFFFFUL) == REALPATH_FD32)
+        return realpath_call(f, tid, &regs, abi, path, (size_t)len);
     if (len == 0) {
         /* fstat done as newfstatat(fd, "", AT_EMPTY_PATH) (glibc 2.33+),
          * statx alike: the descriptor itself, nothing to translate. */

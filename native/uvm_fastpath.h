@@ -63,6 +63,10 @@ int fast_add_name(struct fast *f, const char *name, size_t len);
  * and content-less files (and, while partial, missing names) need Python. */
 int fast_publish(struct fast *f, const char *head, size_t len, int fd, size_t host_len,
                  int filled);
+/* The same, with the directory's canonical guest path ``guest``: the
+ * realpath() of the preloaded library (uvm_preload.c) is answered from it. */
+int fast_publish_canonical(struct fast *f, const char *head, size_t len, int fd,
+                           size_t host_len, int filled, const char *guest, size_t guest_len);
 /* One exact path (``path``, absolute as written) whose own host name is in
  * the directory behind ``fd``: for entries of a directory whose others map
  * elsewhere (the top of a writable layer maps /usr, /etc, ... one by one).

@@ -46,6 +46,11 @@ AF_UNIX = 1
 SOCKADDR_UN_PATH = 108
 SYS_BIND, SYS_CONNECT, SYS_SENDTO, SYS_SENDMSG, SYS_SENDMMSG = 2, 3, 11, 16, 20
 SYS_ACCEPT, SYS_GETSOCKNAME, SYS_GETPEERNAME, SYS_RECVFROM, SYS_ACCEPT4 = 5, 6, 7, 12, 18
+# readlinkat() on this descriptor number (EBADF natively) is realpath() of
+# the preloaded library (native/uvm_preload.c: UVM_REALPATH_FD).
+REALPATH_FD32 = -0x7576 & 0xFFFFFFFF
+MAX_PROC_HOPS = 8  # /proc magic links followed in a row by realpath()
+_LOADER_REPORTS = (b"LD_TRACE_LOADED_OBJECTS=", b"LD_DEBUG=")
 OPEN_HOW_SIZE, OPEN_HOW_MAX = 24, 4096  # struct open_how: its size now, and a page
 SOCKET_NAMES_KEPT = 4096  # socket names bound for the guest, remembered to give back
 # sendmmsg messages translated per call: their copy goes below the stack
@@ -119,6 +124,11 @@ class Tracer:
         self._lazy = getattr(ns, "lazy", None)
         self._tracer_private = re.compile(
             rf"/proc/{os.getpid()}/(?:task/\d+/)?(?:mem|fd|map_files|fdinfo)(?:/|\Z)")
+        # The library preloaded into programs that call realpath(), per ELF
+        # class (64-bit: True), by the name the guest's loader opens: a
+        # descriptor of the tracer, like the anchors.
+        self._preloads: Dict[bool, bytes] = _open_preloads() if self.anchors is not None else {}
+        self._preload_paths = frozenset(_dec(name) for name in self._preloads.values())
         # Names that never take the one-name shortcut of _translate: ".",
         # "..", and every bind's last component (a bind may sit on it).
         self._not_simple = frozenset({"", ".", ".."} | {b.guest.rpartition("/")[2] for b in ns.binds})
@@ -376,7 +386,7 @@ class Tracer:
             # a complete shadow directory: stat and open need nothing more
             self.fast.publish_exact(_enc(path), fd, len(hdir))
         if slash:
-            self.fast.publish(_enc(head), fd, len(hdir), lazy)
+            self.fast.publish(_enc(head), fd, len(hdir), lazy, _enc(gdir))
             if last in self._not_simple and guest not in self._bind_points:
                 # a name that is a bind point elsewhere, not here
                 self.fast.publish_exact(_enc(path), fd, len(hdir), lazy)
@@ -400,7 +410,8 @@ class Tracer:
         if fd is None:
             return
         if head:
-            self.fast.publish(_enc(head), fd, len(host), 0 if kind == PLAIN else kind)
+            self.fast.publish(_enc(head), fd, len(host), 0 if kind == PLAIN else kind,
+                              _enc(guest))
         else:
             self.fast.publish_exact(b"/", fd, len(host))
 
@@ -511,6 +522,9 @@ class Tracer:
         self._pinned = False
         self._translated = self._kernel_name = ""
         self._given = path
+        if path in self._preload_paths and name in ("open", "openat") \
+                and not flags & (os.O_ACCMODE | O_CREAT | os.O_TRUNC):  # as the loader opens it
+            return 0
         if path and path[0] != "/" and "/" not in path and path not in self._not_simple \
                 and self._lazy is None:
             # One plain name below the cwd or a dirfd, which the guest opened
@@ -710,6 +724,8 @@ class Tracer:
     def _k_readlink(self, tid, regs, abi, row):
         _fn, name, dirfd_i, idx, buf_i, size_i = row
         args = ARG_REGS[abi]
+        if dirfd_i >= 0 and getattr(regs, args[dirfd_i]) & 0xFFFFFFFF == REALPATH_FD32:
+            return self._realpath(tid, regs, abi, idx, buf_i, size_i)
         path = self._read_path(tid, regs, getattr(regs, args[idx]))
         base = self._base(tid, path, getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32)
         _guest, host = self.resolve(path, base, False, tid)
@@ -733,6 +749,51 @@ class Tracer:
         mem.write_bytes(tid, getattr(regs, args[buf_i]), data)
         if self.verbose:
             self.logfn(f"[{tid}] {name}({path!r}) = {answer!r} (emulated)")
+        regs.orig_rax = _SKIP
+        regs.rax = len(data)
+        return SETREGS
+
+    @staticmethod
+    def _loader_reports(tid: int, envp: int, word: int) -> bool:
+        """Does the environment make the loader list or log what it loads
+        (ldd's LD_TRACE_LOADED_OBJECTS, LD_DEBUG)?  Then nothing is
+        preloaded, so that the list is the program's own."""
+        for ptr in mem.read_words(tid, envp, word) if envp else ():
+            if mem.read_cstring(tid, ptr).startswith(_LOADER_REPORTS):
+                return True
+        return False
+
+    def _realpath(self, tid, regs, abi, idx, buf_i, size_i) -> int:
+        """realpath() of the preloaded library (native/uvm_preload.c): the
+        guest's canonical path of the path, or the error realpath() gives
+        (the path, or a directory on the way, missing, not a directory,
+        not searchable, a loop), in one stop instead of a readlink per
+        component."""
+        args = ARG_REGS[abi]
+        path = self._read_path(tid, regs, getattr(regs, args[idx]))
+        guest, host = self.resolve(path, self._base(tid, path, _AT_FDCWD32), True, tid)
+        if self._lazy is not None:
+            self._lazy.before("newfstatat", host)
+        if self.fast is not None and path[:1] == "/":  # the next ones with this head: in C
+            self._publish_missing(path)
+            if not host.startswith("/proc/"):
+                self._publish(path, guest, host, self._kernel_path(tid, host), True)
+        for _hop in range(MAX_PROC_HOPS):  # /proc/PID/{exe,cwd,root,fd/N}, as readlink gives them
+            target = self._proc_link(tid, host) if guest.startswith("/proc/") else None
+            if target is None:
+                break
+            if not target.startswith("/"):
+                raise _err(errno.ENOENT)  # pipe:[N], socket:[N]: no path
+            guest, host = self.resolve(target, "/", True, tid)
+            if self._lazy is not None:
+                self._lazy.before("newfstatat", host)
+        os.lstat(host)  # the path's own errors (not searchable, not a directory, ...)
+        data = _enc(guest)
+        if len(data) >= getattr(regs, args[size_i]) & 0xFFFFFFFF:
+            raise _err(errno.ENAMETOOLONG)
+        mem.write_bytes(tid, getattr(regs, args[buf_i]), data)
+        if self.verbose:
+            self.logfn(f"[{tid}] realpath({path!r}) = {guest!r}")
         regs.orig_rax = _SKIP
         regs.rax = len(data)
         return SETREGS
@@ -823,7 +884,14 @@ class Tracer:
 
         argv_ptr = getattr(regs, args[argv_i])
         argv: List = mem.read_words(tid, argv_ptr, word) if argv_ptr else []
-        host, new_argv, guest_prog, changed = _execve.plan_exec(path, argv, resolve)
+        def preload(host: str, st: os.stat_result) -> Optional[bytes]:
+            is_64 = _execve.calls_realpath(host, st) if self._preloads else None
+            if is_64 is None or not self._may_anchor(tid) \
+                    or self._loader_reports(tid, getattr(regs, args[envp_i]), word):
+                return None
+            return self._preloads.get(is_64)
+
+        host, new_argv, guest_prog, changed = _execve.plan_exec(path, argv, resolve, preload)
         if self.verbose:
             self.logfn(f"[{tid}] {name}({path!r}) -> {host}" + (
                 f" argv {[a if isinstance(a, bytes) else '…' for a in new_argv]}" if changed else ""))
@@ -1106,6 +1174,23 @@ class Tracer:
             import shutil
 
             shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+
+def _open_preloads() -> Dict[bool, bytes]:
+    """The preloaded library of each ELF class (``native/uvm_preload.c``,
+    built next to this package), opened for the life of the tracer and
+    named as ``/proc/<tracer>/fd/N``; none with ``UVM_PRELOAD=0``."""
+    if os.environ.get("UVM_PRELOAD", "").strip() == "0":
+        return {}
+    found: Dict[bool, bytes] = {}
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for is_64, bits in ((True, "64"), (False, "32")):
+        try:
+            fd = os.open(os.path.join(package, f"uvm_preload_{bits}.so"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        found[is_64] = f"/proc/{os.getpid()}/fd/{fd}".encode()
+    return found
 
 
 # Calls that follow a final symlink and have no twin that does not: the

@@ -101,6 +101,62 @@ def _read(f: BinaryIO) -> Optional[ElfInfo]:
     return ElfInfo(interp, [n for n in needed if n], runpath, is_64)
 
 
+SHT_DYNSYM, SHN_UNDEF = 11, 0
+SYMBOLS_MAX = 64 << 20  # bytes of symbol and string table read at most
+
+
+def imports(f: BinaryIO, wanted: Tuple[bytes, ...]) -> Optional[Tuple[bool, bool]]:
+    """(64-bit, takes one of the functions ``wanted`` from a library) for an
+    ELF file, from its dynamic symbol table (undefined symbols by name; the
+    string table shares tails, so names are matched where they start), or
+    None (not ELF, no section headers, malformed)."""
+    try:
+        return _imports(f, wanted)
+    except (OSError, struct.error, ValueError, IndexError):
+        return None
+
+
+def _imports(f: BinaryIO, wanted: Tuple[bytes, ...]) -> Optional[Tuple[bool, bool]]:
+    head = f.read(64)
+    if head[:4] != b"\x7fELF" or head[5] != 1:
+        return None
+    is_64 = head[4] == 2
+    if is_64:
+        shoff, = struct.unpack_from("<Q", head, 40)
+        shentsize, shnum = struct.unpack_from("<HH", head, 58)
+        sh_fmt, sym_fmt = "<IIQQQQIIQQ", "<I2xH16x"   # name, shndx of an Elf64_Sym
+    else:
+        shoff, = struct.unpack_from("<I", head, 32)
+        shentsize, shnum = struct.unpack_from("<HH", head, 46)
+        sh_fmt, sym_fmt = "<IIIIIIIIII", "<I10xH"      # name, shndx of an Elf32_Sym
+    if not shoff or not 0 < shnum <= 4096:
+        return None
+    f.seek(shoff)
+    table = f.read(shentsize * shnum)
+    sections = [struct.unpack_from(sh_fmt, table, i * shentsize) for i in range(shnum)]
+    for _name, kind, _flags, _addr, offset, size, link, _info, _align, entsize in sections:
+        if kind != SHT_DYNSYM or size > SYMBOLS_MAX or link >= shnum:
+            continue
+        str_offset, str_size = sections[link][4], sections[link][5]
+        if str_size > SYMBOLS_MAX or entsize != struct.calcsize(sym_fmt):
+            return None
+        f.seek(str_offset)
+        strings = f.read(str_size)
+        starts = set()
+        for name in wanted:
+            at = strings.find(name + b"\0")
+            while at >= 0:
+                starts.add(at)
+                at = strings.find(name + b"\0", at + 1)
+        if not starts:
+            return is_64, False
+        f.seek(offset)
+        symbols = f.read(size - size % entsize)
+        return is_64, any(name in starts and shndx == SHN_UNDEF
+                          for name, shndx in struct.iter_unpack(sym_fmt, symbols))
+    return is_64, False
+
+
 def _string(f: BinaryIO, offset: int) -> str:
     f.seek(offset)
     raw = f.read(256)
@@ -112,4 +168,4 @@ LIB_DIRS_64 = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "
 LIB_DIRS_32 = ("/lib/i386-linux-gnu", "/usr/lib/i386-linux-gnu", "/lib32", "/usr/lib32",
                "/lib", "/usr/lib")
 
-__all__ = ["ElfInfo", "read_elf", "LIB_DIRS_64", "LIB_DIRS_32"]
+__all__ = ["ElfInfo", "read_elf", "imports", "LIB_DIRS_64", "LIB_DIRS_32"]

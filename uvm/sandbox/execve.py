@@ -20,7 +20,7 @@ import errno
 import os
 import stat
 import struct
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple, Union
 
 MAX_SCRIPT_DEPTH = 4
 PT_INTERP = 3
@@ -77,32 +77,60 @@ def interp_of(host: str, st: os.stat_result) -> Tuple[bytes, Optional[bytes]]:
     return known
 
 
-_ARGV0_SUPPORT: Dict[str, bool] = {}
+_LOADER_OPTIONS: Dict[str, FrozenSet[bytes]] = {}
 
 
-def loader_has_argv0(host_loader: str) -> bool:
-    """glibc's ld.so understands ``--argv0`` since 2.33."""
-    known = _ARGV0_SUPPORT.get(host_loader)
+def loader_options(host_loader: str) -> FrozenSet[bytes]:
+    """Which of glibc's ld.so options ``--argv0`` (2.33) and ``--preload``
+    (2.30) the loader understands."""
+    known = _LOADER_OPTIONS.get(host_loader)
     if known is None:
         try:
             with open(host_loader, "rb") as f:
-                known = b"--argv0" in f.read()
+                data = f.read()
+            known = frozenset(o for o in (b"--argv0", b"--preload") if o in data)
         except OSError:
-            known = False
-        _ARGV0_SUPPORT[host_loader] = known
+            known = frozenset()
+        _LOADER_OPTIONS[host_loader] = known
     return known
+
+
+REALPATH_SYMBOLS = (b"realpath", b"canonicalize_file_name", b"__realpath_chk")
+_CALLS_REALPATH: Dict[Tuple[str, int, int, int, int, int], Optional[bool]] = {}
+
+
+def calls_realpath(host: str, st: os.stat_result) -> Optional[bool]:
+    """Is the ELF program at ``host`` 64-bit (True) or 32-bit (False) and
+    does it call realpath() (then the preloaded library answers it in one
+    stop: native/uvm_preload.c), or None; remembered as :func:`interp_of`."""
+    key = (host, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _CALLS_REALPATH:
+        from uvm.sandbox import elfdeps
+
+        if len(_CALLS_REALPATH) >= 1024:
+            _CALLS_REALPATH.clear()
+        try:
+            with open(host, "rb") as f:
+                found = elfdeps.imports(f, REALPATH_SYMBOLS)
+        except OSError:
+            found = None
+        _CALLS_REALPATH[key] = found[0] if found and found[1] else None
+    return _CALLS_REALPATH[key]
 
 
 def plan_exec(
     guest_path: str,
     argv: List[Arg],
     resolve: Callable[[str], Tuple[str, str]],
+    preload: Optional[Callable[[str, os.stat_result], Optional[bytes]]] = None,
 ) -> Tuple[str, List[Arg], str, bool]:
     """Decide what the kernel should execute.
 
     ``resolve(guest_path)`` gives (guest canonical, host) following
-    symlinks.  Returns (host executable, new argv or the same list,
-    guest path of the program for /proc/self/exe, argv changed).
+    symlinks; ``preload(host, stat)`` the name of a library for the loader
+    to preload into that program, or None.  Returns (host executable, new
+    argv or the same list, guest path of the program for /proc/self/exe,
+    argv changed).
     """
     given = guest_path
     changed = False
@@ -137,10 +165,13 @@ def plan_exec(
                 raise _err(errno.ENOENT)
             prog = guest.encode("utf-8", "surrogateescape")
             argv0: Arg = argv[0] if argv else prog
-            if loader_has_argv0(lhost):
-                argv = [value, b"--argv0", argv0, prog] + argv[1:]
+            options = loader_options(lhost)
+            lib = preload(host, st) if preload is not None and b"--preload" in options else None
+            extra: List[Arg] = [b"--preload", lib] if lib else []
+            if b"--argv0" in options:
+                argv = [value, b"--argv0", argv0, *extra, prog] + argv[1:]
             else:
-                argv = [value, prog] + argv[1:]
+                argv = [value, *extra, prog] + argv[1:]
             return lhost, argv, guest, True
         return host, argv, guest, changed
     raise _err(errno.ELOOP)

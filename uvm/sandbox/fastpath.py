@@ -123,14 +123,21 @@ class FastPath:
         # births waiting in the C (see wait): take them before the stop
         self.born = 0
 
-    def publish(self, head: bytes, fd: int, host_len: int, lazy: int = 0) -> None:
+    def publish(self, head: bytes, fd: int, host_len: int, lazy: int = 0,
+                canonical: bytes = b"") -> None:
         """Guest directory ``head`` (as the guest wrote it) is host
         directory ``host_len`` bytes long behind tracer descriptor ``fd``;
         ``lazy``: 0 for a plain directory, else ``namespace.FILLED`` or
-        ``namespace.PARTIAL`` (a CernVM-FS shadow directory, complete or not)."""
+        ``namespace.PARTIAL`` (a CernVM-FS shadow directory, complete or not);
+        ``canonical``: its guest path with every symlink resolved (for
+        realpath())."""
         if head not in self._published:
             self._published.add(head)
-            self._lib.fast_publish(self._fast, head, len(head), fd, host_len, lazy)
+            if canonical:
+                self._lib.fast_publish_canonical(self._fast, head, len(head), fd, host_len, lazy,
+                                                 canonical, len(canonical))
+            else:
+                self._lib.fast_publish(self._fast, head, len(head), fd, host_len, lazy)
 
     def publish_exact(self, path: bytes, fd: int, host_len: int, lazy: int = 0,
                       target: bytes = b"") -> None:
