@@ -131,9 +131,16 @@ for fd in range(3, 64):
         except OSError as exc:
             print('refused', errno.errorcode[exc.errno])
 print(readable)
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.realpath.restype = ctypes.c_char_p
+for fd in range(3, 8):  # realpath() does not name uvm's descriptors either
+    if libc.realpath(f'/proc/{os.getppid()}/fd/{fd}'.encode(), None) is not None:
+        print('named', fd)
 """
     res = uvm_runner.run(host_root, "python3", "-c", code)
     assert res.returncode == 0, res.stderr
+    assert "named" not in res.stdout
     *refusals, readable = res.stdout.splitlines()
     # the library (64- and 32-bit), and nothing else of uvm's
     assert readable in ("[b'\\x7fELF']", "[b'\\x7fELF', b'\\x7fELF']"), res.stdout

@@ -779,6 +779,8 @@ class Tracer:
             if not host.startswith("/proc/"):
                 self._publish(path, guest, host, self._kernel_path(tid, host), True)
         for _hop in range(MAX_PROC_HOPS):  # /proc/PID/{exe,cwd,root,fd/N}, as readlink gives them
+            if host.startswith(self._tracer_proc) and self._tracer_private.match(host):
+                raise _err(errno.EACCES)  # as readlink: uvm's descriptors are not the guest's
             target = self._proc_link(tid, host) if guest.startswith("/proc/") else None
             if target is None:
                 break
