@@ -32,7 +32,7 @@ from uvm.sandbox.handlers import (
     O_NOFOLLOW,
     TABLE,
 )
-from uvm.sandbox.namespace import FILLED, NOT_FAST, PLAIN, Namespace
+from uvm.sandbox.namespace import FILLED, NOT_FAST, PLAIN, Namespace, canonical_lexical
 from uvm.sandbox.paths import _MAGIC, Resolver
 from uvm.sandbox.sysnums import NAMES, NUMBERS
 
@@ -771,7 +771,10 @@ class Tracer:
         component."""
         args = ARG_REGS[abi]
         path = self._read_path(tid, regs, getattr(regs, args[idx]))
-        guest, host = self.resolve(path, self._base(tid, path, _AT_FDCWD32), True, tid)
+        base = self._base(tid, path, _AT_FDCWD32)
+        if self._tracer_private.match(canonical_lexical(path if path[:1] == "/" else f"{base}/{path}")):
+            raise _err(errno.EACCES)  # as glibc's readlink of it: uvm's descriptors are not the guest's
+        guest, host = self.resolve(path, base, True, tid)
         if self._lazy is not None:
             self._lazy.before("newfstatat", host)
         if self.fast is not None and path[:1] == "/":  # the next ones with this head: in C
@@ -779,8 +782,6 @@ class Tracer:
             if not host.startswith("/proc/"):
                 self._publish(path, guest, host, self._kernel_path(tid, host), True)
         for _hop in range(MAX_PROC_HOPS):  # /proc/PID/{exe,cwd,root,fd/N}, as readlink gives them
-            if host.startswith(self._tracer_proc) and self._tracer_private.match(host):
-                raise _err(errno.EACCES)  # as readlink: uvm's descriptors are not the guest's
             target = self._proc_link(tid, host) if guest.startswith("/proc/") else None
             if target is None:
                 break
