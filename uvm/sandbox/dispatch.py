@@ -745,10 +745,15 @@ class Tracer:
         size = getattr(regs, args[size_i]) & 0xFFFFFFFF
         if size == 0 or size >= 0x80000000:
             raise _err(errno.EINVAL)
-        data = _enc(answer)[:size]
-        mem.write_bytes(tid, getattr(regs, args[buf_i]), data)
+        return self._answer_string(tid, regs, getattr(regs, args[buf_i]), _enc(answer)[:size],
+                                   f"{name}({path!r}) = {answer!r} (emulated)")
+
+    def _answer_string(self, tid: int, regs, buf: int, data: bytes, told: str) -> int:
+        """Skip the call: the guest finds ``data`` in its buffer and its
+        length as the result (readlink's way)."""
+        mem.write_bytes(tid, buf, data)
         if self.verbose:
-            self.logfn(f"[{tid}] {name}({path!r}) = {answer!r} (emulated)")
+            self.logfn(f"[{tid}] {told}")
         regs.orig_rax = _SKIP
         regs.rax = len(data)
         return SETREGS
@@ -794,12 +799,8 @@ class Tracer:
         data = _enc(guest)
         if len(data) >= getattr(regs, args[size_i]) & 0xFFFFFFFF:
             raise _err(errno.ENAMETOOLONG)
-        mem.write_bytes(tid, getattr(regs, args[buf_i]), data)
-        if self.verbose:
-            self.logfn(f"[{tid}] realpath({path!r}) = {guest!r}")
-        regs.orig_rax = _SKIP
-        regs.rax = len(data)
-        return SETREGS
+        return self._answer_string(tid, regs, getattr(regs, args[buf_i]), data,
+                                   f"realpath({path!r}) = {guest!r}")
 
     def _proc_link(self, tid: int, host: str) -> Optional[str]:
         """Guest answer for readlink of a /proc link naming a host path."""
