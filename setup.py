@@ -3,10 +3,10 @@
 ``cffi_modules`` compiles ``uvm._native_codec`` and ``uvm._native_fastpath``
 from ``native/``; ``native/uvm_preload.c`` becomes ``uvm/uvm_preload_64.so``
 and ``uvm_preload_32.so``, the library the tracer preloads into guest
-programs that call realpath().  All are optional: if one cannot be compiled
+programs that call realpath() or fstat().  All are optional: if one cannot be compiled
 (no compiler, no zlib or OpenSSL headers, no 32-bit multilib) the install
 goes on and uvm uses its pure-Python codec, its Python tracer loop for
-every stop, or glibc's own realpath().
+every stop, or glibc's own realpath() and fstat().
 """
 
 import os
@@ -34,7 +34,7 @@ class OptionalBuildExt(build_ext):
             cmd = [os.environ.get("CC", "cc"), f"-m{bits}", *PRELOAD_FLAGS, "-o", out,
                    os.path.join("native", "uvm_preload.c")]
             if subprocess.run(cmd, check=False).returncode != 0:
-                print(f"warning: {out} not built; guests keep glibc's realpath()",
+                print(f"warning: {out} not built; guests keep glibc's realpath() and fstat()",
                       file=sys.stderr)
 
 

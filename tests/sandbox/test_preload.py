@@ -1,7 +1,8 @@
-"""The library uvm preloads into programs that call realpath()
+"""The library uvm preloads into programs that call realpath() or fstat()
 (``native/uvm_preload.c``): one request to the tracer instead of a readlink
-per component, with the answers glibc's realpath() gives natively, for
-64- and 32-bit guests, as root and as a user; invisible to ldd."""
+per component, the plain fstat system call instead of a stopped
+newfstatat; the answers glibc gives natively, for 64- and 32-bit guests,
+as root and as a user; invisible to ldd."""
 
 from __future__ import annotations
 
@@ -84,6 +85,65 @@ def test_realpath_answers_as_natively(uvm_runner, request, probe_dir, bits):
     assert preloaded == "preloaded 1"  # the answers came through the library
     assert "/mnt/abs/hostname -> /etc/hostname" in answers
     assert "/mnt/loop1 -> Too many levels of symbolic links" in answers
+
+
+FSTAT_C = r"""
+#define _FILE_OFFSET_BITS 64
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        int fd = open(argv[i], O_RDONLY);
+        struct stat a, b;
+        if (fd < 0 || fstat(fd, &a) < 0 || stat(argv[i], &b) < 0) {
+            printf("%s: %s\n", argv[i], strerror(errno));
+            continue;
+        }
+        printf("%s: mode %o size %lld links %ld same %d\n", argv[i], (unsigned)a.st_mode,
+               (long long)a.st_size, (long)a.st_nlink,
+               a.st_ino == b.st_ino && a.st_dev == b.st_dev && a.st_mtime == b.st_mtime &&
+               a.st_uid == b.st_uid && a.st_blocks == b.st_blocks);
+        close(fd);
+    }
+    struct stat c;
+    int bad = fstat(-1, &c);
+    printf("bad fd: %d %s\n", bad, strerror(errno));
+    FILE *maps = fopen("/proc/self/maps", "r");
+    char line[512];
+    int preloaded = 0;
+    while (maps && fgets(line, sizeof line, maps))
+        preloaded |= strstr(line, "uvm_preload") != NULL;
+    printf("preloaded %d\n", preloaded);
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("bits", ["64", "32"])
+def test_fstat_answers_as_natively(uvm_runner, request, probe_dir, bits):
+    """fstat() through the library (the plain fstat system call, no stop)
+    gives what stat() and a native run give, for a program that does not
+    call realpath()."""
+    root = request.getfixturevalue("host_root" if bits == "64" else "i386_root")
+    subprocess.run(["gcc", "-O1", "-Wall", *(["-m32"] if bits == "32" else []),
+                    "-o", str(probe_dir / "fs"), "-x", "c", "-"], input=FSTAT_C, text=True,
+                   check=True)
+    paths = ["/mnt/f", "/mnt/d", "/mnt/rel", "/etc/hostname", "/", "/dev/null", "/mnt/nope"]
+    binds = [(probe_dir, "/mnt")]
+    res = uvm_runner.run(root, "/mnt/fs", *paths, binds=binds)
+    native = uvm_runner.native(root, "/mnt/fs", *paths, binds=binds)
+    assert res.returncode == 0 and native.returncode == 0, res.stderr + native.stderr
+    *answers, preloaded = res.stdout.splitlines()
+    assert answers == native.stdout.splitlines()[:-1]
+    assert all(" same 1" in line for line in answers if "mode" in line)
+    assert "bad fd: -1 Bad file descriptor" in answers
+    assert preloaded == "preloaded 1"
 
 
 def test_without_the_library_and_for_ldd(uvm_runner, host_root, probe_dir):

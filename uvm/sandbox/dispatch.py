@@ -124,9 +124,9 @@ class Tracer:
         self._lazy = getattr(ns, "lazy", None)
         self._tracer_private = re.compile(
             rf"/proc/{os.getpid()}/(?:task/\d+/)?(?:mem|fd|map_files|fdinfo)(?:/|\Z)")
-        # The library preloaded into programs that call realpath(), per ELF
-        # class (64-bit: True), by the name the guest's loader opens: a
-        # descriptor of the tracer, like the anchors.
+        # The library preloaded into programs that call realpath() or
+        # fstat(), per ELF class (64-bit: True), by the name the guest's
+        # loader opens: a descriptor of the tracer, like the anchors.
         self._preloads: Dict[bool, bytes] = _open_preloads() if self.anchors is not None else {}
         self._preload_paths = frozenset(_dec(name) for name in self._preloads.values())
         # Names that never take the one-name shortcut of _translate: ".",
@@ -889,7 +889,7 @@ class Tracer:
         argv_ptr = getattr(regs, args[argv_i])
         argv: List = mem.read_words(tid, argv_ptr, word) if argv_ptr else []
         def preload(host: str, st: os.stat_result) -> Optional[bytes]:
-            is_64 = _execve.calls_realpath(host, st) if self._preloads else None
+            is_64 = _execve.wants_preload(host, st) if self._preloads else None
             if is_64 is None or not self._may_anchor(tid) \
                     or self._loader_reports(tid, getattr(regs, args[envp_i]), word):
                 return None

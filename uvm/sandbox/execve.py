@@ -95,27 +95,30 @@ def loader_options(host_loader: str) -> FrozenSet[bytes]:
     return known
 
 
-REALPATH_SYMBOLS = (b"realpath", b"canonicalize_file_name", b"__realpath_chk")
-_CALLS_REALPATH: Dict[Tuple[str, int, int, int, int, int], Optional[bool]] = {}
+# The functions of native/uvm_preload.c: realpath() in one stop, fstat() in none.
+PRELOAD_SYMBOLS = (b"realpath", b"canonicalize_file_name", b"__realpath_chk", b"fstat",
+                   b"fstat64")
+_WANTS_PRELOAD: Dict[Tuple[str, int, int, int, int, int], Optional[bool]] = {}
 
 
-def calls_realpath(host: str, st: os.stat_result) -> Optional[bool]:
-    """Is the ELF program at ``host`` 64-bit (True) or 32-bit (False) and
-    does it call realpath() (then the preloaded library answers it in one
-    stop: native/uvm_preload.c), or None; remembered as :func:`interp_of`."""
+def wants_preload(host: str, st: os.stat_result) -> Optional[bool]:
+    """For an ELF program at ``host`` that calls one of the functions the
+    preloaded library provides (:data:`PRELOAD_SYMBOLS`): whether it is
+    64-bit (True) or 32-bit (False); None for any other; remembered as
+    :func:`interp_of`."""
     key = (host, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if key not in _CALLS_REALPATH:
+    if key not in _WANTS_PRELOAD:
         from uvm.sandbox import elfdeps
 
-        if len(_CALLS_REALPATH) >= 1024:
-            _CALLS_REALPATH.clear()
+        if len(_WANTS_PRELOAD) >= 1024:
+            _WANTS_PRELOAD.clear()
         try:
             with open(host, "rb") as f:
-                found = elfdeps.imports(f, REALPATH_SYMBOLS)
+                found = elfdeps.imports(f, PRELOAD_SYMBOLS)
         except OSError:
             found = None
-        _CALLS_REALPATH[key] = found[0] if found and found[1] else None
-    return _CALLS_REALPATH[key]
+        _WANTS_PRELOAD[key] = found[0] if found and found[1] else None
+    return _WANTS_PRELOAD[key]
 
 
 def plan_exec(
