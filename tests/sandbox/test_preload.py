@@ -14,6 +14,22 @@ import pytest
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("uvm_available")]
 
+# Both probes end with "preloaded 1" when the library is in their memory.
+SAY_PRELOADED_C = r"""
+#include <stdio.h>
+#include <string.h>
+
+static void say_preloaded(void)
+{
+    FILE *maps = fopen("/proc/self/maps", "r");
+    char line[512];
+    int preloaded = 0;
+    while (maps && fgets(line, sizeof line, maps))
+        preloaded |= strstr(line, "uvm_preload") != NULL;
+    printf("preloaded %d\n", preloaded);
+}
+"""
+
 REALPATH_C = r"""
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,6 +37,7 @@ REALPATH_C = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+""" + SAY_PRELOADED_C + r"""
 
 int main(int argc, char **argv)
 {
@@ -32,12 +49,7 @@ int main(int argc, char **argv)
             if (round && r)
                 free(r);
         }
-    FILE *maps = fopen("/proc/self/maps", "r");
-    char line[512];
-    int preloaded = 0;
-    while (maps && fgets(line, sizeof line, maps))
-        preloaded |= strstr(line, "uvm_preload") != NULL;
-    printf("preloaded %d\n", preloaded);
+    say_preloaded();
     return 0;
 }
 """
@@ -95,6 +107,7 @@ FSTAT_C = r"""
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+""" + SAY_PRELOADED_C + r"""
 
 int main(int argc, char **argv)
 {
@@ -114,12 +127,7 @@ int main(int argc, char **argv)
     struct stat c;
     int bad = fstat(-1, &c);
     printf("bad fd: %d %s\n", bad, strerror(errno));
-    FILE *maps = fopen("/proc/self/maps", "r");
-    char line[512];
-    int preloaded = 0;
-    while (maps && fgets(line, sizeof line, maps))
-        preloaded |= strstr(line, "uvm_preload") != NULL;
-    printf("preloaded %d\n", preloaded);
+    say_preloaded();
     return 0;
 }
 """
