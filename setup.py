@@ -17,6 +17,7 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 PRELOAD_FLAGS = ["-O2", "-fPIC", "-shared", "-nostdlib", "-fno-stack-protector", "-fno-builtin",
+                 "-fno-tree-loop-distribute-patterns",
                  "-Wall", "-Wextra", "-Wl,-z,now", "-Wl,--hash-style=both"]
 
 

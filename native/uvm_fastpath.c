@@ -9,6 +9,11 @@
 
 #define _GNU_SOURCE
 #include "uvm_fastpath.h"
+#include "uvm_table.h"
+
+_Static_assert(FAST_AT == T_KIND_AT && FAST_PATH == T_KIND_PATH && FAST_OPEN == T_KIND_OPEN &&
+                   FAST_READLINK == T_KIND_READLINK,
+               "one numbering of call kinds");
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -27,9 +33,7 @@
 #define HANDLED 1
 #define BAIL 0
 
-#define SHORT_PATH 256  /* longer paths go to Python */
-#define SLOTS 8192      /* published directories (power of two) */
-#define ARENA (1 << 19) /* bytes of their names */
+#define SHORT_PATH T_SHORT_PATH
 #define TIDS 2048       /* per-thread records (power of two) */
 #define KNOWN 8192      /* live tracees (power of two) */
 #define BIRTHS 256      /* births not yet taken by Python */
@@ -39,23 +43,6 @@
 #define AT_FDCWD32 0xFFFFFF9CUL
 #define REALPATH_FD32 0xFFFF8A8AUL /* uvm_preload.c: readlinkat() on it is realpath() */
 #define PTRACE_EVENT_SECCOMP_STOP (PTRACE_EVENT_SECCOMP << 8)
-
-struct slot {
-    uint64_t hash; /* 0: empty */
-    uint32_t off;
-    uint32_t len;
-    int fd;
-    uint32_t host_len;
-    int filled;
-    uint32_t xoff; /* the missing name, or the guest cwd, in the arena */
-    uint32_t xlen;
-};
-
-struct dslot {
-    unsigned long dev, ino; /* ino 0: empty */
-    int fd;
-    int filled;
-};
 
 struct restart {
     int tid;
@@ -71,18 +58,8 @@ struct cap {
 
 struct fast {
     struct fast_row rows[2][FAST_MAX_NR];
-    struct slot slots[SLOTS];
-    uint32_t used;
-    struct dslot dirs[SLOTS];
-    uint32_t dirs_used;
-    char *arena;
-    uint32_t arena_used;
-    char names[1024]; /* NUL-separated */
-    size_t names_len;
-    char prefix[48];  /* "/proc/<tracer>/fd/" */
-    size_t prefix_len;
+    struct table *t; /* shared with the preloaded library (uvm_table.h) */
     int check_caps;
-    int relative_ok;
     struct restart recs[TIDS];
     struct cap caps[TIDS];
     int known[KNOWN];          /* tid, or 0; -tid: known, chose its own CPUs */
@@ -97,36 +74,54 @@ static const int ARG_WORD[2][6] = {
     {5, 11, 12, 13, 14, 4}, /* ebx ecx edx esi edi ebp */
 };
 
-static uint64_t hash_of(const char *s, size_t n)
+size_t fast_table_size(void)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
-    return h ? h : 1;
+    return sizeof(struct table);
 }
 
-struct fast *fast_new(int tracer_pid, int check_caps, int relative_ok)
+struct fast *fast_new(int tracer_pid, int check_caps, int relative_ok, int table_fd,
+                      unsigned long long key)
 {
     struct fast *f = calloc(1, sizeof(*f));
     if (!f)
         return NULL;
-    f->arena = malloc(ARENA);
-    if (!f->arena) {
+    void *t = table_fd >= 0 ? mmap(NULL, sizeof(struct table), PROT_READ | PROT_WRITE, MAP_SHARED,
+                                   table_fd, 0)
+                            : mmap(NULL, sizeof(struct table), PROT_READ | PROT_WRITE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (t == MAP_FAILED) {
         free(f);
         return NULL;
     }
-    f->prefix_len = (size_t)snprintf(f->prefix, sizeof(f->prefix), "/proc/%d/fd/", tracer_pid);
+    f->t = t;
+    f->t->prefix_len = (uint32_t)snprintf(f->t->prefix, sizeof(f->t->prefix), "/proc/%d/fd/",
+                                          tracer_pid);
+    f->t->relative_ok = relative_ok;
+    f->t->key = key;
+    __atomic_store_n(&f->t->magic, T_MAGIC, __ATOMIC_RELEASE);
     f->check_caps = check_caps;
-    f->relative_ok = relative_ok;
     return f;
 }
 
 void fast_free(struct fast *f)
 {
     if (f) {
-        free(f->arena);
+        munmap(f->t, sizeof(struct table));
         free(f);
     }
+}
+
+/* The table's one writer brackets every change: readers in other
+ * processes retry a lookup that saw an odd or changed count. */
+static void write_begin(struct table *t)
+{
+    __atomic_store_n(&t->seq, t->seq + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+}
+
+static void write_end(struct table *t)
+{
+    __atomic_store_n(&t->seq, t->seq + 1, __ATOMIC_RELEASE);
 }
 
 void fast_set_row(struct fast *f, int abi, int nr, const struct fast_row *row)
@@ -137,27 +132,88 @@ void fast_set_row(struct fast *f, int abi, int nr, const struct fast_row *row)
 
 int fast_add_name(struct fast *f, const char *name, size_t len)
 {
-    if (f->names_len + len + 1 > sizeof(f->names))
+    struct table *t = f->t;
+    if (t->names_len + len + 1 > sizeof(t->names))
         return -1;
-    memcpy(f->names + f->names_len, name, len);
-    f->names_len += len;
-    f->names[f->names_len++] = '\0';
+    write_begin(t);
+    memcpy(t->names + t->names_len, name, len);
+    t->names_len += (uint32_t)len;
+    t->names[t->names_len++] = '\0';
+    write_end(t);
     return 0;
 }
 
-static int reserved_name(const struct fast *f, const char *name, size_t len)
+static void clear_table(struct table *t)
 {
-    for (size_t i = 0; i < f->names_len;) {
-        size_t n = strlen(f->names + i);
-        if (n == len && memcmp(f->names + i, name, len) == 0)
-            return 1;
-        i += n + 1;
+    if (t->used || t->arena_used) {
+        memset(t->slots, 0, sizeof(t->slots));
+        t->used = 0;
+        t->arena_used = 0;
     }
+    if (t->dirs_used) {
+        memset(t->dirs, 0, sizeof(t->dirs));
+        t->dirs_used = 0;
+    }
+    t->generation++;
+}
+
+void fast_clear(struct fast *f)
+{
+    write_begin(f->t);
+    clear_table(f->t);
+    write_end(f->t);
+}
+
+/* The writable slot of ``key`` (the table's writer only). */
+static struct t_slot *slot_of(struct table *t, const char *key, size_t len)
+{
+    return (struct t_slot *)t_find(t, key, len);
+}
+
+/* Publish ``key``, with the string ``extra`` beside it (none if NULL). */
+static int put(struct fast *f, const char *key, size_t len, int fd, size_t host_len, int filled,
+               const char *extra, size_t extra_len)
+{
+    struct table *t = f->t;
+    if (len >= SHORT_PATH || extra_len >= SHORT_PATH)
+        return -1;
+    write_begin(t);
+    if (t->used >= T_SLOTS / 2 || t->arena_used + len + extra_len > T_ARENA)
+        clear_table(t);
+    struct t_slot *s = slot_of(t, key, len);
+    if (!s->hash) {
+        memcpy(t->arena + t->arena_used, key, len);
+        s->off = t->arena_used;
+        s->len = (uint32_t)len;
+        s->hash = t_hash(key, len);
+        t->arena_used += (uint32_t)len;
+        t->used++;
+    }
+    s->fd = fd;
+    s->host_len = (uint32_t)host_len;
+    s->filled = filled;
+    s->xlen = 0;
+    if (extra) {
+        memcpy(t->arena + t->arena_used, extra, extra_len);
+        s->xoff = t->arena_used;
+        s->xlen = (uint32_t)extra_len;
+        t->arena_used += (uint32_t)extra_len;
+    }
+    write_end(t);
     return 0;
 }
 
-static int publish_extra(struct fast *f, const char *key, size_t len, int fd, size_t host_len,
-                         int kind, const char *extra, size_t extra_len);
+int fast_publish(struct fast *f, const char *head, size_t len, int fd, size_t host_len,
+                 int filled)
+{
+    return put(f, head, len, fd, host_len, filled, NULL, 0);
+}
+
+int fast_publish_canonical(struct fast *f, const char *head, size_t len, int fd,
+                           size_t host_len, int filled, const char *guest, size_t guest_len)
+{
+    return put(f, head, len, fd, host_len, filled, guest, guest_len);
+}
 
 int fast_publish_exact(struct fast *f, const char *path, size_t len, int fd, size_t host_len,
                        int filled, const char *target, size_t target_len)
@@ -167,47 +223,46 @@ int fast_publish_exact(struct fast *f, const char *path, size_t len, int fd, siz
         return -1;
     key[0] = '\001'; /* never the first byte of a directory's key */
     memcpy(key + 1, path, len);
-    return publish_extra(f, key, len + 1, fd, host_len, filled, target, target_len);
+    return put(f, key, len + 1, fd, host_len, filled, target, target_len);
 }
 
-void fast_clear(struct fast *f)
+int fast_publish_missing(struct fast *f, const char *head, size_t len, int fd,
+                         const char *name, size_t name_len)
 {
-    if (f->used || f->arena_used) {
-        memset(f->slots, 0, sizeof(f->slots));
-        f->used = 0;
-        f->arena_used = 0;
-    }
-    if (f->dirs_used) {
-        memset(f->dirs, 0, sizeof(f->dirs));
-        f->dirs_used = 0;
-    }
+    if (name_len == 0 || memchr(name, '/', name_len))
+        return -1;
+    return put(f, head, len, fd, 0, T_MISSING, name, name_len);
 }
 
-static struct dslot *find_dir(struct fast *f, unsigned long dev, unsigned long ino)
+int fast_publish_cwd(struct fast *f, const char *host, size_t len, const char *guest,
+                     size_t guest_len)
 {
-    uint64_t h = (ino * 0x9E3779B97F4A7C15ULL) ^ dev;
-    for (uint32_t i = (uint32_t)(h >> 17) & (SLOTS - 1);; i = (i + 1) & (SLOTS - 1)) {
-        struct dslot *d = &f->dirs[i];
-        if (!d->ino || (d->ino == ino && d->dev == dev))
-            return d;
-    }
+    char key[SHORT_PATH + 1];
+    if (len >= SHORT_PATH || guest_len == 0)
+        return -1;
+    key[0] = '\002'; /* apart from directories and exact paths */
+    memcpy(key + 1, host, len);
+    return put(f, key, len + 1, -1, 0, T_CWD, guest, guest_len);
 }
 
 int fast_publish_dir(struct fast *f, unsigned long dev, unsigned long ino, int fd,
                      size_t host_len, int filled)
 {
+    struct table *t = f->t;
     if (!ino || host_len >= 4096)
         return -1;
-    if (f->dirs_used >= SLOTS / 2)
-        fast_clear(f);
-    struct dslot *d = find_dir(f, dev, ino);
+    write_begin(t);
+    if (t->dirs_used >= T_DIRS / 2)
+        clear_table(t);
+    struct t_dir *d = (struct t_dir *)t_find_dir(t, dev, ino);
     if (!d->ino) {
         d->dev = dev;
         d->ino = ino;
-        f->dirs_used++;
+        t->dirs_used++;
     }
     d->fd = fd;
     d->filled = filled;
+    write_end(t);
     return 0;
 }
 
@@ -287,84 +342,6 @@ void fast_forget(struct fast *f, int tid)
         r->tid = 0;
 }
 
-static struct slot *find(struct fast *f, const char *head, size_t len, uint64_t h)
-{
-    for (uint32_t i = (uint32_t)h & (SLOTS - 1);; i = (i + 1) & (SLOTS - 1)) {
-        struct slot *s = &f->slots[i];
-        if (!s->hash)
-            return s;
-        if (s->hash == h && s->len == len && memcmp(f->arena + s->off, head, len) == 0)
-            return s;
-    }
-}
-
-int fast_publish_canonical(struct fast *f, const char *head, size_t len, int fd,
-                           size_t host_len, int filled, const char *guest, size_t guest_len)
-{
-    return publish_extra(f, head, len, fd, host_len, filled, guest, guest_len);
-}
-
-int fast_publish(struct fast *f, const char *head, size_t len, int fd, size_t host_len,
-                 int filled)
-{
-    if (len >= SHORT_PATH)
-        return -1;
-    if (f->used >= SLOTS / 2 || f->arena_used + len > ARENA)
-        fast_clear(f);
-    uint64_t h = hash_of(head, len);
-    struct slot *s = find(f, head, len, h);
-    if (!s->hash) {
-        memcpy(f->arena + f->arena_used, head, len);
-        s->off = f->arena_used;
-        s->len = (uint32_t)len;
-        s->hash = h;
-        f->arena_used += (uint32_t)len;
-        f->used++;
-    }
-    s->fd = fd;
-    s->host_len = (uint32_t)host_len;
-    s->filled = filled;
-    s->xlen = 0;
-    return 0;
-}
-
-/* Publish ``key`` with the string ``extra`` beside it. */
-static int publish_extra(struct fast *f, const char *key, size_t len, int fd, size_t host_len,
-                         int kind, const char *extra, size_t extra_len)
-{
-    if (len >= SHORT_PATH || extra_len >= SHORT_PATH)
-        return -1;
-    if (f->arena_used + len + extra_len > ARENA)
-        fast_clear(f);
-    if (fast_publish(f, key, len, fd, host_len, kind) < 0)
-        return -1;
-    struct slot *s = find(f, key, len, hash_of(key, len));
-    memcpy(f->arena + f->arena_used, extra, extra_len);
-    s->xoff = f->arena_used;
-    s->xlen = (uint32_t)extra_len;
-    f->arena_used += (uint32_t)extra_len;
-    return 0;
-}
-
-int fast_publish_missing(struct fast *f, const char *head, size_t len, int fd,
-                         const char *name, size_t name_len)
-{
-    if (name_len == 0 || memchr(name, '/', name_len))
-        return -1;
-    return publish_extra(f, head, len, fd, 0, FAST_MISSING, name, name_len);
-}
-
-int fast_publish_cwd(struct fast *f, const char *host, size_t len, const char *guest,
-                     size_t guest_len)
-{
-    char key[SHORT_PATH + 1];
-    if (len >= SHORT_PATH || guest_len == 0)
-        return -1;
-    key[0] = '\002'; /* apart from directories and exact paths */
-    memcpy(key + 1, host, len);
-    return publish_extra(f, key, len + 1, -1, 0, FAST_CWD, guest, guest_len);
-}
-
 void fast_counts(struct fast *f, struct fast_counts *out)
 {
     *out = f->counts;
@@ -427,62 +404,41 @@ static int write_mem(int tid, unsigned long addr, const char *data, size_t len)
     return process_vm_writev(tid, &local, 1, &remote, 1, 0) == (ssize_t)len ? 0 : -1;
 }
 
-/* Is ``name`` (in directory ``dirfd`` of the tracee, or its cwd) a symlink? */
-static int relative_is_link(int tid, unsigned long dirfd, const char *name)
-{
-    char where[SHORT_PATH + 64];
-    struct stat st;
-    if (dirfd == AT_FDCWD32)
-        snprintf(where, sizeof(where), "/proc/%d/cwd/%s", tid, name);
-    else
-        snprintf(where, sizeof(where), "/proc/%d/fd/%lu/%s", tid, dirfd, name);
-    return lstat(where, &st) == 0 && S_ISLNK(st.st_mode);
-}
-
-/* May the call go ahead on entry ``name`` of a published directory?
- * Symlinks to follow are walked by Python in the guest's view; in a
- * CernVM-FS shadow directory, subdirectories (completed on stat or open) and
- * files without their content yet (fetched on open) go to Python too, and a
- * missing name is absent from the revision once the directory is complete
- * (while it is partial, Python may have to make it). */
-static int entry_ok(int dirfd, int filled, const char *name, int kind, int follow)
+/* The tracer's view of a published directory's entries (uvm_table.h):
+ * its own descriptors, and the tracee's cwd or descriptors through /proc. */
+static int tracer_lstat(void *ctx, int fd, long dirfd, const char *name, struct t_stat *out)
 {
     struct stat st;
-    if (filled != FAST_PLAIN) {
-        if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-            return errno == ENOENT && filled == FAST_FILLED;
-        if (S_ISDIR(st.st_mode) || (S_ISLNK(st.st_mode) && follow))
-            return 0;
-        return !(kind == FAST_OPEN && S_ISREG(st.st_mode) && st.st_size > 0 && st.st_blocks == 0);
+    int r;
+    if (fd >= 0) {
+        r = fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW);
+    } else {
+        char where[SHORT_PATH + 64];
+        int tid = *(const int *)ctx;
+        if ((unsigned long)dirfd == AT_FDCWD32)
+            snprintf(where, sizeof(where), "/proc/%d/cwd/%s", tid, name);
+        else
+            snprintf(where, sizeof(where), "/proc/%d/fd/%ld/%s", tid, dirfd, name);
+        r = lstat(where, &st);
     }
-    return !(follow && fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode));
-}
-
-/* A final symlink whose target is a plain name in the same directory
- * (libz.so.1 -> libz.so.1.2.13: every shared library opened by soname) is
- * followed here as Python would, up to a few hops: ``name`` becomes the
- * target.  0 when it is anything else (Python walks it). */
-static int follow_in_dir(struct fast *f, int dirfd, char *name, size_t cap)
-{
-    for (int hops = 0; hops < 8; hops++) {
-        struct stat st;
-        if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISLNK(st.st_mode))
-            return 1;
-        char target[SHORT_PATH];
-        ssize_t n = readlinkat(dirfd, name, target, sizeof(target) - 1);
-        if (n <= 0 || (size_t)n >= cap || memchr(target, '/', (size_t)n) ||
-            (target[0] == '.' && (n == 1 || (n == 2 && target[1] == '.'))) ||
-            reserved_name(f, target, (size_t)n))
-            return 0;
-        memcpy(name, target, (size_t)n);
-        name[n] = '\0';
-    }
+    if (r < 0)
+        return -errno;
+    out->mode = st.st_mode;
+    out->size = st.st_size;
+    out->blocks = st.st_blocks;
     return 0;
+}
+
+static long tracer_readlink(void *ctx, int fd, const char *name, char *buf, size_t size)
+{
+    (void)ctx;
+    ssize_t n = readlinkat(fd, name, buf, size);
+    return n < 0 ? -errno : n;
 }
 
 /* The published directory a relative name starts from: the guest's cwd or
  * descriptor, if it is one of them. */
-static struct dslot *start_dir(struct fast *f, int tid, unsigned long dirfd)
+static const struct t_dir *start_dir(struct fast *f, int tid, unsigned long dirfd)
 {
     char where[64];
     struct stat st;
@@ -492,8 +448,7 @@ static struct dslot *start_dir(struct fast *f, int tid, unsigned long dirfd)
         snprintf(where, sizeof(where), "/proc/%d/fd/%lu", tid, dirfd);
     if (stat(where, &st) < 0 || !S_ISDIR(st.st_mode))
         return NULL;
-    struct dslot *d = find_dir(f, (unsigned long)st.st_dev, (unsigned long)st.st_ino);
-    return d->ino ? d : NULL;
+    return t_find_dir(f->t, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
 }
 
 /* Skip the call: the tracee gets ``ret`` as its result. */
@@ -502,19 +457,6 @@ static int answer(int tid, struct user_regs_struct *regs, long ret)
     regs->orig_rax = ~0UL;
     regs->rax = (unsigned long)ret;
     return ptrace(PTRACE_SETREGS, tid, 0, regs) < 0 ? BAIL : HANDLED;
-}
-
-/* A path below a head published missing: ENOENT while its first missing
- * name is still absent (anything there now, even a symlink: Python). */
-static int missing(struct fast *f, int tid, struct user_regs_struct *regs, const struct slot *s)
-{
-    char name[SHORT_PATH];
-    struct stat st;
-    memcpy(name, f->arena + s->xoff, s->xlen);
-    name[s->xlen] = '\0';
-    if (!may_anchor(f, tid) || fstatat(s->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT)
-        return BAIL;
-    return answer(tid, regs, -ENOENT);
 }
 
 /* getcwd(buf, size) for a cwd Python has answered before. */
@@ -528,13 +470,13 @@ static int getcwd_call(struct fast *f, int tid, struct user_regs_struct *regs, i
     if (n <= 0 || n >= (ssize_t)sizeof(key) - 2)
         return BAIL;
     key[0] = '\002';
-    struct slot *s = find(f, key, (size_t)n + 1, hash_of(key, (size_t)n + 1));
-    if (!s->hash || s->filled != FAST_CWD)
+    const struct t_slot *s = t_lookup(f->t, key, (size_t)n + 1);
+    if (!s || s->filled != T_CWD)
         return BAIL;
     if (s->xlen + 1 > (word[aw[1]] & 0xFFFFFFFFUL))
         return answer(tid, regs, -ERANGE);
     char out[SHORT_PATH];
-    memcpy(out, f->arena + s->xoff, s->xlen);
+    memcpy(out, f->t->arena + s->xoff, s->xlen);
     out[s->xlen] = '\0';
     if (write_mem(tid, word[aw[0]] & (abi ? 0xFFFFFFFFUL : ~0UL), out, s->xlen + 1) < 0)
         return BAIL;
@@ -542,46 +484,25 @@ static int getcwd_call(struct fast *f, int tid, struct user_regs_struct *regs, i
 }
 
 /* realpath() of the preloaded library (uvm_preload.c): readlinkat() on
- * REALPATH_FD32.  Answered here for an absolute, clean path whose
- * directory Python published with its canonical guest path, when the last
- * name is no symlink and no bind point; everything else is Python's. */
+ * REALPATH_FD32, for a process that could not answer it from the table
+ * itself (it maps the table too). */
 static int realpath_call(struct fast *f, int tid, struct user_regs_struct *regs, int abi,
-                         const char *path, size_t len)
+                         const struct t_io *io, const char *path, size_t len)
 {
     const unsigned long *word = (const unsigned long *)regs;
     const int *aw = ARG_WORD[abi];
-    unsigned long mask = abi ? 0xFFFFFFFFUL : ~0UL;
-    if (path[0] != '/' || len < 2 || path[len - 1] == '/' || strstr(path, "//") ||
-        strstr(path, "/./") || strstr(path, "/../") || strncmp(path, "/proc", 5) == 0)
-        return BAIL;
-    const char *slash = strrchr(path, '/');
-    const char *last = slash + 1;
-    size_t last_len = (size_t)(path + len - last), head_len = (size_t)(slash - path);
-    if ((last_len == 1 && last[0] == '.') || (last_len == 2 && last[0] == '.' && last[1] == '.') ||
-        reserved_name(f, last, last_len))
-        return BAIL;
-    struct slot *s = find(f, path, head_len, hash_of(path, head_len));
-    if (s->hash && s->filled == FAST_MISSING)
-        return missing(f, tid, regs, s); /* an include path that is not there */
-    if (!s->hash || !s->xlen || (s->filled != FAST_PLAIN && s->filled != FAST_FILLED))
-        return BAIL;
-    struct stat st;
-    if (fstatat(s->fd, last, &st, AT_SYMLINK_NOFOLLOW) < 0)
-        return errno == ENOENT ? answer(tid, regs, -ENOENT) : BAIL;
-    if (S_ISLNK(st.st_mode))
-        return BAIL;
     char out[2 * SHORT_PATH];
-    size_t n = s->xlen == 1 ? 0 : s->xlen; /* the canonical directory; "/" adds nothing */
-    memcpy(out, f->arena + s->xoff, n);
-    out[n] = '/';
-    memcpy(out + n + 1, last, last_len);
-    n += 1 + last_len;
-    if (n >= (word[aw[3]] & 0xFFFFFFFFUL))
-        return answer(tid, regs, -ENAMETOOLONG);
-    if (write_mem(tid, word[aw[2]] & mask, out, n) < 0)
+    int missing_fd;
+    size_t cap = word[aw[3]] & 0xFFFFFFFFUL;
+    long n = t_realpath(f->t, io, path, len, out, cap < sizeof(out) ? cap : sizeof(out), &missing_fd);
+    if (n == 0 || (missing_fd >= 0 && !may_anchor(f, tid)))
+        return BAIL;
+    if (n < 0)
+        return answer(tid, regs, n);
+    if (write_mem(tid, word[aw[2]] & (abi ? 0xFFFFFFFFUL : ~0UL), out, (size_t)n) < 0)
         return BAIL;
     f->counts.rewritten++;
-    return answer(tid, regs, (long)n);
+    return answer(tid, regs, n);
 }
 
 static int enter(struct fast *f, int tid)
@@ -624,10 +545,11 @@ static int enter(struct fast *f, int tid)
         if (len < 0)
             return BAIL;
     }
+    struct t_io io = {&tid, tracer_lstat, tracer_readlink};
     unsigned long flags = row->flags_i >= 0 ? word[aw[row->flags_i]] & mask : 0;
     if (row->kind == FAST_READLINK && row->dirfd_i >= 0 &&
         (word[aw[row->dirfd_i]] & 0xFFFFFFFFUL) == REALPATH_FD32)
-        return realpath_call(f, tid, &regs, abi, path, (size_t)len);
+        return realpath_call(f, tid, &regs, abi, &io, path, (size_t)len);
     if (len == 0) {
         /* fstat done as newfstatat(fd, "", AT_EMPTY_PATH) (glibc 2.33+),
          * statx alike: the descriptor itself, nothing to translate. */
@@ -647,62 +569,14 @@ static int enter(struct fast *f, int tid)
     }
     int setregs = 0;
     if (path[0] == '/') {
-        char *slash = strrchr(path, '/');
-        const char *last = slash + 1;
-        size_t last_len = (size_t)(path + len - last);
-        size_t head_len = (size_t)(slash - path);
-        if (strncmp(path, "/proc", 5) == 0)
-            return BAIL;
-        struct slot *s = find(f, path, head_len, hash_of(path, head_len));
-        if (s->hash && s->filled == FAST_MISSING)
-            return missing(f, tid, &regs, s);
-        char name[SHORT_PATH];
-        int ok;
-        if (len == 1) {
-            /* "/" itself, published as an exact path when it is plain */
-            s = find(f, "\001/", 2, hash_of("\001/", 2));
-            if (!s->hash)
-                return BAIL;
-            memcpy(name, ".", 2);
-            ok = 1;
-        } else if (last_len == 0 || (last_len == 1 && last[0] == '.')) {
-            /* "dir/" or "dir/.": the published directory itself */
-            if (!s->hash || (s->filled != FAST_PLAIN && s->filled != FAST_FILLED))
-                return BAIL;
-            memcpy(name, ".", 2);
-            ok = 1;
-        } else if (last_len == 2 && last[0] == '.' && last[1] == '.') {
-            return BAIL;
-        } else {
-            /* A name a bind may sit on is served only as an exact path. */
-            memcpy(name, last, last_len + 1);
-            ok = s->hash && !reserved_name(f, last, last_len) &&
-                 (!follow || follow_in_dir(f, s->fd, name, sizeof(name))) &&
-                 entry_ok(s->fd, s->filled, name, row->kind, follow);
-        }
-        if (!ok) {
-            /* The path itself may be known: an entry of a directory whose
-             * other entries map elsewhere, a complete shadow directory, or
-             * a symlink (followed only) to a file elsewhere. */
-            char key[SHORT_PATH + 1];
-            key[0] = '\001';
-            memcpy(key + 1, path, (size_t)len);
-            s = find(f, key, (size_t)len + 1, hash_of(key, (size_t)len + 1));
-            if (!s->hash || (s->xlen && !follow))
-                return BAIL;
-            if (s->xlen) {
-                memcpy(name, f->arena + s->xoff, s->xlen);
-                name[s->xlen] = '\0';
-            } else {
-                memcpy(name, last, last_len + 1);
-            }
-            if (!entry_ok(s->fd, s->filled, name, row->kind, follow))
-                return BAIL;
-        }
-        if (s->host_len + 1 + strlen(name) >= 4096 || !may_anchor(f, tid))
+        struct t_answer ans;
+        t_absolute(f->t, &io, path, (size_t)len, row->kind, follow, &ans);
+        if (ans.action == T_ENOENT)
+            return may_anchor(f, tid) ? answer(tid, &regs, -ENOENT) : BAIL;
+        if (ans.action != T_HOST || !may_anchor(f, tid))
             return BAIL;
         char host[SHORT_PATH + 64];
-        int n = snprintf(host, sizeof(host), "%s%d/%s", f->prefix, s->fd, name);
+        int n = snprintf(host, sizeof(host), "%s%d/%s", f->t->prefix, ans.fd, ans.name);
         if (n <= 0 || (size_t)n >= sizeof(host))
             return BAIL;
         unsigned long addr = (top - (unsigned long)n - 1) & ~15UL;
@@ -719,23 +593,11 @@ static int enter(struct fast *f, int tid)
         f->counts.rewritten++;
     } else {
         /* One plain name, looked up by the kernel from the guest's own cwd
-         * or descriptor: no rewrite, when that directory is a plain one
-         * (any directory without a layer or CernVM-FS tree; else one that
-         * Python published). */
-        if (row->kind == FAST_READLINK || strchr(path, '/'))
-            return BAIL;
-        if ((path[0] == '.' && (len == 1 || (len == 2 && path[1] == '.'))) ||
-            reserved_name(f, path, (size_t)len))
-            return BAIL;
+         * or descriptor: no rewrite. */
         unsigned long dirfd = row->dirfd_i >= 0 ? word[aw[row->dirfd_i]] & 0xFFFFFFFFUL : AT_FDCWD32;
-        if (f->relative_ok) {
-            if (follow && relative_is_link(tid, dirfd, path))
-                return BAIL;
-        } else {
-            struct dslot *d = start_dir(f, tid, dirfd);
-            if (!d || !entry_ok(d->fd, d->filled, path, row->kind, follow))
-                return BAIL;
-        }
+        const struct t_dir *start = f->t->relative_ok ? NULL : start_dir(f, tid, dirfd);
+        if (!t_relative_ok(f->t, &io, path, (size_t)len, (long)dirfd, start, row->kind, follow))
+            return BAIL;
     }
     if (follow) {
         /* The final component was checked: the kernel must not follow a

@@ -20,11 +20,8 @@
 
 #define FAST_MAX_NR 512
 
-#define FAST_PLAIN 0
-#define FAST_FILLED 2  /* the values of uvm.sandbox.namespace */
-#define FAST_PARTIAL 3
-#define FAST_MISSING 4 /* a head whose first missing directory is known */
-#define FAST_CWD 5     /* a cwd's host path, and its guest path */
+/* The kinds of published directory are uvm_table.h's T_PLAIN, T_FILLED,
+ * T_PARTIAL (uvm.sandbox.namespace's values). */
 
 struct fast_row {
     int kind;
@@ -51,15 +48,21 @@ struct fast_birth {
 
 struct fast;
 
-struct fast *fast_new(int tracer_pid, int check_caps, int relative_ok);
+/* The size of the table of published directories (uvm_table.h), which
+ * lives in ``table_fd`` (a memfd of that size, shared read-only with the
+ * preloaded library), or in private memory when ``table_fd`` is -1;
+ * ``key``: the filter's gate for the library's calls. */
+size_t fast_table_size(void);
+struct fast *fast_new(int tracer_pid, int check_caps, int relative_ok, int table_fd,
+                      unsigned long long key);
 void fast_free(struct fast *f);
 void fast_set_row(struct fast *f, int abi, int nr, const struct fast_row *row);
 /* Last components that always go to Python (a bind may sit on them). */
 int fast_add_name(struct fast *f, const char *name, size_t len);
 /* Guest directory ``head`` (as written by the guest, before the last '/')
  * resolves to the host directory behind tracer descriptor ``fd``.
- * ``filled``: FAST_PLAIN, or a CernVM-FS shadow directory, complete
- * (FAST_FILLED) or still being filled (FAST_PARTIAL), whose subdirectories
+ * ``filled``: T_PLAIN, or a CernVM-FS shadow directory, complete
+ * (T_FILLED) or still being filled (T_PARTIAL), whose subdirectories
  * and content-less files (and, while partial, missing names) need Python. */
 int fast_publish(struct fast *f, const char *head, size_t len, int fd, size_t host_len,
                  int filled);

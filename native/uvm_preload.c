@@ -1,28 +1,54 @@
-/* uvm_preload.c: realpath() in one request to the tracer, fstat() in none.
+/* uvm_preload.c: read-only path calls served in the guest, with no stop.
  *
- * glibc's realpath() calls readlink() on every component of its argument
- * (gcc does so for every header it opens), and under uvm each of those is a
- * tracer stop.  The tracer's resolver knows the guest's canonical path of
- * any path already, so this library, which the tracer preloads into the
- * programs that call realpath() (ld.so --preload), asks it once: a
- * readlinkat() on UVM_REALPATH_FD, a descriptor number no process has (the
- * kernel would say EBADF), answered by the tracer with the canonical path,
- * or -errno as realpath() would fail.
+ * Every path call of a guest stops it so that the tracer can translate the
+ * path: two process switches and a few system calls of the tracer, 20-50
+ * µs on the machines uvm runs on, against 1 µs natively.  Most are
+ * read-only calls in directories the tracer has resolved before (a
+ * compiler's headers, an interpreter's modules).  The tracer preloads this
+ * library (ld.so --preload) into the programs that import these calls, and
+ * it serves them itself:
  *
- * glibc 2.33 and later make fstat() a newfstatat(fd, "", AT_EMPTY_PATH),
- * which the tracer must stop on (the filter cannot tell an empty path from
- * another); the plain fstat system call, which takes no path, does not stop.
+ * - it maps the tracer's table of published directories read-only
+ *   (uvm_table.h: the same table and the same lookup as the tracer's C);
+ * - for a path in one of them it makes the translated call itself, naming
+ *   the tracer's descriptor of the host directory, with the run's key in
+ *   the sixth argument register, which the seccomp filter lets through for
+ *   read-only calls only (openat without write or create flags,
+ *   newfstatat, faccessat, readlinkat; seccomp.py);
+ * - anything else (a path Python has not resolved, a symlink to walk, a
+ *   write) is the plain system call, which the tracer handles as always.
  *
- * Nothing here decides anything: the tracer still translates every call.
- * The library has no libc of its own (glibc versions differ between
- * guests); errno and malloc are the guest's, found when the loader binds
- * the symbols.
+ * The tracer is still the only one that decides: the library replays its
+ * answers.  The key is not a secret from a guest that looks for it in its
+ * own memory; such a guest can read (never write) outside its root, which
+ * docs/sandbox.md states.
+ *
+ * It also answers realpath() from the table (else in one request to the
+ * tracer: a readlinkat() on UVM_REALPATH_FD, a descriptor number no process
+ * has), and fstat() with the plain fstat system call, which takes no path
+ * (glibc 2.33+ makes fstat a newfstatat(fd, "", AT_EMPTY_PATH), which the
+ * filter cannot tell from a path call).
+ *
+ * No libc of its own (guests have their own glibc versions); errno and
+ * malloc are the guest's, bound by the loader.  The tracer writes the table's
+ * name and the key into ``uvm_config`` of its copy of this file.
  */
 
+#include <stdarg.h>
 #include <stddef.h>
+
+#include "uvm_table.h"
 
 #define UVM_REALPATH_FD (-0x7576)
 #define PATH_MAX_ 4096
+#define AT_FDCWD_ (-100)
+#define AT_SYMLINK_NOFOLLOW_ 0x100
+#define AT_EMPTY_PATH_ 0x1000
+#define O_CREAT_ 0100
+#define O_NOFOLLOW_ 0400000
+#define O_CLOEXEC_ 02000000
+#define O_TMPFILE_ 020000000
+#define O_WRITES_ (3 | O_CREAT_ | 01000 | O_TMPFILE_) /* uvm_fastpath.c reads the same */
 #define ERRNO_EINVAL 22
 #define ERRNO_ENOENT 2
 #define ERRNO_ENOMEM 12
@@ -31,42 +57,76 @@ extern int *__errno_location(void);
 extern void *malloc(size_t size);
 
 #if defined(__x86_64__)
+#define NR_OPENAT 257L
+#define NR_FSTATAT 262L /* newfstatat: struct stat as glibc's */
 #define NR_READLINKAT 267L
-#define NR_FSTAT 5L  /* struct stat as glibc's */
+#define NR_FACCESSAT 269L
+#define NR_FSTAT 5L
+#define NR_CLOSE 3L
+#define NR_MMAP 9L
+#define O_LARGEFILE_ 0 /* implied */
+#define STAT_INO 8
+#define STAT_MODE 24
+#define STAT_SIZE 48
+#define STAT_BLOCKS 64
+#define STAT_BYTES 144
 #elif defined(__i386__)
+#define NR_OPENAT 295L
+#define NR_FSTATAT 300L /* fstatat64: struct stat64 as glibc's */
 #define NR_READLINKAT 305L
-#define NR_FSTAT 197L /* fstat64: struct stat64 as glibc's */
+#define NR_FACCESSAT 307L
+#define NR_FSTAT 197L /* fstat64 */
+#define NR_CLOSE 6L
+#define NR_MMAP 192L /* mmap2 */
+#define O_LARGEFILE_ 0100000
+#define STAT_INO 88
+#define STAT_MODE 16
+#define STAT_SIZE 44
+#define STAT_BLOCKS 56
+#define STAT_BYTES 96
 #else
 #error "uvm_preload.c: x86_64 or i386 only"
 #endif
 
-char *realpath(const char *path, char *resolved);
-char *canonicalize_file_name(const char *path);
-char *__realpath_chk(const char *path, char *resolved, size_t resolvedlen);
-int fstat64(int fd, void *buf);
-#if defined(__x86_64__)
-int fstat(int fd, void *buf);
-#endif
+/* Written by the tracer into its copy of this file (dispatch.py). */
+typedef uint64_t __attribute__((may_alias)) u64_alias;
+typedef uint32_t __attribute__((may_alias)) u32_alias;
 
-/* A system call of up to four arguments: the result, or -errno. */
+static volatile const struct {
+    char magic[16];
+    union {
+        unsigned long long k64;
+        uint32_t k32[2]; /* i386: the low half */
+    } key;
+    char table[64];
+} uvm_config = {"uvm-preload-cfg1", {0}, ""};
+
+static const struct table *table;
+
+/* A system call of up to four arguments: the result, or -errno.  The sixth
+ * argument register is cleared: only gated() may hold the key. */
 static long sys4(long nr, long a, long b, long c, long d)
 {
     long ret;
 #if defined(__x86_64__)
     register long r10 __asm__("r10") = d;
-    __asm__ volatile("syscall"
+    __asm__ volatile("xorl %%r9d, %%r9d\n\t"
+                     "syscall"
                      : "=a"(ret)
                      : "0"(nr), "D"(a), "S"(b), "d"(c), "r"(r10)
-                     : "rcx", "r11", "memory");
+                     : "rcx", "r11", "r9", "memory");
 #else
     long args[4] = {a, b, c, d};
-    __asm__ volatile("push %%ebx\n\t"
+    __asm__ volatile("push %%ebp\n\t"
+                     "push %%ebx\n\t"
+                     "xorl %%ebp, %%ebp\n\t"
                      "movl 0(%1), %%ebx\n\t"
                      "movl 4(%1), %%ecx\n\t"
                      "movl 8(%1), %%edx\n\t"
                      "movl 12(%1), %%esi\n\t"
                      "int $0x80\n\t"
-                     "pop %%ebx"
+                     "pop %%ebx\n\t"
+                     "pop %%ebp"
                      : "=a"(ret)
                      : "D"(args), "0"(nr)
                      : "ecx", "edx", "esi", "memory");
@@ -74,9 +134,363 @@ static long sys4(long nr, long a, long b, long c, long d)
     return ret;
 }
 
-static long ask_tracer(const char *path, char *buf, long size)
+/* The same through the filter's gate: the key goes into the sixth argument
+ * register only for the call, straight from memory. */
+static long gated(long nr, long a, long b, long c, long d)
 {
-    return sys4(NR_READLINKAT, UVM_REALPATH_FD, (long)path, (long)buf, size);
+    long ret;
+#if defined(__x86_64__)
+    register long r10 __asm__("r10") = d;
+    __asm__ volatile("movq %[key], %%r9\n\t"
+                     "syscall\n\t"
+                     "xorl %%r9d, %%r9d"
+                     : "=a"(ret)
+                     : "0"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), [key] "m"(uvm_config.key.k64)
+                     : "rcx", "r11", "r9", "memory");
+#else
+    long args[4] = {a, b, c, d};
+    __asm__ volatile("push %%ebp\n\t"
+                     "push %%ebx\n\t"
+                     "movl %[key], %%ebp\n\t"
+                     "movl 0(%1), %%ebx\n\t"
+                     "movl 4(%1), %%ecx\n\t"
+                     "movl 8(%1), %%edx\n\t"
+                     "movl 12(%1), %%esi\n\t"
+                     "int $0x80\n\t"
+                     "pop %%ebx\n\t"
+                     "pop %%ebp"
+                     : "=a"(ret)
+                     : "D"(args), "0"(nr), [key] "m"(uvm_config.key.k32[0])
+                     : "ecx", "edx", "esi", "memory");
+#endif
+    return ret;
+}
+
+static long fail(long ret)
+{
+    if (ret < 0) {
+        *__errno_location() = (int)-ret;
+        return -1;
+    }
+    return ret;
+}
+
+/* Map the tracer's table: its name and the key are in uvm_config. */
+__attribute__((constructor)) static void map_table(void)
+{
+    char name[sizeof(uvm_config.table)];
+    for (size_t i = 0; i < sizeof(name); i++)
+        name[i] = uvm_config.table[i];
+    name[sizeof(name) - 1] = '\0';
+    if (name[0] != '/' || !uvm_config.key.k64)
+        return;
+    long fd = gated(NR_OPENAT, AT_FDCWD_, (long)name, O_CLOEXEC_, 0);
+    if (fd < 0)
+        return; /* this process cannot reach the tracer's descriptors */
+    long args[6] = {0, (long)sizeof(struct table), 1 /* PROT_READ */, 1 /* MAP_SHARED */, fd, 0};
+    long addr;
+#if defined(__x86_64__)
+    register long r10 __asm__("r10") = args[3];
+    register long r8 __asm__("r8") = args[4];
+    register long r9 __asm__("r9") = args[5];
+    __asm__ volatile("syscall"
+                     : "=a"(addr)
+                     : "0"(NR_MMAP), "D"(args[0]), "S"(args[1]), "d"(args[2]), "r"(r10), "r"(r8),
+                       "r"(r9)
+                     : "rcx", "r11", "memory");
+#else
+    long *p = args;
+    __asm__ volatile("push %%ebp\n\t"
+                     "push %%ebx\n\t"
+                     "movl 0(%1), %%ebx\n\t"
+                     "movl 4(%1), %%ecx\n\t"
+                     "movl 8(%1), %%edx\n\t"
+                     "movl 12(%1), %%esi\n\t"
+                     "movl 20(%1), %%ebp\n\t"
+                     "movl 16(%1), %%edi\n\t"
+                     "int $0x80\n\t"
+                     "pop %%ebx\n\t"
+                     "pop %%ebp"
+                     : "=a"(addr), "+D"(p)
+                     : "0"(NR_MMAP)
+                     : "ecx", "edx", "esi", "memory");
+#endif
+    sys4(NR_CLOSE, fd, 0, 0, 0);
+    if ((unsigned long)addr < (unsigned long)-4095L)
+        table = (const struct table *)addr;
+}
+
+/* -- the lookup's view of the tracer's directories -------------------------- */
+
+/* "/proc/<tracer>/fd/<fd>/<name>" into ``out`` (T_SHORT_PATH + 64 bytes). */
+static void host_name(int fd, const char *name, char *out)
+{
+    size_t n = table->prefix_len < sizeof(table->prefix) ? table->prefix_len : 0;
+    char digits[12];
+    int d = 0;
+    for (size_t i = 0; i < n; i++)
+        out[i] = table->prefix[i];
+    do
+        digits[d++] = (char)('0' + fd % 10);
+    while ((fd /= 10) > 0 && d < 11);
+    while (d > 0)
+        out[n++] = digits[--d];
+    out[n++] = '/';
+    for (size_t i = 0; name[i] && i < T_SHORT_PATH; i++)
+        out[n++] = name[i];
+    out[n] = '\0';
+}
+
+static int guest_lstat(void *ctx, int fd, long dirfd, const char *name, struct t_stat *st)
+{
+    char host[T_SHORT_PATH + 64];
+    unsigned char buf[STAT_BYTES] __attribute__((aligned(8)));
+    long r;
+    (void)ctx;
+    if (fd >= 0) {
+        host_name(fd, name, host);
+        r = gated(NR_FSTATAT, AT_FDCWD_, (long)host, (long)buf, AT_SYMLINK_NOFOLLOW_);
+    } else {
+        r = gated(NR_FSTATAT, dirfd, (long)name, (long)buf, AT_SYMLINK_NOFOLLOW_);
+    }
+    if (r != 0)
+        return r < 0 ? (int)r : -5 /* EIO */;
+    st->mode = *(u32_alias *)(buf + STAT_MODE);
+    st->size = (int64_t) * (u64_alias *)(buf + STAT_SIZE);
+    st->blocks = (int64_t) * (u64_alias *)(buf + STAT_BLOCKS);
+    return 0;
+}
+
+static long guest_readlink(void *ctx, int fd, const char *name, char *buf, size_t size)
+{
+    char host[T_SHORT_PATH + 64];
+    (void)ctx;
+    host_name(fd, name, host);
+    return gated(NR_READLINKAT, AT_FDCWD_, (long)host, (long)buf, (long)size);
+}
+
+static const struct t_io guest_io = {NULL, guest_lstat, guest_readlink};
+
+/* -- serving a call ---------------------------------------------------------- */
+
+/* One read-only call: ``nr`` with arguments (dirfd, path, a2, a3), of
+ * ``kind``, following a final symlink if ``follow``; ``nofollow_i`` is the
+ * argument (2 or 3) that takes ``nofollow`` to stop the kernel following a
+ * name the lookup checked (or -1: none).  Served through the gate when the
+ * table knows the path, else the plain call.  The result, or -errno. */
+static long serve(long nr, long dirfd, const char *path, long a2, long a3, int kind, int follow,
+                  int nofollow_i, long nofollow)
+{
+    const struct table *t = table;
+    if (t == NULL || __atomic_load_n(&t->magic, __ATOMIC_ACQUIRE) != T_MAGIC || path == NULL)
+        return sys4(nr, dirfd, (long)path, a2, a3);
+    size_t len = 0;
+    while (len < T_SHORT_PATH && path[len])
+        len++;
+    for (int tries = 0; tries < 3 && len < T_SHORT_PATH && len > 0; tries++) {
+        uint32_t seq = __atomic_load_n(&t->seq, __ATOMIC_ACQUIRE);
+        if (seq & 1)
+            continue;
+        uint32_t generation = t->generation;
+        struct t_answer ans;
+        char host[T_SHORT_PATH + 64];
+        if (path[0] == '/') {
+            t_absolute(t, &guest_io, path, len, kind, follow, &ans);
+            if (ans.action == T_HOST)
+                host_name(ans.fd, ans.name, host);
+        } else {
+            const struct t_dir *start = NULL;
+            unsigned char buf[STAT_BYTES] __attribute__((aligned(8)));
+            if (!t->relative_ok &&
+                gated(NR_FSTATAT, dirfd, (long)"", (long)buf, AT_EMPTY_PATH_) == 0)
+                start = t_find_dir(t, *(u64_alias *)buf, *(u64_alias *)(buf + STAT_INO));
+            int ok = t_relative_ok(t, &guest_io, path, len, dirfd, start, kind, follow);
+            ans.action = ok ? T_AS_IS : T_BAIL;
+        }
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&t->seq, __ATOMIC_RELAXED) != seq)
+            continue;
+        if (ans.action == T_BAIL)
+            break;
+        if (ans.action == T_ENOENT)
+            return -ERRNO_ENOENT;
+        long args[4] = {dirfd, (long)path, a2, a3};
+        if (ans.action == T_HOST) {
+            args[0] = AT_FDCWD_;
+            args[1] = (long)host;
+        }
+        if (follow && nofollow_i >= 0)
+            args[nofollow_i] |= nofollow;
+        long ret = gated(nr, args[0], args[1], args[2], args[3]);
+        if (ans.action == T_HOST && ret == -13 /* EACCES */)
+            break; /* perhaps this process may not reach the tracer's descriptors */
+        if (__atomic_load_n(&t->generation, __ATOMIC_ACQUIRE) - generation < 2)
+            return ret;
+        /* two clears since the lookup: the descriptor may name another
+         * directory now (anchors.py); ask the tracer */
+        if (nr == NR_OPENAT && ret >= 0)
+            sys4(NR_CLOSE, ret, 0, 0, 0);
+        break;
+    }
+    return sys4(nr, dirfd, (long)path, a2, a3);
+}
+
+static long serve_open(long dirfd, const char *path, int flags, long mode)
+{
+    if (flags & O_WRITES_)
+        return sys4(NR_OPENAT, dirfd, (long)path, flags, mode);
+    return serve(NR_OPENAT, dirfd, path, flags, mode, T_KIND_OPEN, !(flags & O_NOFOLLOW_), 2,
+                 O_NOFOLLOW_);
+}
+
+static long serve_stat(long dirfd, const char *path, void *buf, int flags)
+{
+    if (path != NULL && path[0] == '\0' && (flags & AT_EMPTY_PATH_))
+        return gated(NR_FSTATAT, dirfd, (long)path, (long)buf, flags); /* the descriptor's own */
+    return serve(NR_FSTATAT, dirfd, path, (long)buf, flags, T_KIND_AT,
+                 !(flags & AT_SYMLINK_NOFOLLOW_), 3, AT_SYMLINK_NOFOLLOW_);
+}
+
+/* The mode argument of open(): only with O_CREAT or O_TMPFILE. */
+#define OPEN_MODE(flags, last)                                                                 \
+    long mode = 0;                                                                             \
+    if ((flags) & O_CREAT_ || ((flags) & O_TMPFILE_) == O_TMPFILE_) {                          \
+        va_list ap;                                                                            \
+        va_start(ap, last);                                                                    \
+        mode = va_arg(ap, int);                                                                \
+        va_end(ap);                                                                            \
+    }
+
+int open(const char *path, int flags, ...)
+{
+    OPEN_MODE(flags, flags)
+    return (int)fail(serve_open(AT_FDCWD_, path, flags, mode));
+}
+
+int open64(const char *path, int flags, ...)
+{
+    OPEN_MODE(flags, flags)
+    return (int)fail(serve_open(AT_FDCWD_, path, flags | O_LARGEFILE_, mode));
+}
+
+int openat(int dirfd, const char *path, int flags, ...)
+{
+    OPEN_MODE(flags, flags)
+    return (int)fail(serve_open(dirfd, path, flags, mode));
+}
+
+int openat64(int dirfd, const char *path, int flags, ...)
+{
+    OPEN_MODE(flags, flags)
+    return (int)fail(serve_open(dirfd, path, flags | O_LARGEFILE_, mode));
+}
+
+/* _FORTIFY_SOURCE's checked forms (they have no mode). */
+int __open_2(const char *path, int flags)
+{
+    return (int)fail(serve_open(AT_FDCWD_, path, flags, 0));
+}
+
+int __open64_2(const char *path, int flags)
+{
+    return (int)fail(serve_open(AT_FDCWD_, path, flags | O_LARGEFILE_, 0));
+}
+
+int __openat_2(int dirfd, const char *path, int flags)
+{
+    return (int)fail(serve_open(dirfd, path, flags, 0));
+}
+
+int __openat64_2(int dirfd, const char *path, int flags)
+{
+    return (int)fail(serve_open(dirfd, path, flags | O_LARGEFILE_, 0));
+}
+
+/* stat64 and friends fill the kernel's structure on both ABIs (i386's plain
+ * stat() fills glibc's 32-bit one, converted: glibc keeps it). */
+int fstatat64(int dirfd, const char *path, void *buf, int flags)
+{
+    return (int)fail(serve_stat(dirfd, path, buf, flags));
+}
+
+int stat64(const char *path, void *buf)
+{
+    return fstatat64(AT_FDCWD_, path, buf, 0);
+}
+
+int lstat64(const char *path, void *buf)
+{
+    return fstatat64(AT_FDCWD_, path, buf, AT_SYMLINK_NOFOLLOW_);
+}
+
+int access(const char *path, int mode)
+{
+    return (int)fail(serve(NR_FACCESSAT, AT_FDCWD_, path, mode, 0, T_KIND_PATH, 1, -1, 0));
+}
+
+long readlinkat(int dirfd, const char *path, char *buf, size_t size)
+{
+    return fail(serve(NR_READLINKAT, dirfd, path, (long)buf, (long)size, T_KIND_READLINK, 0, -1, 0));
+}
+
+long readlink(const char *path, char *buf, size_t size)
+{
+    return readlinkat(AT_FDCWD_, path, buf, size);
+}
+
+int fstat64(int fd, void *buf)
+{
+    return (int)fail(sys4(NR_FSTAT, fd, (long)buf, 0, 0));
+}
+
+#if defined(__x86_64__)
+/* On x86_64 the plain names fill the same structure. */
+int fstatat(int dirfd, const char *path, void *buf, int flags)
+{
+    return fstatat64(dirfd, path, buf, flags);
+}
+
+int stat(const char *path, void *buf)
+{
+    return fstatat64(AT_FDCWD_, path, buf, 0);
+}
+
+int lstat(const char *path, void *buf)
+{
+    return fstatat64(AT_FDCWD_, path, buf, AT_SYMLINK_NOFOLLOW_);
+}
+
+int fstat(int fd, void *buf)
+{
+    return fstat64(fd, buf);
+}
+#endif
+
+/* -- realpath() --------------------------------------------------------------- */
+
+/* The canonical path into ``buf`` from the table, or from the tracer. */
+static long canonical(const char *path, char *buf)
+{
+    const struct table *t = table;
+    size_t len = 0;
+    while (len < T_SHORT_PATH && path[len])
+        len++;
+    if (t != NULL && __atomic_load_n(&t->magic, __ATOMIC_ACQUIRE) == T_MAGIC) {
+        for (int tries = 0; tries < 3; tries++) {
+            uint32_t seq = __atomic_load_n(&t->seq, __ATOMIC_ACQUIRE);
+            if (seq & 1)
+                continue;
+            int missing_fd;
+            long n = t_realpath(t, &guest_io, path, len, buf, PATH_MAX_, &missing_fd);
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (__atomic_load_n(&t->seq, __ATOMIC_RELAXED) != seq)
+                continue;
+            if (n != 0)
+                return n;
+            break;
+        }
+    }
+    return sys4(NR_READLINKAT, UVM_REALPATH_FD, (long)path, (long)buf, PATH_MAX_);
 }
 
 char *realpath(const char *path, char *resolved)
@@ -92,7 +506,7 @@ char *realpath(const char *path, char *resolved)
         *__errno_location() = ERRNO_ENOENT;
         return NULL;
     }
-    n = ask_tracer(path, buf, PATH_MAX_);
+    n = canonical(path, buf);
     if (n < 0) {
         *__errno_location() = (int)-n;
         return NULL;
@@ -120,21 +534,3 @@ char *__realpath_chk(const char *path, char *resolved, size_t resolvedlen)
     (void)resolvedlen; /* PATH_MAX at least, or the program would not build */
     return realpath(path, resolved);
 }
-
-int fstat64(int fd, void *buf)
-{
-    long ret = sys4(NR_FSTAT, fd, (long)buf, 0, 0);
-    if (ret < 0) {
-        *__errno_location() = (int)-ret;
-        return -1;
-    }
-    return 0;
-}
-
-#if defined(__x86_64__)
-/* (i386's fstat() fills the 32-bit struct stat: glibc's own, converted.) */
-int fstat(int fd, void *buf)
-{
-    return fstat64(fd, buf);
-}
-#endif

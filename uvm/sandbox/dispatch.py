@@ -23,6 +23,7 @@ from uvm.sandbox import execve as _execve
 from uvm.sandbox import fastpath as _fastpath
 from uvm.sandbox import memory as mem
 from uvm.sandbox import placement as _placement
+from uvm.sandbox import preload as _preload
 from uvm.sandbox.arch import ABI_I386, ABI_NAMES, ARG_REGS, RED_ZONE, WORD_SIZE
 from uvm.sandbox.handlers import (
     AT_EMPTY_PATH,
@@ -124,11 +125,17 @@ class Tracer:
         self._lazy = getattr(ns, "lazy", None)
         self._tracer_private = re.compile(
             rf"/proc/{os.getpid()}/(?:task/\d+/)?(?:mem|fd|map_files|fdinfo)(?:/|\Z)")
-        # The library preloaded into programs that call realpath() or
-        # fstat(), per ELF class (64-bit: True), by the name the guest's
-        # loader opens: a descriptor of the tracer, like the anchors.
-        self._preloads: Dict[bool, bytes] = _open_preloads() if self.anchors is not None else {}
+        # The library preloaded into programs that make the calls it serves
+        # (preload.py), per ELF class (64-bit: True), by the name the
+        # guest's loader opens: a descriptor of the tracer, like the anchors.
+        # With the C fast path, it shares the fast path's table and the
+        # filter lets its calls through with the key (:attr:`gate_key`).
+        self.preload = _preload.Preload(
+            enabled=self.anchors is not None,
+            table_size=0 if verbose or self.anchors is None else _fastpath.table_size())
+        self._preloads = self.preload.names
         self._preload_paths = frozenset(_dec(name) for name in self._preloads.values())
+        self.gate_key = self.preload.key
         # Names that never take the one-name shortcut of _translate: ".",
         # "..", and every bind's last component (a bind may sit on it).
         self._not_simple = frozenset({"", ".", ".."} | {b.guest.rpartition("/")[2] for b in ns.binds})
@@ -146,9 +153,11 @@ class Tracer:
         if self.anchors is None or self.verbose:
             return None
         self.fast = _fastpath.create(self._not_simple - {"", ".", ".."},
-                                     relative_ok=self._lazy is None, check_caps=self._root_mode)
+                                     relative_ok=self._lazy is None, check_caps=self._root_mode,
+                                     table_fd=self.preload.table_fd, key=self.preload.key)
         if self.fast is not None:
             self.anchors.on_retire = self.fast.clear
+            self.preload.seal_table()
         return self.fast
 
     # -- bookkeeping ---------------------------------------------------------------
@@ -1178,23 +1187,6 @@ class Tracer:
             import shutil
 
             shutil.rmtree(self.sock_dir, ignore_errors=True)
-
-
-def _open_preloads() -> Dict[bool, bytes]:
-    """The preloaded library of each ELF class (``native/uvm_preload.c``,
-    built next to this package), opened for the life of the tracer and
-    named as ``/proc/<tracer>/fd/N``; none with ``UVM_PRELOAD=0``."""
-    if os.environ.get("UVM_PRELOAD", "").strip() == "0":
-        return {}
-    found: Dict[bool, bytes] = {}
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for is_64, bits in ((True, "64"), (False, "32")):
-        try:
-            fd = os.open(os.path.join(package, f"uvm_preload_{bits}.so"), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        found[is_64] = f"/proc/{os.getpid()}/fd/{fd}".encode()
-    return found
 
 
 # Calls that follow a final symlink and have no twin that does not: the

@@ -95,9 +95,12 @@ def loader_options(host_loader: str) -> FrozenSet[bytes]:
     return known
 
 
-# The functions of native/uvm_preload.c: realpath() in one stop, fstat() in none.
+# The functions of native/uvm_preload.c: read-only path calls, realpath()
+# and fstat() served in the guest.
 PRELOAD_SYMBOLS = (b"realpath", b"canonicalize_file_name", b"__realpath_chk", b"fstat",
-                   b"fstat64")
+                   b"fstat64", b"open", b"open64", b"openat", b"openat64", b"__open_2",
+                   b"__open64_2", b"__openat_2", b"__openat64_2", b"stat", b"stat64", b"lstat",
+                   b"lstat64", b"fstatat", b"fstatat64", b"access", b"readlink", b"readlinkat")
 _WANTS_PRELOAD: Dict[Tuple[str, int, int, int, int, int], Optional[bool]] = {}
 
 

@@ -97,11 +97,12 @@ class FastPath:
     """One C fast path for one sandbox run (not thread-safe: the tracer's)."""
 
     def __init__(self, module: Any, reserved_names: Iterable[str], relative_ok: bool,
-                 check_caps: bool) -> None:
+                 check_caps: bool, table_fd: int = -1, key: int = 0) -> None:
         self._ffi = module.ffi
         self._lib = module.lib
         self._fast = self._ffi.gc(
-            self._lib.fast_new(os.getpid(), int(check_caps), int(relative_ok)), self._lib.fast_free)
+            self._lib.fast_new(os.getpid(), int(check_caps), int(relative_ok), table_fd, key),
+            self._lib.fast_free)
         if self._fast == self._ffi.NULL:
             raise MemoryError("uvm: cannot allocate the tracer's fast path")
         for abi in (0, 1):
@@ -231,11 +232,20 @@ class FastPath:
         return self._counts.handled, self._counts.rewritten, self._counts.events
 
 
-def create(reserved_names: Iterable[str], relative_ok: bool, check_caps: bool) -> Optional[FastPath]:
-    """A fast path, or None when the C is not built or turned off."""
+def create(reserved_names: Iterable[str], relative_ok: bool, check_caps: bool,
+           table_fd: int = -1, key: int = 0) -> Optional[FastPath]:
+    """A fast path, or None when the C is not built or turned off; its
+    table of published directories in memfd ``table_fd`` (of
+    :func:`table_size` bytes) when one is given, which the preloaded
+    library maps (preload.py)."""
     if _MODULE is None:
         return None
-    return FastPath(_MODULE, reserved_names, relative_ok, check_caps)
+    return FastPath(_MODULE, reserved_names, relative_ok, check_caps, table_fd, key)
+
+
+def table_size() -> int:
+    """The bytes of the fast path's table; 0 when there is no fast path."""
+    return 0 if _MODULE is None else int(_MODULE.lib.fast_table_size())
 
 
 def checks() -> list:

@@ -142,7 +142,8 @@ class Sandbox:
             raise SandboxError(f"guest directory {self.guest_cwd} does not exist in the guest root",
                                hint="pick another with -w")
         numbers = getattr(self.tracer, "filter_numbers", filter_numbers)()
-        prog = seccomp.build_filter(*numbers, tracer_pid=os.getpid())
+        prog = seccomp.build_filter(*numbers, tracer_pid=os.getpid(),
+                                    gate_key=getattr(self.tracer, "gate_key", 0))
         no_new_privs = os.geteuid() != 0
         env_list = {k: v for k, v in self.env.items()}
         start = time.monotonic()

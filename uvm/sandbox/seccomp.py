@@ -5,6 +5,12 @@ the filter returns SECCOMP_RET_TRACE for the calls the tracer translates,
 SECCOMP_RET_ERRNO for the calls the table refuses outright (so they cost no
 stop), ENOSYS for numbers newer than uvm knows, and RET_ALLOW for the rest.
 An unknown architecture kills the process.
+
+With a key (:data:`GATED`), the read-only calls of the preloaded library
+(``native/uvm_preload.c``), which carry the run's key in their sixth
+argument register, are allowed without a stop: the library has translated
+their paths from the tracer's own table.  openat passes the gate only
+without write or create flags.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from uvm.sandbox.sysnums import HIGHEST_KNOWN
 BPF_LD_W_ABS = 0x20
 BPF_JEQ_K = 0x15
 BPF_JGE_K = 0x35
+BPF_JSET_K = 0x45
 BPF_JA = 0x05
 BPF_RET_K = 0x06
 
@@ -51,9 +58,46 @@ Insn = Tuple[int, int, int, int]
 _TRACE = ("trace",)  # placeholder, resolved by _resolve_trace
 
 
+# The calls of the preloaded library's gate, and openat's flags it refuses
+# (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_TMPFILE).
+GATED = ("openat", "newfstatat", "fstatat64", "faccessat", "readlinkat")
+_OPEN_WRITES = 3 | 0o100 | 0o1000 | 0o20000000
+
+
+def _gate(numbers: Dict[str, int], key: int, compat: bool) -> List[Insn]:
+    """Allow GATED calls whose sixth argument is ``key`` (for the i386 ABI
+    its low 32 bits, made from 32-bit code only)."""
+    lo, hi = (key & 0xFFFFFFFF, 0) if compat else (key & 0xFFFFFFFF, key >> 32)
+    prog: List[Insn] = []
+    for name in GATED:
+        nr = numbers.get(name)
+        if nr is None:
+            continue
+        fail: List[Tuple[int, int, int, int]] = [
+            (BPF_LD_W_ABS, 0, 0, _OFF_ARGS + 8 * 5),
+            (BPF_JEQ_K, 0, 1, lo),  # jf patched below: to the reload
+            (BPF_LD_W_ABS, 0, 0, _OFF_ARGS + 8 * 5 + 4),
+            (BPF_JEQ_K, 0, 1, hi),
+        ]
+        if compat:
+            fail += [(BPF_LD_W_ABS, 0, 0, _OFF_IP + 4), (BPF_JEQ_K, 0, 1, 0)]
+        if name == "openat":
+            fail += [(BPF_LD_W_ABS, 0, 0, _OFF_ARGS + 8 * 2), (BPF_JSET_K, 1, 0, _OPEN_WRITES)]
+        check = fail + [(BPF_RET_K, 0, 0, RET_ALLOW)]
+        # every failed test jumps to the reload of the number after the block
+        check = [(code, jt, len(check) - i - 1, k) if code == BPF_JEQ_K else
+                 (code, len(check) - i - 1, jf, k) if code == BPF_JSET_K else (code, jt, jf, k)
+                 for i, (code, jt, jf, k) in enumerate(check)]
+        prog.append((BPF_JEQ_K, 0, len(check) + 1, nr))
+        prog.extend(check)
+        prog.append((BPF_LD_W_ABS, 0, 0, _OFF_NR))
+    return prog
+
+
 def _abi_block(traced: Iterable[int], refused: Dict[int, int],
                traced_if: Dict[int, int] = None, compat: bool = False,
-               deny_pid: Dict[int, Tuple[int, int]] = None) -> List[Insn]:
+               deny_pid: Dict[int, Tuple[int, int]] = None,
+               gate: List[Insn] = ()) -> List[Insn]:
     """One ABI's decisions.  For the i386 ABI (``compat``) every stop goes
     through a last check: a path call made with ``int $0x80`` from 64-bit
     code (instruction pointer above 4 GiB) is refused with ENOSYS (its
@@ -70,6 +114,7 @@ def _abi_block(traced: Iterable[int], refused: Dict[int, int],
             (BPF_RET_K, 0, 0, RET_ERRNO | errno.EPERM),
             (BPF_LD_W_ABS, 0, 0, _OFF_NR),
         ])
+    prog.extend(gate)
     for nr in sorted(traced):
         prog.append((BPF_JEQ_K, 0, 1, nr))
         prog.append(_TRACE)
@@ -112,12 +157,13 @@ TRACER_PID_ARG = {"process_vm_readv": 0, "process_vm_writev": 0, "pidfd_open": 0
 
 def build_filter(traced: Dict[int, Iterable[int]], refused: Dict[int, Dict[int, int]],
                  traced_if: Dict[int, Dict[int, int]] = None,
-                 tracer_pid: int = 0) -> List[Insn]:
+                 tracer_pid: int = 0, gate_key: int = 0) -> List[Insn]:
     """BPF program: ``traced[abi]`` numbers stop the tracee, ``refused[abi]``
     maps numbers to the errno they fail with, ``traced_if[abi]`` maps
     numbers to the argument that must be non-NULL for a stop; calls that
     target ``tracer_pid`` with another process's memory or descriptors
-    (:data:`TRACER_PID_ARG`) get EPERM."""
+    (:data:`TRACER_PID_ARG`) get EPERM; with ``gate_key``, the preloaded
+    library's read-only calls carrying it are allowed (:func:`_gate`)."""
     from uvm.sandbox.sysnums import NUMBERS
 
     traced_if = traced_if or {ABI_X86_64: {}, ABI_I386: {}}
@@ -127,10 +173,12 @@ def build_filter(traced: Dict[int, Iterable[int]], refused: Dict[int, Dict[int, 
             for name, arg in TRACER_PID_ARG.items():
                 if name in NUMBERS[abi]:
                     deny[abi][NUMBERS[abi][name]] = (arg, tracer_pid)
+    gates = {abi: _gate(NUMBERS[abi], gate_key, abi == ABI_I386) if gate_key else []
+             for abi in (ABI_X86_64, ABI_I386)}
     block64 = _abi_block(traced[ABI_X86_64], refused[ABI_X86_64], traced_if[ABI_X86_64],
-                         deny_pid=deny[ABI_X86_64])
+                         deny_pid=deny[ABI_X86_64], gate=gates[ABI_X86_64])
     block32 = _abi_block(traced[ABI_I386], refused[ABI_I386], traced_if[ABI_I386], compat=True,
-                         deny_pid=deny[ABI_I386])
+                         deny_pid=deny[ABI_I386], gate=gates[ABI_I386])
     # Layout: [0] ld arch, [1] jeq x86_64 ? next : ja-to-i386, ...
     prog: List[Insn] = [
         (BPF_LD_W_ABS, 0, 0, _OFF_ARCH),
