@@ -570,7 +570,7 @@ static int enter(struct fast *f, int tid)
     int setregs = 0;
     if (path[0] == '/') {
         struct t_answer ans;
-        t_absolute(f->t, &io, path, (size_t)len, row->kind, follow, &ans);
+        t_absolute(f->t, &io, path, (size_t)len, row->kind, follow, 0, &ans);
         if (ans.action == T_ENOENT)
             return may_anchor(f, tid) ? answer(tid, &regs, -ENOENT) : BAIL;
         if (ans.action != T_HOST || !may_anchor(f, tid))

@@ -104,6 +104,7 @@ struct t_io {
 struct t_answer {
     int action;
     int fd;
+    int trusted; /* T_HOST: the final name was not checked (t_absolute) */
     char name[T_SHORT_PATH];
 };
 
@@ -214,8 +215,8 @@ static inline int t_entry_ok(const struct t_io *io, int fd, long dirfd, int fill
                              const char *name, int kind, int follow)
 {
     struct t_stat st = {0, 0, 0};
-    int err = io->lstat(io->ctx, fd, dirfd, name, &st);
     if (filled != T_PLAIN) {
+        int err = io->lstat(io->ctx, fd, dirfd, name, &st);
         if (err < 0)
             return err == -T_ENOENT_ERR && filled == T_FILLED;
         unsigned type = st.mode & T_S_IFMT;
@@ -223,7 +224,8 @@ static inline int t_entry_ok(const struct t_io *io, int fd, long dirfd, int fill
             return 0;
         return !(kind == T_KIND_OPEN && type == T_S_IFREG && st.size > 0 && st.blocks == 0);
     }
-    return !(follow && err == 0 && (st.mode & T_S_IFMT) == T_S_IFLNK);
+    return !follow || io->lstat(io->ctx, fd, dirfd, name, &st) < 0 ||
+           (st.mode & T_S_IFMT) != T_S_IFLNK;
 }
 
 /* A final symlink whose target is a plain name in the same directory
@@ -260,11 +262,18 @@ static inline void t_copy(char *out, const char *in, size_t n)
  * of ``kind`` that follows a final symlink if ``follow``.  For T_ENOENT,
  * ``out->fd`` and ``out->name`` are the missing name the answer rests on,
  * which the caller has just seen absent (a tracee that cannot reach the
- * tracer's descriptors is the caller's business). */
+ * tracer's descriptors is the caller's business).
+ *
+ * ``trusting``: in a plain directory, the final name is not checked for a
+ * symlink to follow; the caller makes the call without following and
+ * looks again (not trusting) if the kernel met a symlink (``out->trusted``
+ * says it must): one call instead of two where each costs a walk. */
 static inline void t_absolute(const struct table *t, const struct t_io *io, const char *path,
-                              size_t len, int kind, int follow, struct t_answer *out)
+                              size_t len, int kind, int follow, int trusting,
+                              struct t_answer *out)
 {
     out->action = T_BAIL;
+    out->trusted = 0;
     if (len < 1 || len >= T_SHORT_PATH || path[0] != '/' ||
         (len >= 5 && t_memeq(path, "/proc", 5)))
         return;
@@ -304,9 +313,12 @@ static inline void t_absolute(const struct table *t, const struct t_io *io, cons
     } else {
         /* A name a bind may sit on is served only as an exact path. */
         t_copy(out->name, last, last_len);
-        ok = s && !t_reserved(t, last, last_len) &&
-             (!follow || t_follow_in_dir(t, io, s->fd, out->name, sizeof(out->name))) &&
-             t_entry_ok(io, s->fd, -1, s->filled, out->name, kind, follow);
+        ok = s && !t_reserved(t, last, last_len);
+        if (ok && trusting && follow && s->filled == T_PLAIN)
+            out->trusted = 1;
+        else
+            ok = ok && (!follow || t_follow_in_dir(t, io, s->fd, out->name, sizeof(out->name))) &&
+                 t_entry_ok(io, s->fd, -1, s->filled, out->name, kind, follow);
     }
     if (!ok) {
         /* The path itself may be known: an entry of a directory whose
