@@ -59,6 +59,7 @@ struct cap {
 struct fast {
     struct fast_row rows[2][FAST_MAX_NR];
     struct table *t; /* shared with the preloaded library (uvm_table.h) */
+    char passthrough[2][64];
     int check_caps;
     struct restart recs[TIDS];
     struct cap caps[TIDS];
@@ -128,6 +129,16 @@ void fast_set_row(struct fast *f, int abi, int nr, const struct fast_row *row)
 {
     if ((abi == 0 || abi == 1) && nr >= 0 && nr < FAST_MAX_NR)
         f->rows[abi][nr] = *row;
+}
+
+int fast_add_passthrough(struct fast *f, const char *path, size_t len)
+{
+    for (int i = 0; i < 2; i++)
+        if (!f->passthrough[i][0] && len > 0 && len < sizeof(f->passthrough[i])) {
+            memcpy(f->passthrough[i], path, len);
+            return 0;
+        }
+    return -1;
 }
 
 int fast_add_name(struct fast *f, const char *name, size_t len)
@@ -567,6 +578,9 @@ static int enter(struct fast *f, int tid)
     } else if (row->kind == FAST_READLINK) {
         follow = 0;
     }
+    if (row->kind == FAST_OPEN &&
+        (strcmp(path, f->passthrough[0]) == 0 || strcmp(path, f->passthrough[1]) == 0))
+        return HANDLED; /* the loader opens the preloaded library */
     int setregs = 0;
     if (path[0] == '/') {
         struct t_answer ans;

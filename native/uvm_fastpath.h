@@ -57,6 +57,9 @@ struct fast *fast_new(int tracer_pid, int check_caps, int relative_ok, int table
                       unsigned long long key);
 void fast_free(struct fast *f);
 void fast_set_row(struct fast *f, int abi, int nr, const struct fast_row *row);
+/* A path a read-only open may name as it is: the preloaded library, which
+ * the guest's loader opens as /proc/<tracer>/fd/N (at most two). */
+int fast_add_passthrough(struct fast *f, const char *path, size_t len);
 /* Last components that always go to Python (a bind may sit on them). */
 int fast_add_name(struct fast *f, const char *name, size_t len);
 /* Guest directory ``head`` (as written by the guest, before the last '/')

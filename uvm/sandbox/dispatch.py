@@ -158,6 +158,8 @@ class Tracer:
         if self.fast is not None:
             self.anchors.on_retire = self.fast.clear
             self.preload.seal_table()
+            for name in self._preloads.values():
+                self.fast.pass_through(name)
         return self.fast
 
     # -- bookkeeping ---------------------------------------------------------------
@@ -772,10 +774,9 @@ class Tracer:
         """Does the environment make the loader list or log what it loads
         (ldd's LD_TRACE_LOADED_OBJECTS, LD_DEBUG)?  Then nothing is
         preloaded, so that the list is the program's own."""
-        for ptr in mem.read_words(tid, envp, word) if envp else ():
-            if mem.read_cstring(tid, ptr).startswith(_LOADER_REPORTS):
-                return True
-        return False
+        size = max(len(prefix) for prefix in _LOADER_REPORTS)
+        heads = mem.read_heads(tid, mem.read_words(tid, envp, word), size) if envp else ()
+        return any(head.startswith(_LOADER_REPORTS) for head in heads)
 
     def _realpath(self, tid, regs, abi, idx, buf_i, size_i) -> int:
         """realpath() of the preloaded library (native/uvm_preload.c): the

@@ -107,9 +107,8 @@ SYMBOLS_MAX = 64 << 20  # bytes of symbol and string table read at most
 
 def imports(f: BinaryIO, wanted: Tuple[bytes, ...]) -> Optional[Tuple[bool, bool]]:
     """(64-bit, takes one of the functions ``wanted`` from a library) for an
-    ELF file, from its dynamic symbol table (undefined symbols by name; the
-    string table shares tails, so names are matched where they start), or
-    None (not ELF, no section headers, malformed)."""
+    ELF file, from its dynamic symbol table (the names of its undefined
+    symbols), or None (not ELF, no section headers, malformed)."""
     try:
         return _imports(f, wanted)
     except (OSError, struct.error, ValueError, IndexError):
@@ -142,18 +141,12 @@ def _imports(f: BinaryIO, wanted: Tuple[bytes, ...]) -> Optional[Tuple[bool, boo
             return None
         f.seek(str_offset)
         strings = f.read(str_size)
-        starts = set()
-        for name in wanted:
-            at = strings.find(name + b"\0")
-            while at >= 0:
-                starts.add(at)
-                at = strings.find(name + b"\0", at + 1)
-        if not starts:
-            return is_64, False
         f.seek(offset)
         symbols = f.read(size - size % entsize)
-        return is_64, any(name in starts and shndx == SHN_UNDEF
-                          for name, shndx in struct.iter_unpack(sym_fmt, symbols))
+        names = frozenset(wanted)
+        find = strings.find
+        return is_64, any(shndx == SHN_UNDEF and strings[name:find(b"\0", name)] in names
+                          for name, shndx in struct.iter_unpack(sym_fmt, symbols) if name)
     return is_64, False
 
 

@@ -124,6 +124,12 @@ class FastPath:
         # births waiting in the C (see wait): take them before the stop
         self.born = 0
 
+    def pass_through(self, path: bytes) -> None:
+        """A read-only open of exactly ``path`` goes to the kernel as it is
+        (the preloaded library's name; two at most)."""
+        if self._lib.fast_add_passthrough(self._fast, path, len(path)) != 0:
+            raise ValueError("uvm: too many pass-through paths for the tracer's fast path")
+
     def publish(self, head: bytes, fd: int, host_len: int, lazy: int = 0,
                 canonical: bytes = b"") -> None:
         """Guest directory ``head`` (as the guest wrote it) is host

@@ -151,6 +151,34 @@ def read_cstring(pid: int, addr: int, limit: int = PATH_MAX) -> bytes:
         want = PAGE
 
 
+_IOV_MAX = 1024
+
+
+def read_heads(pid: int, addrs: list, size: int) -> list:
+    """The first ``size`` bytes (fewer at a page's end) at each of
+    ``addrs``, in one request per 1024: an environment's strings, checked
+    for a prefix, at the cost of one system call instead of one each.  A
+    head that ends at a page boundary without a NUL is read again with
+    :func:`read_cstring`; OSError EFAULT when an address is bad."""
+    out: list = []
+    for first in range(0, len(addrs), _IOV_MAX):
+        batch = addrs[first:first + _IOV_MAX]
+        lens = [min(size, PAGE - addr % PAGE) for addr in batch]
+        buf = ctypes.create_string_buffer(sum(lens))
+        remote = (_Iovec * len(batch))(*(_Iovec(a, n) for a, n in zip(batch, lens)))
+        local = _Iovec(ctypes.addressof(buf), len(buf))
+        if _vm_readv(pid, ctypes.byref(local), 1, remote, len(batch), 0) != len(buf):
+            raise OSError(_errno.EFAULT, "bad address")
+        at = 0
+        for addr, n in zip(batch, lens):
+            head = buf.raw[at:at + n]
+            at += n
+            if n < size and b"\0" not in head:
+                head = read_cstring(pid, addr)[:size]
+            out.append(head)
+    return out
+
+
 def read_bytes(pid: int, addr: int, size: int) -> bytes:
     buf = ctypes.create_string_buffer(size)
     local = _Iovec(ctypes.addressof(buf), size)
