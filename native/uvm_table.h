@@ -364,9 +364,10 @@ static inline int t_relative_ok(const struct table *t, const struct t_io *io, co
 }
 
 /* realpath() of an absolute, clean ``path`` whose directory Python
- * published with its canonical guest path, when the last name is no
- * symlink and no bind point: the length written to ``out`` (at most
- * ``cap``), -ENOENT, -ENAMETOOLONG, or 0 when Python must answer. */
+ * published with its canonical guest path, when the last name is no bind
+ * point and no symlink (or one to a plain name in the same directory): the
+ * length written to ``out`` (at most ``cap``), -ENOENT, -ENAMETOOLONG, or
+ * 0 when Python must answer. */
 static inline long t_realpath(const struct table *t, const struct t_io *io, const char *path,
                               size_t len, char *out, size_t cap, int *missing_fd)
 {
@@ -401,10 +402,18 @@ static inline long t_realpath(const struct table *t, const struct t_io *io, cons
         return 0;
     t_copy(name, last, last_len);
     int err = io->lstat(io->ctx, s->fd, -1, name, &st);
+    if (err == 0 && (st.mode & T_S_IFMT) == T_S_IFLNK) {
+        /* a symlink to a plain name in the same directory (gcc -> gcc-12) */
+        if (!t_follow_in_dir(t, io, s->fd, name, sizeof(name)))
+            return 0;
+        err = io->lstat(io->ctx, s->fd, -1, name, &st);
+    }
     if (err == -T_ENOENT_ERR)
         return -T_ENOENT_ERR;
     if (err < 0 || (st.mode & T_S_IFMT) == T_S_IFLNK)
         return 0;
+    last = name;
+    last_len = t_strlen(name);
     size_t n = s->xlen == 1 ? 0 : s->xlen; /* the canonical directory; "/" adds nothing */
     if (n + 1 + last_len >= cap)
         return -36; /* ENAMETOOLONG */

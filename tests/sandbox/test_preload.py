@@ -56,7 +56,7 @@ int main(int argc, char **argv)
 }
 """
 
-PATHS = ["/", "/etc", "/mnt", "/mnt/f", "/mnt/d", "/mnt/d/", "/mnt/d/g", "/mnt/abs",
+PATHS = ["/", "/etc", "/mnt", "/mnt/f", "/mnt/d", "/mnt/d/", "/mnt/d/g", "/mnt/abs", "/mnt/same",
          "/mnt/abs/hostname", "/mnt/rel", "/mnt/up/g", "/mnt/loop1", "/mnt/dangling",
          "/mnt/nope", "/mnt/nope/x", "/mnt/f/x", "/mnt/f/", "/mnt/shut/x", "/mnt/./d/../f",
          "/mnt//d", "f", "d/g", "../mnt/f", ".", "..", "", "/../../etc"]
@@ -68,7 +68,7 @@ def probe_dir(uvm_runner, scratch):
     (scratch / "d").mkdir()
     (scratch / "f").write_text("f\n")
     (scratch / "d/g").write_text("g\n")
-    for name, target in [("abs", "/etc"), ("rel", "d/g"), ("up", "../mnt/d"),
+    for name, target in [("abs", "/etc"), ("rel", "d/g"), ("up", "../mnt/d"), ("same", "f"),
                          ("loop1", "loop2"), ("loop2", "loop1"), ("dangling", "nope")]:
         os.symlink(target, scratch / name)
     (scratch / "shut").mkdir(mode=0)
