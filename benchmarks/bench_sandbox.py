@@ -13,7 +13,7 @@ interleaved in one run: one warm-up of each, then ``--reps`` rounds of
 native, uvm.  With ``--ablation`` each round also runs uvm with ``--spread``
 (no CPU placement) and with ``--spread`` and ``UVM_TRACER=python`` (no C
 fast path either: the tracer as it was before both), and with
-``UVM_PRELOAD=0`` (no preloaded realpath() library), so that each
+``UVM_PRELOAD=0`` (no preloaded library), so that each
 decision's gain is measured in the same run.  Printed: the median wall times, uvm's ratio to native beside
 upstream PRoot 5.4's (from ../shared/bench/README.md), and the tracer stops
 per workload (``uvm run --stats``).  Then the tracer's peak RSS (VmHWM of the
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the raw figures to this file")
     ap.add_argument("--ablation", action="store_true",
                     help="also time uvm --spread, --spread with UVM_TRACER=python, and "
-                    "uvm without the preloaded realpath() library (UVM_PRELOAD=0)")
+                    "uvm without the preloaded library (UVM_PRELOAD=0)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         ap.error("needs root: native chroot is the baseline")

@@ -7,7 +7,10 @@ Kinds: ``getpid`` (never stops: the baseline), ``fstat`` (glibc's fstat as
 ``newfstatat(fd, "", AT_EMPTY_PATH)``: a stop with nothing to rewrite),
 ``lstat`` (a stop and a path rewrite), ``stat`` (a rewrite and the check
 that the final component is not a symlink).  Also printed: the tracer's
-CPU per stop (``uvm run --stats``).
+CPU per stop (``uvm run --stats``).  ``libc-stat`` and ``libc-open`` (open
+and close) call glibc from a dynamic build, which gets the preloaded
+library: no stop; its last column is the same without the library
+(``UVM_PRELOAD=0``): a stop each.
 
     sudo .venv/bin/python benchmarks/bench_stops.py [--calls 20000] [--reps 5]
 
@@ -30,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "sandbox"))
 import roots  # noqa: E402
 
-KINDS = ("getpid", "fstat", "lstat", "stat")
+KINDS = ("getpid", "fstat", "lstat", "stat", "libc-stat", "libc-open")
 
 
 def uvm_command() -> list:
@@ -49,27 +52,40 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="uvm-bench-stops-", dir="/var/tmp"))
     scratch = Path(tempfile.mkdtemp(prefix="probe-", dir=root / "tmp"))
     try:
-        subprocess.run(["gcc", "-O2", "-static", "-o", str(work / "stops"),
-                        str(HERE / "probe" / "stops.c")], check=True)
-        shutil.copy(work / "stops", scratch / "stops")
-        inside = "/tmp/" + scratch.name + "/stops"
+        for name, static in (("stops", ["-static"]), ("stops-dyn", [])):
+            subprocess.run(["gcc", "-O2", *static, "-o", str(scratch / name),
+                            str(HERE / "probe" / "stops.c")], check=True)
+        inside = "/tmp/" + scratch.name + "/"
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
-        print(f"{'call':8} {'native µs':>10} {'uvm µs':>8} {'tracer CPU µs/stop':>19}")
+        print(f"{'call':9} {'native µs':>10} {'uvm µs':>8} {'tracer CPU µs/stop':>19} "
+              f"{'no library µs':>14}")
+
+        def under_uvm(program: str, kind: str, extra_env: dict) -> tuple:
+            stats = work / "stats.json"
+            out = subprocess.run([*uvm_command(), "run", "--root", str(root), "--no-layer",
+                                  "--stats", str(stats), "--", program, kind, str(args.calls)],
+                                 capture_output=True, text=True, env={**env, **extra_env},
+                                 check=True)
+            st = json.loads(stats.read_text())
+            return float(out.stdout), st["tracer_cpu_s"] * 1e6 / max(1, st["stops"])
+
         for kind in KINDS:
-            native, uvm, cpu = [], [], []
+            program = inside + ("stops-dyn" if kind.startswith("libc-") else "stops")
+            native, uvm, cpu, bare = [], [], [], []
             for _ in range(args.reps):
-                out = subprocess.run(["chroot", str(root), inside, kind, str(args.calls)],
+                out = subprocess.run(["chroot", str(root), program, kind, str(args.calls)],
                                      capture_output=True, text=True, env=env, check=True)
                 native.append(float(out.stdout))
-                stats = work / "stats.json"
-                out = subprocess.run([*uvm_command(), "run", "--root", str(root), "--no-layer",
-                                      "--stats", str(stats), "--", inside, kind, str(args.calls)],
-                                     capture_output=True, text=True, env=env, check=True)
-                uvm.append(float(out.stdout))
-                st = json.loads(stats.read_text())
-                cpu.append(st["tracer_cpu_s"] * 1e6 / max(1, st["stops"]))
-            per_stop = f"{statistics.median(cpu):19.1f}" if kind != "getpid" else f"{'-':>19}"
-            print(f"{kind:8} {statistics.median(native):10.2f} {statistics.median(uvm):8.2f} {per_stop}")
+                took, per_stop = under_uvm(program, kind, {})
+                uvm.append(took)
+                cpu.append(per_stop)
+                if kind.startswith("libc-"):
+                    bare.append(under_uvm(program, kind, {"UVM_PRELOAD": "0"})[0])
+            stopping = kind not in ("getpid", "libc-stat", "libc-open")
+            per_stop = f"{statistics.median(cpu):19.1f}" if stopping else f"{'-':>19}"
+            without = f"{statistics.median(bare):14.2f}" if bare else f"{'-':>14}"
+            print(f"{kind:9} {statistics.median(native):10.2f} {statistics.median(uvm):8.2f} "
+                  f"{per_stop} {without}")
         print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -56,6 +56,8 @@
 
 extern int *__errno_location(void);
 extern void *malloc(size_t size);
+extern void *fdopen(int fd, const char *mode);
+extern void *_IO_fopen(const char *path, const char *mode); /* glibc's fopen */
 
 #if defined(__x86_64__)
 #define NR_OPENAT 257L
@@ -441,6 +443,51 @@ int stat64(const char *path, void *buf)
 int lstat64(const char *path, void *buf)
 {
     return fstatat64(AT_FDCWD_, path, buf, AT_SYMLINK_NOFOLLOW_);
+}
+
+/* fopen() for reading: the open served here, then the guest's own
+ * fdopen(); any other mode is glibc's own fopen (its writes and
+ * creations are the tracer's anyway), exported as _IO_fopen. */
+static int read_only_mode(const char *mode, int *flags)
+{
+    if (mode == NULL || mode[0] != 'r')
+        return 0;
+    for (const char *m = mode + 1; *m; m++) {
+        if (*m == 'e')
+            *flags |= O_CLOEXEC_;
+        else if (*m != 'b' && *m != 'c' && *m != 'm')
+            return 0; /* '+', 'x', ",ccs=": glibc's */
+    }
+    return 1;
+}
+
+static void *served_fopen(const char *path, const char *mode, int large)
+{
+    int flags = large ? O_LARGEFILE_ : 0;
+    if (path == NULL || !read_only_mode(mode, &flags))
+        return _IO_fopen(path, mode);
+    long fd = serve_open(AT_FDCWD_, path, flags, 0);
+    if (fd < 0) {
+        *__errno_location() = (int)-fd;
+        return NULL;
+    }
+    void *stream = fdopen((int)fd, mode);
+    if (stream == NULL) {
+        int err = *__errno_location();
+        sys4(NR_CLOSE, fd, 0, 0, 0);
+        *__errno_location() = err;
+    }
+    return stream;
+}
+
+void *fopen(const char *path, const char *mode)
+{
+    return served_fopen(path, mode, 0);
+}
+
+void *fopen64(const char *path, const char *mode)
+{
+    return served_fopen(path, mode, 1);
 }
 
 int access(const char *path, int mode)

@@ -1,5 +1,6 @@
 /* One system call in a loop, timed: the cost of a tracer stop under uvm.
- * Built static by bench_stops.py; usage: stops KIND COUNT. */
+ * Built static by bench_stops.py (and dynamic, for the libc-* kinds, which
+ * the preloaded library serves); usage: stops KIND COUNT. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -35,6 +36,10 @@ int main(int argc, char **argv)
             syscall(SYS_newfstatat, AT_FDCWD, "/etc/hostname", &st, AT_SYMLINK_NOFOLLOW);
         else if (!strcmp(kind, "stat"))  /* a rewrite and the final symlink check */
             syscall(SYS_newfstatat, AT_FDCWD, "/etc/hostname", &st, 0);
+        else if (!strcmp(kind, "libc-stat"))  /* glibc's stat(), or the library's */
+            stat("/etc/hostname", &st);
+        else if (!strcmp(kind, "libc-open"))
+            close(open("/etc/hostname", O_RDONLY));
         else
             return 2;
     }

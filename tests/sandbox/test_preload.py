@@ -269,6 +269,11 @@ int main(int argc, char **argv)
             opened("open-nofollow", p, open(p, O_RDONLY | O_NOFOLLOW));
             opened("openat-mnt", p, openat(mnt, p, O_RDONLY));
             said("access", p, access(p, R_OK) == 0, "ok");
+            FILE *f = fopen(p, "re");
+            char line[8] = "";
+            said("fopen", p, f != NULL, f && fgets(line, 3, f) ? line : "");
+            if (f)
+                fclose(f);
             ssize_t n = readlink(p, target, sizeof target - 1);
             target[n > 0 ? n : 0] = '\0';
             said("readlink", p, n >= 0, target);
@@ -287,8 +292,8 @@ def _build_path_calls(bits: str, where) -> None:
 
 @pytest.mark.parametrize("bits", ["64", "32"])
 def test_path_calls_answer_as_natively(uvm_runner, request, probe_dir, bits):
-    """stat, lstat, fstatat, open (following or not), openat, access and
-    readlink, which the library serves without a stop once the tracer has
+    """stat, lstat, fstatat, open (following or not), openat, access,
+    readlink and fopen for reading, which the library serves without a stop once the tracer has
     resolved a directory, give what they give natively on every kind of
     path: symlinks absolute, relative, looping and dangling, missing names,
     ENOTDIR, an unsearchable directory, relative names, binds."""
