@@ -91,10 +91,10 @@ extern void *_IO_fopen(const char *path, const char *mode); /* glibc's fopen */
 #error "uvm_preload.c: x86_64 or i386 only"
 #endif
 
-/* Written by the tracer into its copy of this file (dispatch.py). */
 typedef uint64_t __attribute__((may_alias)) u64_alias;
 typedef uint32_t __attribute__((may_alias)) u32_alias;
 
+/* Written by the tracer into its copy of this file (uvm/sandbox/preload.py). */
 static volatile const struct {
     char magic[16];
     union {
@@ -233,11 +233,12 @@ static void host_name(int fd, const char *name, char *out)
     size_t n = table->prefix_len < sizeof(table->prefix) ? table->prefix_len : 0;
     char digits[12];
     int d = 0;
+    unsigned v = (unsigned)fd;
     for (size_t i = 0; i < n; i++)
         out[i] = table->prefix[i];
     do
-        digits[d++] = (char)('0' + fd % 10);
-    while ((fd /= 10) > 0 && d < 11);
+        digits[d++] = (char)('0' + v % 10);
+    while ((v /= 10) > 0 && d < 11);
     while (d > 0)
         out[n++] = digits[--d];
     out[n++] = '/';
