@@ -94,54 +94,27 @@ extern void *_IO_fopen(const char *path, const char *mode); /* glibc's fopen */
 typedef uint64_t __attribute__((may_alias)) u64_alias;
 typedef uint32_t __attribute__((may_alias)) u32_alias;
 
+union uvm_key {
+    unsigned long long k64;
+    uint32_t k32[2]; /* i386: the low half */
+};
+
 /* Written by the tracer into its copy of this file (uvm/sandbox/preload.py). */
 static volatile const struct {
     char magic[16];
-    union {
-        unsigned long long k64;
-        uint32_t k32[2]; /* i386: the low half */
-    } key;
+    union uvm_key key;
     char table[64];
 } uvm_config = {"uvm-preload-cfg1", {0}, ""};
 
 static const struct table *table;
 
-/* A system call of up to four arguments: the result, or -errno.  The sixth
- * argument register is cleared: only gated() may hold the key.  (i386:
- * through __kernel_vsyscall, as glibc does; int $0x80 costs several times
- * more on some kernels.) */
-static long sys4(long nr, long a, long b, long c, long d)
-{
-    long ret;
-#if defined(__x86_64__)
-    register long r10 __asm__("r10") = d;
-    __asm__ volatile("xorl %%r9d, %%r9d\n\t"
-                     "syscall"
-                     : "=a"(ret)
-                     : "0"(nr), "D"(a), "S"(b), "d"(c), "r"(r10)
-                     : "rcx", "r11", "r9", "memory");
-#else
-    long args[4] = {a, b, c, d};
-    __asm__ volatile("push %%ebp\n\t"
-                     "push %%ebx\n\t"
-                     "xorl %%ebp, %%ebp\n\t"
-                     "movl 0(%1), %%ebx\n\t"
-                     "movl 4(%1), %%ecx\n\t"
-                     "movl 8(%1), %%edx\n\t"
-                     "movl 12(%1), %%esi\n\t"
-                     "call *%%gs:0x10\n\t"
-                     "pop %%ebx\n\t"
-                     "pop %%ebp"
-                     : "=a"(ret)
-                     : "D"(args), "0"(nr)
-                     : "ecx", "edx", "esi", "memory");
-#endif
-    return ret;
-}
-
-/* The same through the filter's gate: the key goes into the sixth argument
- * register only for the call, straight from memory. */
-static long gated(long nr, long a, long b, long c, long d)
+/* A system call of up to four arguments: the result, or -errno.  ``key``
+ * goes into the sixth argument register for the call only, straight from
+ * memory: the run's key for the filter's gate (gated()), or zero, so that
+ * no plain call carries it by accident (sys4()).  (i386: through
+ * __kernel_vsyscall, as glibc does; int $0x80 costs several times more on
+ * some kernels.) */
+static long call4(long nr, long a, long b, long c, long d, const volatile union uvm_key *key)
 {
     long ret;
 #if defined(__x86_64__)
@@ -150,7 +123,7 @@ static long gated(long nr, long a, long b, long c, long d)
                      "syscall\n\t"
                      "xorl %%r9d, %%r9d"
                      : "=a"(ret)
-                     : "0"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), [key] "m"(uvm_config.key.k64)
+                     : "0"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), [key] "m"(key->k64)
                      : "rcx", "r11", "r9", "memory");
 #else
     long args[4] = {a, b, c, d};
@@ -165,10 +138,22 @@ static long gated(long nr, long a, long b, long c, long d)
                      "pop %%ebx\n\t"
                      "pop %%ebp"
                      : "=a"(ret)
-                     : "D"(args), "0"(nr), [key] "m"(uvm_config.key.k32[0])
+                     : "D"(args), "0"(nr), [key] "m"(key->k32[0])
                      : "ecx", "edx", "esi", "memory");
 #endif
     return ret;
+}
+
+static const volatile union uvm_key no_key;
+
+static long sys4(long nr, long a, long b, long c, long d)
+{
+    return call4(nr, a, b, c, d, &no_key);
+}
+
+static long gated(long nr, long a, long b, long c, long d)
+{
+    return call4(nr, a, b, c, d, &uvm_config.key);
 }
 
 static long fail(long ret)

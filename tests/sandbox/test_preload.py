@@ -79,24 +79,32 @@ def probe_dir(uvm_runner, scratch):
     os.chmod(scratch / "shut", 0o700)
 
 
-def _build(root_kind: str, where) -> None:
-    subprocess.run(["gcc", "-O1", "-Wall", *(["-m32"] if root_kind == "32" else []),
-                    "-o", str(where / "rp"), "-x", "c", "-"], input=REALPATH_C, text=True,
+def _build(source: str, where, name: str, bits: str = "64") -> None:
+    """Compile C ``source`` into ``where/name`` for the guest's ABI."""
+    subprocess.run(["gcc", "-O1", "-Wall", *(["-m32"] if bits == "32" else []),
+                    "-o", str(where / name), "-x", "c", "-"], input=source, text=True,
                    check=True)
+
+
+def _probe_paths(uvm_runner, request, probe_dir, bits: str, source: str) -> list:
+    """The probe built from ``source`` asked about every path of PATHS
+    under uvm and natively: uvm's answers, once they equal the native ones
+    and came through the library."""
+    root = request.getfixturevalue("host_root" if bits == "64" else "i386_root")
+    _build(source, probe_dir, "probe", bits)
+    binds = [(probe_dir, "/mnt")]
+    res = uvm_runner.run(root, "/mnt/probe", *PATHS, binds=binds, cwd="/mnt")
+    native = uvm_runner.native(root, "/mnt/probe", *PATHS, binds=binds, cwd="/mnt")
+    assert res.returncode == 0 and native.returncode == 0, res.stderr + native.stderr
+    *answers, preloaded = res.stdout.splitlines()
+    assert answers == native.stdout.splitlines()[:-1]
+    assert preloaded == "preloaded 1"
+    return answers
 
 
 @pytest.mark.parametrize("bits", ["64", "32"])
 def test_realpath_answers_as_natively(uvm_runner, request, probe_dir, bits):
-    root = request.getfixturevalue("host_root" if bits == "64" else "i386_root")
-    _build(bits, probe_dir)
-    binds = [(probe_dir, "/mnt")]
-    res = uvm_runner.run(root, "/mnt/rp", *PATHS, binds=binds, cwd="/mnt")
-    native = uvm_runner.native(root, "/mnt/rp", *PATHS, binds=binds, cwd="/mnt")
-    assert res.returncode == 0 and native.returncode == 0, res.stderr + native.stderr
-    *answers, preloaded = res.stdout.splitlines()
-    *expected, _ = native.stdout.splitlines()
-    assert answers == expected
-    assert preloaded == "preloaded 1"  # the answers came through the library
+    answers = _probe_paths(uvm_runner, request, probe_dir, bits, REALPATH_C)
     assert "/mnt/abs/hostname -> /etc/hostname" in answers
     assert "/mnt/loop1 -> Too many levels of symbolic links" in answers
 
@@ -141,9 +149,7 @@ def test_fstat_answers_as_natively(uvm_runner, request, probe_dir, bits):
     gives what stat() and a native run give, for a program that does not
     call realpath()."""
     root = request.getfixturevalue("host_root" if bits == "64" else "i386_root")
-    subprocess.run(["gcc", "-O1", "-Wall", *(["-m32"] if bits == "32" else []),
-                    "-o", str(probe_dir / "fs"), "-x", "c", "-"], input=FSTAT_C, text=True,
-                   check=True)
+    _build(FSTAT_C, probe_dir, "fs", bits)
     paths = ["/mnt/f", "/mnt/d", "/mnt/rel", "/etc/hostname", "/", "/dev/null", "/mnt/nope"]
     binds = [(probe_dir, "/mnt")]
     res = uvm_runner.run(root, "/mnt/fs", *paths, binds=binds)
@@ -160,7 +166,7 @@ def test_without_the_library_and_for_ldd(uvm_runner, host_root, probe_dir):
     """UVM_PRELOAD=0 gives glibc's own realpath() (through the tracer) the
     same answers; the loader's own listing (ldd, LD_TRACE_LOADED_OBJECTS)
     never shows the library."""
-    _build("64", probe_dir)
+    _build(REALPATH_C, probe_dir, "rp")
     binds = [(probe_dir, "/mnt")]
     env = dict(os.environ, UVM_PRELOAD="0")
     plain = uvm_runner.run(host_root, "/mnt/rp", *PATHS, binds=binds, cwd="/mnt", env=env)
@@ -284,12 +290,6 @@ int main(int argc, char **argv)
 """
 
 
-def _build_path_calls(bits: str, where) -> None:
-    subprocess.run(["gcc", "-O1", "-Wall", *(["-m32"] if bits == "32" else []),
-                    "-o", str(where / "pc"), "-x", "c", "-"], input=PATH_CALLS_C, text=True,
-                   check=True)
-
-
 @pytest.mark.parametrize("bits", ["64", "32"])
 def test_path_calls_answer_as_natively(uvm_runner, request, probe_dir, bits):
     """stat, lstat, fstatat, open (following or not), openat, access,
@@ -297,17 +297,10 @@ def test_path_calls_answer_as_natively(uvm_runner, request, probe_dir, bits):
     resolved a directory, give what they give natively on every kind of
     path: symlinks absolute, relative, looping and dangling, missing names,
     ENOTDIR, an unsearchable directory, relative names, binds."""
-    root = request.getfixturevalue("host_root" if bits == "64" else "i386_root")
-    _build_path_calls(bits, probe_dir)
-    binds = [(probe_dir, "/mnt")]
-    res = uvm_runner.run(root, "/mnt/pc", *PATHS, binds=binds, cwd="/mnt")
-    native = uvm_runner.native(root, "/mnt/pc", *PATHS, binds=binds, cwd="/mnt")
-    assert res.returncode == 0 and native.returncode == 0, res.stderr + native.stderr
-    *answers, preloaded = res.stdout.splitlines()
-    assert answers == native.stdout.splitlines()[:-1]
-    assert preloaded == "preloaded 1"
+    answers = _probe_paths(uvm_runner, request, probe_dir, bits, PATH_CALLS_C)
     assert "readlink /mnt/abs: /etc" in answers
-    assert "open /mnt/abs/hostname: " + open(root / "etc/hostname").read(2) in answers
+    root = request.getfixturevalue("host_root" if bits == "64" else "i386_root")
+    assert "open /mnt/abs/hostname: " + (root / "etc/hostname").read_text()[:2] in answers
 
 
 STAT_LOOP_C = r"""
@@ -338,8 +331,7 @@ def test_served_calls_take_no_stop(uvm_runner, host_root, probe_dir):
     """3,000 path calls in directories the tracer has resolved cost a
     handful of stops with the library, one stop each without it
     (UVM_PRELOAD=0), with the same answers."""
-    subprocess.run(["gcc", "-O1", "-Wall", "-o", str(probe_dir / "loop"), "-x", "c", "-"],
-                   input=STAT_LOOP_C, text=True, check=True)
+    _build(STAT_LOOP_C, probe_dir, "loop")
     stops = {}
     for preload in ("1", "0"):
         stats = uvm_runner.make_scratch("stats") / "stats.json"
@@ -407,8 +399,7 @@ def test_the_gate_lets_only_reads_through(uvm_runner, host_root, probe_dir):
     creates still stops and is translated (the file appears in the guest's
     directory, not at the same path on the host); with a wrong key every
     call is translated as always."""
-    subprocess.run(["gcc", "-O1", "-Wall", "-o", str(probe_dir / "gate"), "-x", "c", "-"],
-                   input=GATE_C, text=True, check=True)
+    _build(GATE_C, probe_dir, "gate")
     (probe_dir / "secret").write_text("guest's own\n")
     res = uvm_runner.run(host_root, "/mnt/gate", "/mnt/made", "/mnt/secret",
                          binds=[(probe_dir, "/mnt")])
