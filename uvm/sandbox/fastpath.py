@@ -31,6 +31,10 @@ What the C knows, Python told it:
   the children it saw born for Python to take (:meth:`take_births`) before
   Python handles the next stop.
 
+The directories live in a table in a memfd (``native/uvm_table.h``), which
+the library preloaded into guest programs maps read-only and looks up with
+the same code, to serve those calls without a stop (preload.py).
+
 Everything Python forgets (a rename, an unlink, a copy-up, a new generation
 of anchors), the C forgets too (:meth:`clear`).  ``UVM_TRACER=python`` turns
 the C off (benchmarks compare both; a suspected C bug).

@@ -6,9 +6,9 @@ SECCOMP_RET_ERRNO for the calls the table refuses outright (so they cost no
 stop), ENOSYS for numbers newer than uvm knows, and RET_ALLOW for the rest.
 An unknown architecture kills the process.
 
-With a key (:data:`GATED`), the read-only calls of the preloaded library
-(``native/uvm_preload.c``), which carry the run's key in their sixth
-argument register, are allowed without a stop: the library has translated
+With the run's key, the read-only calls of the preloaded library
+(``native/uvm_preload.c``, :data:`GATED`), which carry the key in their
+sixth argument register, are allowed without a stop: the library has translated
 their paths from the tracer's own table.  openat passes the gate only
 without write or create flags.
 """
@@ -73,17 +73,17 @@ def _gate(numbers: Dict[str, int], key: int, compat: bool) -> List[Insn]:
         nr = numbers.get(name)
         if nr is None:
             continue
-        fail: List[Tuple[int, int, int, int]] = [
+        tests: List[Insn] = [
             (BPF_LD_W_ABS, 0, 0, _OFF_ARGS + 8 * 5),
             (BPF_JEQ_K, 0, 1, lo),  # jf patched below: to the reload
             (BPF_LD_W_ABS, 0, 0, _OFF_ARGS + 8 * 5 + 4),
             (BPF_JEQ_K, 0, 1, hi),
         ]
         if compat:
-            fail += [(BPF_LD_W_ABS, 0, 0, _OFF_IP + 4), (BPF_JEQ_K, 0, 1, 0)]
+            tests += [(BPF_LD_W_ABS, 0, 0, _OFF_IP + 4), (BPF_JEQ_K, 0, 1, 0)]
         if name == "openat":
-            fail += [(BPF_LD_W_ABS, 0, 0, _OFF_ARGS + 8 * 2), (BPF_JSET_K, 1, 0, _OPEN_WRITES)]
-        check = fail + [(BPF_RET_K, 0, 0, RET_ALLOW)]
+            tests += [(BPF_LD_W_ABS, 0, 0, _OFF_ARGS + 8 * 2), (BPF_JSET_K, 1, 0, _OPEN_WRITES)]
+        check = tests + [(BPF_RET_K, 0, 0, RET_ALLOW)]
         # every failed test jumps to the reload of the number after the block
         check = [(code, jt, len(check) - i - 1, k) if code == BPF_JEQ_K else
                  (code, len(check) - i - 1, jf, k) if code == BPF_JSET_K else (code, jt, jf, k)
