@@ -408,3 +408,21 @@ def test_the_gate_lets_only_reads_through(uvm_runner, host_root, probe_dir):
                                        "created 1: yes", "read: guest's own"]
     assert (probe_dir / "made.0").exists() and (probe_dir / "made.1").exists()
     assert not os.path.exists("/mnt/made.0")
+
+
+def test_a_guest_that_drops_root(uvm_runner, test_user, debian_root):
+    """Under uvm run as root, a guest that becomes another user (setpriv,
+    as su or a daemon would) loses the capability to reach uvm's
+    descriptors at its next exec: its programs start without the library
+    and their paths are translated without uvm's descriptors, with the
+    answers a native run gives.  (Run as the user, the same command keeps
+    its uid.)"""
+    code = ("import os; print(os.getuid(), open('/etc/hostname').read().strip(), "
+            "os.path.realpath('/usr/bin/python3'), sorted(os.listdir('/usr/lib'))[:3])")
+    groups = "--clear-groups" if uvm_runner.is_root else "--keep-groups"
+    cmd = ["setpriv", f"--reuid={test_user.uid}", f"--regid={test_user.gid}", groups,
+           "--", "python3", "-c", code]
+    res = uvm_runner.run(debian_root, *cmd)
+    native = uvm_runner.native(debian_root, *cmd)
+    assert native.returncode == 0, native.stderr
+    assert (res.returncode, res.stdout, res.stderr) == (0, native.stdout, "")

@@ -229,7 +229,15 @@ class Tracer:
         self.exe.pop(tid, None)
 
     def exec_done(self, tgid: int, former_tid: int) -> None:
+        """``tgid`` runs a new program: the guest names of its executable and
+        AT_EXECFN; as root, what it may reach is asked again (exec clears
+        the capabilities of a process whose uid is not 0)."""
         pending = self.pending_exe.pop(former_tid, None)
+        if self._root_mode:
+            self._creds.pop(tgid, None)
+            self._creds.pop(former_tid, None)
+            if self.fast is not None:
+                self.fast.forget_creds()
         if former_tid != tgid:
             self.forget(former_tid)
             self.tracees[tgid] = tgid
@@ -321,6 +329,26 @@ class Tracer:
                 ok = False
             self._creds[tid] = ok
         return ok
+
+    def _may_anchor_after_exec(self, tid: int, st: os.stat_result) -> bool:
+        """Will the program ``tid`` is about to execute still reach the
+        tracer's descriptors (the preloaded library's name)?  As root, only
+        with an effective uid of 0: exec clears the capabilities of any
+        other uid (and a set-user-ID program changes it)."""
+        if not self._may_anchor(tid):
+            return False
+        if not self._root_mode:
+            return True
+        if st.st_mode & stat.S_ISUID:
+            return False
+        try:
+            with open(f"/proc/{tid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Uid:"):
+                        return line.split()[2] == b"0"
+        except OSError:
+            pass
+        return False
 
     def _kernel_path(self, tid: int, host: str) -> str:
         """The name the kernel gets for ``host``: anchored on a directory
@@ -900,7 +928,7 @@ class Tracer:
         argv: List = mem.read_words(tid, argv_ptr, word) if argv_ptr else []
         def preload(host: str, st: os.stat_result) -> Optional[bytes]:
             is_64 = _execve.wants_preload(host, st) if self._preloads else None
-            if is_64 is None or not self._may_anchor(tid) \
+            if is_64 is None or not self._may_anchor_after_exec(tid, st) \
                     or self._loader_reports(tid, getattr(regs, args[envp_i]), word):
                 return None
             return self._preloads.get(is_64)
