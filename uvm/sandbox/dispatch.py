@@ -129,13 +129,11 @@ class Tracer:
         # (preload.py), per ELF class (64-bit: True), by the name the
         # guest's loader opens: a descriptor of the tracer, like the anchors.
         # With the C fast path, it shares the fast path's table and the
-        # filter lets its calls through with the key (:attr:`gate_key`).
+        # filter lets its calls through with the key (``preload.key``).
         self.preload = _preload.Preload(
             enabled=self.anchors is not None,
             table_size=0 if verbose or self.anchors is None else _fastpath.table_size())
-        self._preloads = self.preload.names
-        self._preload_paths = frozenset(_dec(name) for name in self._preloads.values())
-        self.gate_key = self.preload.key
+        self._preload_paths = frozenset(_dec(name) for name in self.preload.names.values())
         # Names that never take the one-name shortcut of _translate: ".",
         # "..", and every bind's last component (a bind may sit on it).
         self._not_simple = frozenset({"", ".", ".."} | {b.guest.rpartition("/")[2] for b in ns.binds})
@@ -158,7 +156,7 @@ class Tracer:
         if self.fast is not None:
             self.anchors.on_retire = self.fast.clear
             self.preload.seal_table()
-            for name in self._preloads.values():
+            for name in self.preload.names.values():
                 self.fast.pass_through(name)
         return self.fast
 
@@ -927,11 +925,11 @@ class Tracer:
         argv_ptr = getattr(regs, args[argv_i])
         argv: List = mem.read_words(tid, argv_ptr, word) if argv_ptr else []
         def preload(host: str, st: os.stat_result) -> Optional[bytes]:
-            is_64 = _execve.wants_preload(host, st) if self._preloads else None
+            is_64 = _execve.wants_preload(host, st) if self.preload.names else None
             if is_64 is None or not self._may_anchor_after_exec(tid, st) \
                     or self._loader_reports(tid, getattr(regs, args[envp_i]), word):
                 return None
-            return self._preloads.get(is_64)
+            return self.preload.names.get(is_64)
 
         host, new_argv, guest_prog, changed = _execve.plan_exec(path, argv, resolve, preload)
         if self.verbose:

@@ -143,7 +143,7 @@ class Sandbox:
                                hint="pick another with -w")
         numbers = getattr(self.tracer, "filter_numbers", filter_numbers)()
         prog = seccomp.build_filter(*numbers, tracer_pid=os.getpid(),
-                                    gate_key=getattr(self.tracer, "gate_key", 0))
+                                    gate_key=self.tracer.preload.key)
         no_new_privs = os.geteuid() != 0
         env_list = {k: v for k, v in self.env.items()}
         start = time.monotonic()
