@@ -11,7 +11,10 @@ failure enums.
 from __future__ import annotations
 
 import enum
-from typing import Optional
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (3 ms of start-up)
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 class UvmError(Exception):

@@ -9,7 +9,10 @@ string table; anything malformed gives an empty answer, never an error.
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO, List, Optional, Tuple
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (3 ms of start-up)
+if TYPE_CHECKING:
+    from typing import BinaryIO, List, Optional, Tuple
 
 PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
 DT_NULL, DT_NEEDED, DT_STRTAB, DT_RPATH, DT_RUNPATH = 0, 1, 5, 15, 29

@@ -20,11 +20,15 @@ import errno
 import os
 import stat
 import struct
-from typing import Callable, Dict, FrozenSet, List, Optional, Tuple, Union
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (3 ms of start-up)
+if TYPE_CHECKING:
+    from typing import Callable, Dict, FrozenSet, List, Optional, Tuple, Union
+
+    Arg = Union[int, bytes]  # a pointer already in the tracee, or a new string
 
 MAX_SCRIPT_DEPTH = 4
 PT_INTERP = 3
-Arg = Union[int, bytes]  # a pointer already in the tracee, or a new string
 
 
 def _err(code: int) -> OSError:

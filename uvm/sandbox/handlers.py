@@ -48,7 +48,10 @@ onto names); a row is a tuple whose first item is its kind:
 from __future__ import annotations
 
 import errno
-from typing import Dict, Tuple
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (3 ms of start-up)
+if TYPE_CHECKING:
+    from typing import Dict, Tuple
 
 O_NOFOLLOW = 0o400000
 O_CREAT = 0o100

@@ -9,12 +9,18 @@ get*id calls and calls :func:`rewrite` at the exit of stat calls.
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple, Optional, Tuple
+from collections import namedtuple
 
 from uvm.errors import UsageError
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (3 ms of start-up)
+if TYPE_CHECKING:
+    from typing import Optional, Tuple
 
-class Identity(NamedTuple):
+
+# Not typing.NamedTuple (see Bind in namespace.py); the fields' types are below.
+class Identity(namedtuple("Identity", ("uid", "gid"))):
+    __slots__ = ()
     uid: int
     gid: int
 
