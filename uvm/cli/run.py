@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from uvm.cli import run_cvmfs, run_layer
+from uvm.cli import run_layer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,11 +44,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "stop's cost; every allowed CPU when it runs several)")
     parser.add_argument("--no-seccomp", action="store_true",
                         help="stop on every system call (debugging; slow)")
-    run_cvmfs.add_arguments(parser)  # --template, --cvmfs, --record, --replay
+    _add_cvmfs_arguments(parser)  # --template, --cvmfs, --record, --replay
     run_layer.add_arguments(parser)  # --keep, --layer, --instance, --no-layer, -0, -i
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                         help="the command to run")
     parser.set_defaults(handler=_run)
+
+
+def _add_cvmfs_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``uvm/cli/run_cvmfs.py``, declared here: a plain
+    ``--root`` run does not import the CernVM-FS side."""
+    group = parser.add_argument_group("CernVM-FS")
+    group.add_argument("--template", "-t", metavar="SPEC",
+                       help="use a repository subtree as the guest's /: NAME[@TAG|@DATE] "
+                       "from the configuration, or FQRN:/path[@TAG|@DATE]")
+    group.add_argument("--cvmfs", action="append", default=[], metavar="FQRN|all",
+                       help="make repository FQRN visible at /cvmfs/FQRN (repeatable; "
+                       "FQRN@TAG or FQRN@DATE pins a revision; 'all': every repository "
+                       "named in the configuration); without --template or --root the "
+                       "host's / is the guest's /")
+    group.add_argument("--record", metavar="FILE",
+                       help="write a JSON record of the run: command, revisions (root "
+                       "catalog hashes), exit status")
+    group.add_argument("--replay", metavar="FILE",
+                       help="run the command of a record again, on the same revisions")
+    group.add_argument("--record-prefetch", metavar="FILE",
+                       help="write the template files this run fetched, one per line, "
+                       "after those FILE already lists: published as .uvm-prefetch at the "
+                       "template's top, they are fetched in one parallel wave by the first "
+                       "run of a revision (record on a cold cache)")
+
+
+def _cvmfs_wanted(args: argparse.Namespace) -> bool:
+    return bool(args.template or args.cvmfs or args.replay or args.record
+                or args.record_prefetch)
 
 
 def _environment(args: argparse.Namespace) -> dict:
@@ -100,8 +129,11 @@ def _run(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    cv = run_cvmfs.CvmfsRun(args) if run_cvmfs.wanted(args) else None
-    if cv is not None:
+    cv = None
+    if _cvmfs_wanted(args):
+        from uvm.cli.run_cvmfs import CvmfsRun
+
+        cv = CvmfsRun(args)
         command = cv.command(command)
         cv.apply_replay_options()
     elif not args.root:

@@ -5,49 +5,24 @@ pinned for the whole run), presents it as a shadow tree
 (``uvm.sandbox.materialize``), and builds the :class:`Namespace`: the
 template's subtree as ``/``, or the host's ``/`` for grid worker nodes, and
 ``/cvmfs/FQRN`` for every repository asked for.  Writes and reads run
-records.
+records.  The options themselves are declared in ``run.py``, which imports
+this module only when one of them is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (3 ms of start-up)
 if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional, Sequence, Tuple
+
     from uvm.record import RunRecord
 
 HOST_BINDS = ("/proc", "/sys", "/dev", "/tmp")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("CernVM-FS")
-    group.add_argument("--template", "-t", metavar="SPEC",
-                       help="use a repository subtree as the guest's /: NAME[@TAG|@DATE] "
-                       "from the configuration, or FQRN:/path[@TAG|@DATE]")
-    group.add_argument("--cvmfs", action="append", default=[], metavar="FQRN|all",
-                       help="make repository FQRN visible at /cvmfs/FQRN (repeatable; "
-                       "FQRN@TAG or FQRN@DATE pins a revision; 'all': every repository "
-                       "named in the configuration); without --template or --root the "
-                       "host's / is the guest's /")
-    group.add_argument("--record", metavar="FILE",
-                       help="write a JSON record of the run: command, revisions (root "
-                       "catalog hashes), exit status")
-    group.add_argument("--replay", metavar="FILE",
-                       help="run the command of a record again, on the same revisions")
-    group.add_argument("--record-prefetch", metavar="FILE",
-                       help="write the template files this run fetched, one per line, "
-                       "after those FILE already lists: published as .uvm-prefetch at the "
-                       "template's top, they are fetched in one parallel wave by the first "
-                       "run of a revision (record on a cold cache)")
-
-
-def wanted(args: argparse.Namespace) -> bool:
-    return bool(args.template or args.cvmfs or args.replay or args.record
-                or args.record_prefetch)
 
 
 class CvmfsRun:
@@ -246,6 +221,8 @@ class CvmfsRun:
         if self.args.record_prefetch and self.template is not None:
             self._write_prefetch_list(self.args.record_prefetch)
         if self.args.record:
+            from datetime import datetime, timezone
+
             from uvm import __version__
             from uvm.record import RunRecord, TreeRecord
 
@@ -261,7 +238,7 @@ class CvmfsRun:
                 command=list(command), cwd=self.args.cwd, template=template,
                 repositories=repos, binds=list(self.args.bind), env=list(self.args.env),
                 exit_status=status,
-                started=_dt.datetime.fromtimestamp(self.started, _dt.timezone.utc)
+                started=datetime.fromtimestamp(self.started, timezone.utc)
                 .strftime("%Y-%m-%dT%H:%M:%SZ"),
                 elapsed_s=round(time.time() - self.started, 3), uvm_version=__version__)
             _write_output("--record", self.args.record, record.to_json())

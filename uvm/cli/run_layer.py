@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-from typing import Any, List, Optional, Tuple
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (3 ms of start-up)
+if TYPE_CHECKING:
+    from typing import Any, List, Optional, Tuple
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +96,7 @@ class LayerRun:
             self.layer = Layer(args.layer, root, prepare=prepare)
         else:
             self.temp = True
-            self.layer = Layer(tempfile.mkdtemp(prefix="uvm-layer-"), root, prepare=prepare)
+            self.layer = Layer(_temp_layer_dir(), root, prepare=prepare)
         return self.layer
 
     def over(self, ns: Any, what: str) -> Any:
@@ -137,6 +139,22 @@ class LayerRun:
             elif self.temp:
                 sys.stderr.write(f"uvm: writable layer kept in {layer.path}\n")
                 sys.stderr.flush()
+
+
+def _temp_layer_dir() -> str:
+    """``tempfile.mkdtemp(prefix="uvm-layer-")``, made directly in the first
+    directory tempfile would try ($TMPDIR, $TEMP, $TMP, else /tmp); by
+    tempfile only when that fails (importing it is 2 ms of every run)."""
+    env = os.environ
+    base = env.get("TMPDIR") or env.get("TEMP") or env.get("TMP") or "/tmp"
+    path = os.path.join(os.path.abspath(base), "uvm-layer-" + os.urandom(6).hex())
+    try:
+        os.mkdir(path, 0o700)
+    except OSError:
+        import tempfile
+
+        return tempfile.mkdtemp(prefix="uvm-layer-")
+    return path
 
 
 __all__ = ["add_arguments", "LayerRun"]

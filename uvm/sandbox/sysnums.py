@@ -8,17 +8,21 @@ the kernel's syscall_32.tbl / syscall_64.tbl.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from typing import Dict
 
 from uvm.sandbox.arch import ABI_I386, ABI_X86_64
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (3 ms of start-up)
+if TYPE_CHECKING:
+    from typing import Dict
 
 
 def _load_table(name: str):
     """python-ptrace's ``ptrace/syscall/linux/<name>.py`` (plain data),
     loaded by file so that the ``ptrace.syscall`` package, which imports
     its whole decoding machinery, stays unloaded: uvm's start-up counts."""
+    import importlib.util
+
     spec = importlib.util.find_spec("ptrace")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("python-ptrace is not installed")
