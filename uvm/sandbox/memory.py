@@ -169,9 +169,10 @@ def read_heads(pid: int, addrs: list, size: int) -> list:
         local = _Iovec(ctypes.addressof(buf), len(buf))
         if _vm_readv(pid, ctypes.byref(local), 1, remote, len(batch), 0) != len(buf):
             raise OSError(_errno.EFAULT, "bad address")
+        raw = buf.raw  # one copy: each .raw is a new bytes of the whole buffer
         at = 0
         for addr, n in zip(batch, lens):
-            head = buf.raw[at:at + n]
+            head = raw[at:at + n]
             at += n
             if n < size and b"\0" not in head:
                 head = read_cstring(pid, addr)[:size]
