@@ -470,19 +470,27 @@ static int answer(int tid, struct user_regs_struct *regs, long ret)
     return ptrace(PTRACE_SETREGS, tid, 0, regs) < 0 ? BAIL : HANDLED;
 }
 
+/* The published slot of the guest's cwd (its guest path is the slot's
+ * string), for a cwd Python has answered before; NULL if not. */
+static const struct t_slot *cwd_of(struct fast *f, int tid)
+{
+    char where[64], key[SHORT_PATH];
+    snprintf(where, sizeof(where), "/proc/%d/cwd", tid);
+    ssize_t n = readlink(where, key + 1, sizeof(key) - 2);
+    if (n <= 0 || n >= (ssize_t)sizeof(key) - 2)
+        return NULL;
+    key[0] = '\002';
+    const struct t_slot *s = t_lookup(f->t, key, (size_t)n + 1);
+    return s && s->filled == T_CWD ? s : NULL;
+}
+
 /* getcwd(buf, size) for a cwd Python has answered before. */
 static int getcwd_call(struct fast *f, int tid, struct user_regs_struct *regs, int abi)
 {
     const unsigned long *word = (const unsigned long *)regs;
     const int *aw = ARG_WORD[abi];
-    char where[64], key[SHORT_PATH];
-    snprintf(where, sizeof(where), "/proc/%d/cwd", tid);
-    ssize_t n = readlink(where, key + 1, sizeof(key) - 2);
-    if (n <= 0 || n >= (ssize_t)sizeof(key) - 2)
-        return BAIL;
-    key[0] = '\002';
-    const struct t_slot *s = t_lookup(f->t, key, (size_t)n + 1);
-    if (!s || s->filled != T_CWD)
+    const struct t_slot *s = cwd_of(f, tid);
+    if (!s)
         return BAIL;
     if (s->xlen + 1 > (word[aw[1]] & 0xFFFFFFFFUL))
         return answer(tid, regs, -ERANGE);
@@ -502,8 +510,20 @@ static int realpath_call(struct fast *f, int tid, struct user_regs_struct *regs,
 {
     const unsigned long *word = (const unsigned long *)regs;
     const int *aw = ARG_WORD[abi];
-    char out[2 * SHORT_PATH];
+    char out[2 * SHORT_PATH], full[SHORT_PATH];
     int missing_fd;
+    if (path[0] != '/') {
+        /* a relative name (ld's "-lgcc"): from the cwd's guest path */
+        const struct t_slot *cwd = cwd_of(f, tid);
+        if (!cwd || cwd->xlen + 1 + len >= sizeof(full))
+            return BAIL;
+        memcpy(full, f->t->arena + cwd->xoff, cwd->xlen);
+        size_t at = cwd->xlen == 1 ? 0 : cwd->xlen;
+        full[at] = '/';
+        memcpy(full + at + 1, path, len + 1);
+        path = full;
+        len += at + 1;
+    }
     size_t cap = word[aw[3]] & 0xFFFFFFFFUL;
     long n = t_realpath(f->t, io, path, len, out, cap < sizeof(out) ? cap : sizeof(out), &missing_fd);
     if (n == 0 || (missing_fd >= 0 && !may_anchor(f, tid)))

@@ -303,10 +303,11 @@ static inline void t_absolute(const struct table *t, const struct t_io *io, cons
         t_copy(out->name, ".", 1);
         ok = 1;
     } else if (last_len == 0 || (last_len == 1 && last[0] == '.')) {
-        /* "dir/" or "dir/.": the published directory itself */
+        /* "dir/" or "dir/.": the published directory itself ("dir/."
+         * looks "." up in it, which needs search permission, "dir/" not) */
         if (!s || (s->filled != T_PLAIN && s->filled != T_FILLED))
             return;
-        t_copy(out->name, ".", 1);
+        t_copy(out->name, ".", last_len);
         ok = 1;
     } else if (last_len == 2 && last[0] == '.' && last[1] == '.') {
         return;
@@ -363,7 +364,53 @@ static inline int t_relative_ok(const struct table *t, const struct t_io *io, co
     return start && start->ino && t_entry_ok(io, start->fd, -1, start->filled, name, kind, follow);
 }
 
-/* realpath() of an absolute, clean ``path`` whose directory Python
+/* ``path`` (absolute) without its "." components and repeated slashes,
+ * and with each ".." applied to the canonical guest path of the directory
+ * before it, which must be published: as glibc's realpath() goes up,
+ * from the directory with its symlinks followed, and without searching
+ * it.  Into ``out`` (T_SHORT_PATH bytes); the new length, or 0 when a
+ * directory before a ".." is not published.  (gcc asks for the realpath
+ * of "12/../../../x86_64-linux-gnu/crti.o" and the like at every link.) */
+static inline size_t t_clean(const struct table *t, const char *path, size_t len, char *out)
+{
+    size_t n = 0; /* the path so far, without its final slash: "" is "/" */
+    for (size_t i = 0; i < len;) {
+        while (i < len && path[i] == '/')
+            i++;
+        const char *name = path + i;
+        size_t name_len = 0;
+        while (i < len && path[i] != '/')
+            i++, name_len++;
+        if (name_len == 0 || (name_len == 1 && name[0] == '.'))
+            continue;
+        if (name_len == 2 && name[0] == '.' && name[1] == '.') {
+            if (n == 0)
+                continue; /* "/.." is "/" */
+            const struct t_slot *s = t_lookup(t, out, n);
+            if (!s || !s->xlen || (s->filled != T_PLAIN && s->filled != T_FILLED))
+                return 0;
+            const char *canonical = t->arena + s->xoff;
+            n = s->xlen;
+            while (n > 0 && canonical[n - 1] != '/')
+                n--;
+            n = n > 0 ? n - 1 : 0;
+            for (size_t j = 0; j < n; j++)
+                out[j] = canonical[j];
+            continue;
+        }
+        if (n + 1 + name_len >= T_SHORT_PATH)
+            return 0;
+        out[n++] = '/';
+        for (size_t j = 0; j < name_len; j++)
+            out[n++] = name[j];
+    }
+    if (n == 0)
+        out[n++] = '/';
+    out[n] = '\0';
+    return n;
+}
+
+/* realpath() of an absolute ``path`` whose directory Python
  * published with its canonical guest path, when the last name is no bind
  * point and no symlink (or one to a plain name in the same directory): the
  * length written to ``out`` (at most ``cap``), -ENOENT, -ENAMETOOLONG, or
@@ -372,14 +419,19 @@ static inline long t_realpath(const struct table *t, const struct t_io *io, cons
                               size_t len, char *out, size_t cap, int *missing_fd)
 {
     *missing_fd = -1;
+    /* a final "/" or "/." asks for a directory: Python checks */
     if (len < 2 || len >= T_SHORT_PATH || path[0] != '/' || path[len - 1] == '/' ||
-        (len >= 5 && t_memeq(path, "/proc", 5)))
+        (path[len - 1] == '.' && path[len - 2] == '/'))
         return 0;
+    char clean[T_SHORT_PATH];
     for (size_t i = 0; i + 1 < len; i++)
-        if (path[i] == '/' && (path[i + 1] == '/' ||
-                               (path[i + 1] == '.' && (i + 2 == len || path[i + 2] == '/' ||
-                                                       (path[i + 2] == '.' && (i + 3 == len || path[i + 3] == '/'))))))
-            return 0; /* "//", "/./", "/../", a final "/." or "/.." */
+        if (path[i] == '/' && (path[i + 1] == '/' || path[i + 1] == '.')) {
+            len = t_clean(t, path, len, clean);
+            path = clean;
+            break;
+        }
+    if (len < 2 || (len >= 5 && t_memeq(path, "/proc", 5)))
+        return 0;
     size_t head_len = len - 1;
     while (path[head_len] != '/')
         head_len--;

@@ -156,8 +156,13 @@ def test_loops_dangling_and_missing(tree):
     assert r.resolve("/loop1", "/", False)[1] == f"{root}/loop1"
     # a dangling absolute link points into the guest (open(O_CREAT) creates there)
     assert r.resolve("/dangling", "/", True)[1] == f"{root}/nowhere/file"
-    # missing components: the rest is appended lexically, still inside
-    assert r.resolve("/nope/../../../x", "/", True)[1] == f"{root}/x"
+    # missing components: the rest is appended lexically, still inside;
+    # going up from a missing one fails as in the kernel's walk
+    assert r.resolve("/nope/x/y", "/", True)[1] == f"{root}/nope/x/y"
+    for path in ["/nope/../../../x", "/etc/passwd/../passwd"]:
+        with pytest.raises(OSError) as exc:
+            r.resolve(path, "/", True)
+        assert exc.value.errno == (errno.ENOENT if "nope" in path else errno.ENOTDIR)
     with pytest.raises(OSError) as exc:
         r.resolve("", "/", True)
     assert exc.value.errno == errno.ENOENT

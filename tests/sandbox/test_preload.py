@@ -59,7 +59,11 @@ int main(int argc, char **argv)
 PATHS = ["/", "/etc", "/mnt", "/mnt/f", "/mnt/d", "/mnt/d/", "/mnt/d/g", "/mnt/abs", "/mnt/same",
          "/mnt/abs/hostname", "/mnt/rel", "/mnt/up/g", "/mnt/loop1", "/mnt/dangling",
          "/mnt/nope", "/mnt/nope/x", "/mnt/f/x", "/mnt/f/", "/mnt/shut/x", "/mnt/./d/../f",
-         "/mnt//d", "f", "d/g", "../mnt/f", ".", "..", "", "/../../etc"]
+         "/mnt//d", "f", "d/g", "../mnt/f", ".", "..", "", "/../../etc",
+         # ".." after a directory, a symlink, a file, a missing or shut name
+         "/mnt/d/../d/g", "/mnt/d/..", "/mnt/abs/../mnt/f", "/mnt/up/../f", "/mnt/f/../f",
+         "/mnt/d/g/..", "/mnt/nope/../f", "/mnt/shut/..", "/mnt/shut/", "/mnt/shut/.",
+         "/mnt/loop1/../f", "/mnt/d/./../../.."]
 
 
 @pytest.fixture

@@ -581,7 +581,12 @@ class Tracer:
                 self._pinned = True
                 return 0
         base = self._base(tid, path, getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32)
-        guest, host = self.resolve(path, base, follow, tid)
+        try:
+            guest, host = self.resolve(path, base, follow, tid)
+        except FileNotFoundError:
+            if self.fast is not None and path[:1] == "/":
+                self._publish_missing(path)
+            raise
         if self._lazy is not None:
             self._lazy.before(name, host, flags)
         if self.fast is not None and path[0] == "/":
@@ -815,9 +820,16 @@ class Tracer:
         base = self._base(tid, path, _AT_FDCWD32)
         if self._tracer_private.match(canonical_lexical(path if path[:1] == "/" else f"{base}/{path}")):
             raise _err(errno.EACCES)  # as glibc's readlink of it: uvm's descriptors are not the guest's
+        if "/../" in path or path.endswith("/..") or path[:3] == "../" or path == "..":
+            path, base = self._without_dotdot(path if path[:1] == "/" else f"{base}/{path}", tid), "/"
         guest, host = self.resolve(path, base, True, tid)
         if self._lazy is not None:
             self._lazy.before("newfstatat", host)
+        if self.fast is not None and path and "/" not in path and not base.startswith("/proc"):
+            # a name below the cwd: the C finds the cwd's guest path, then as
+            # for the absolute path
+            self.fast.publish_cwd(_enc(os.readlink(f"/proc/{tid}/cwd")), _enc(base))
+            path = base + "/" + path if base != "/" else "/" + path
         if self.fast is not None and path[:1] == "/":  # the next ones with this head: in C
             self._publish_missing(path)
             if not host.startswith("/proc/"):
@@ -837,6 +849,31 @@ class Tracer:
             raise _err(errno.ENAMETOOLONG)
         return self._answer_string(tid, regs, getattr(regs, args[buf_i]), data,
                                    f"realpath({path!r}) = {guest!r}")
+
+    def _without_dotdot(self, path: str, tid: int) -> str:
+        """Absolute ``path`` with each ".." applied as glibc's realpath()
+        does: to the canonical path of the directory before it, which must
+        be one, without searching it.  Each such directory is published
+        under the key the C's ``t_clean`` (native/uvm_table.h) looks it up
+        by, so that the next realpath of this shape is the guest's own."""
+        so_far = ""
+        for name in path.split("/"):
+            if name in ("", "."):
+                continue
+            if name != "..":
+                so_far += "/" + name
+                continue
+            if not so_far:
+                continue
+            guest, host = self.resolve(so_far, "/", True, tid)
+            if not stat.S_ISDIR(os.stat(host).st_mode):
+                raise _err(errno.ENOTDIR)
+            if self.fast is not None:
+                self._publish_itself(so_far, guest, host)
+            so_far = guest.rpartition("/")[0]
+        if path.endswith(("/", "/.")) and so_far:
+            so_far += "/"  # still asks for a directory
+        return so_far or "/"
 
     def _proc_link(self, tid: int, host: str) -> Optional[str]:
         """Guest answer for readlink of a /proc link naming a host path."""

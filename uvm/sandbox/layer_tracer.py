@@ -376,7 +376,8 @@ class LayerTracer(Tracer):
         if guest in self._bind_points:
             raise _err(errno.EBUSY)
         if not self._ours(guest, host):
-            self._invalidate(rm)
+            if rm or os.path.islink(host):  # a file's removal changes no resolution
+                self._invalidate(rm)
             return self._translate(tid, regs, abi, idx, dirfd_i, False, name, busy=True)
         if guest == "/":
             raise _err(errno.EBUSY)

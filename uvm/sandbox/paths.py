@@ -35,6 +35,7 @@ MAX_SYMLINKS = 40
 PATH_MAX = 4096
 _MAGIC = re.compile(r"/proc/(\d+)/(?:task/\d+/)?(cwd|exe|root|fd/\d+|map_files/[^/]+)\Z")
 _S_IFLNK = stat.S_IFLNK
+_S_IFDIR = stat.S_IFDIR
 _S_IFMT = 0o170000
 
 
@@ -141,7 +142,12 @@ class Resolver:
 
     def _dir(self, head: str, tid: int) -> str:
         self._absent = None
-        guest, _host, exact = self._walk_full(head, True, tid)
+        try:
+            guest, _host, exact = self._walk_full(head, True, tid)
+        except FileNotFoundError:
+            if self._absent is not None:  # "missing/..": absent while the name is
+                self._missing = (head, *self._absent)
+            raise
         if head.startswith("/proc") or guest.startswith("/proc"):
             return guest
         if exact:
@@ -173,6 +179,8 @@ class Resolver:
                 continue
             if comp == "..":
                 if guest != "/":
+                    if not os.access(host_of(guest), os.X_OK):
+                        raise _err(errno.EACCES)  # the kernel looks ".." up in it
                     guest = guest.rpartition("/")[0] or "/"
                 continue
             nxt = guest + "/" + comp if guest != "/" else "/" + comp
@@ -200,6 +208,8 @@ class Resolver:
                 if isinstance(exc, FileNotFoundError):
                     self._absent = (guest, comp)
                 rest = [c for c in reversed(todo)]
+                if ".." in rest:  # the kernel walks the missing name before going up
+                    raise _err(exc.errno)
                 return self._lexical(nxt, rest)
             except OSError as exc:
                 raise _err(exc.errno or errno.EACCES)
@@ -214,6 +224,8 @@ class Resolver:
                     guest = "/"
                 todo.extend(reversed(target.split("/")))
                 continue
+            if not last and mode & _S_IFMT != _S_IFDIR:
+                raise _err(errno.ENOTDIR)  # "file/.." (a final "/" is the kernel's to check)
             guest = nxt
         return guest, host_of(guest), True
 
