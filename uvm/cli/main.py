@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -87,6 +88,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     uvm_log.configure(args.log_level, "uvm: %(levelname)s: %(message)s")
+    if not gc.isenabled():  # entry() paused it: what exists now lives until exit
+        gc.freeze()
+        gc.enable()
     try:
         status = args.handler(args)
     except UvmError as err:
@@ -110,7 +114,13 @@ def entry() -> None:
     lose anyway, at the end of every run.  Nothing uvm needs happens at exit:
     the cache and the layer are consistent at every step, and a download
     still running in the background is as if the process were killed (its
-    partial file is never served).  Output is flushed first."""
+    partial file is never served).  Output is flushed first.
+
+    The cyclic garbage collector is paused until the command's handler
+    starts, and then skips the objects made before (modules, the parser),
+    which all live until exit anyway: its passes over them were 3-5 ms of
+    every command."""
+    gc.disable()
     status = main()
     uvm_log.shutdown()
     for stream in (sys.stdout, sys.stderr):
