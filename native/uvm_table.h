@@ -41,6 +41,7 @@
 #define T_PARTIAL 3 /* one still being filled */
 #define T_MISSING 4 /* a head whose first missing directory is known */
 #define T_CWD 5     /* a cwd's host path, and its guest path */
+#define T_LAYERED 6 /* a copied-up layer directory: only the names it lacks */
 
 /* what a call is (uvm_fastpath.h's rows use the same numbers) */
 #define T_KIND_AT 1
@@ -210,11 +211,15 @@ static inline int t_dot_or_dotdot(const char *name, size_t len)
  * CernVM-FS shadow directory, subdirectories (completed on stat or open)
  * and files without their content yet (fetched on open) go to Python too,
  * and a missing name is absent from the revision once the directory is
- * complete (while it is partial, Python may have to make it). */
+ * complete (while it is partial, Python may have to make it).  In a
+ * copied-up layer directory, which holds every name of the merged view,
+ * only a missing name is settled (the kernel says ENOENT there too). */
 static inline int t_entry_ok(const struct t_io *io, int fd, long dirfd, int filled,
                              const char *name, int kind, int follow)
 {
     struct t_stat st = {0, 0, 0};
+    if (filled == T_LAYERED) /* an entry may be a placeholder for the root's */
+        return io->lstat(io->ctx, fd, dirfd, name, &st) == -T_ENOENT_ERR;
     if (filled != T_PLAIN) {
         int err = io->lstat(io->ctx, fd, dirfd, name, &st);
         if (err < 0)
@@ -387,7 +392,8 @@ static inline size_t t_clean(const struct table *t, const char *path, size_t len
             if (n == 0)
                 continue; /* "/.." is "/" */
             const struct t_slot *s = t_lookup(t, out, n);
-            if (!s || !s->xlen || (s->filled != T_PLAIN && s->filled != T_FILLED))
+            if (!s || !s->xlen ||
+                (s->filled != T_PLAIN && s->filled != T_FILLED && s->filled != T_LAYERED))
                 return 0;
             const char *canonical = t->arena + s->xoff;
             n = s->xlen;
@@ -450,10 +456,13 @@ static inline long t_realpath(const struct table *t, const struct t_io *io, cons
         *missing_fd = s->fd;
         return -T_ENOENT_ERR;
     }
-    if (!s || !s->xlen || (s->filled != T_PLAIN && s->filled != T_FILLED))
+    if (!s || !s->xlen ||
+        (s->filled != T_PLAIN && s->filled != T_FILLED && s->filled != T_LAYERED))
         return 0;
     t_copy(name, last, last_len);
     int err = io->lstat(io->ctx, s->fd, -1, name, &st);
+    if (s->filled == T_LAYERED && err != -T_ENOENT_ERR)
+        return 0; /* perhaps a placeholder */
     if (err == 0 && (st.mode & T_S_IFMT) == T_S_IFLNK) {
         /* a symlink to a plain name in the same directory (gcc -> gcc-12) */
         if (!t_follow_in_dir(t, io, s->fd, name, sizeof(name)))

@@ -4,6 +4,7 @@ root never modified.  As root and as the unprivileged user."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tarfile
@@ -184,3 +185,55 @@ def test_keep_and_no_layer(uvm_runner, own_root, scratch):
                          binds=[(scratch, "/w")], extra=["--no-layer"])
     assert ok(res) == "hi\n" and (scratch / "x").read_text() == "hi\n"
 
+
+
+TOP_LOOKUPS_C = r"""
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *what(const char *name)
+{
+    struct stat st;
+    if (stat(name, &st) != 0)
+        return strerror(errno);
+    return S_ISDIR(st.st_mode) ? "directory" : st.st_size ? "file" : "empty file";
+}
+
+int main(void)
+{
+    long missing = 0;
+    for (int i = 0; i < 1000; i++) /* ld's "-lgcc", gcc's "libgcc_s.so.1" */
+        missing += access("libgcc_s.so.1", F_OK) != 0 && errno == ENOENT;
+    printf("missing=%ld\n", missing);
+    printf("etc=%s\n", what("etc"));
+    close(open("made-here", O_WRONLY | O_CREAT, 0644));
+    printf("made=%s\n", what("made-here"));
+    unlink("/made-here");
+    printf("unmade=%s\n", what("made-here"));
+    printf("gone=%s\n", what("libgcc_s.so.1"));
+    return 0;
+}
+"""
+
+
+def test_names_below_the_layers_top(uvm_runner, own_root, scratch):
+    """A guest started from outside its root works in ``/``, which the
+    layer has copied up (its other entries stand for the root's): names
+    it lacks are looked up without a stop, and a name made or removed
+    there is seen at once.  The same answers without the library."""
+    subprocess.run(["gcc", "-O1", "-o", str(scratch / "lookups"), "-x", "c", "-"],
+                   input=TOP_LOOKUPS_C, text=True, check=True)
+    stops = {}
+    for preload in ("1", "0"):
+        stats = scratch / f"top-{preload}.json"
+        res = uvm_runner.run(own_root, "/mnt/lookups", binds=[(scratch, "/mnt")], cwd="/",
+                             stats=stats, env=guest_env(UVM_PRELOAD=preload))
+        assert results(ok(res)) == {"missing": "1000", "etc": "directory", "made": "empty file",
+                                    "unmade": "No such file or directory",
+                                    "gone": "No such file or directory"}
+        stops[preload] = json.loads(stats.read_text())["stops"]
+    assert stops["1"] < 100 < 1000 <= stops["0"], stops

@@ -33,7 +33,7 @@ from uvm.sandbox.handlers import (
     O_NOFOLLOW,
     TABLE,
 )
-from uvm.sandbox.namespace import FILLED, NOT_FAST, PLAIN, Namespace, canonical_lexical
+from uvm.sandbox.namespace import FILLED, LAYERED, NOT_FAST, PLAIN, Namespace, canonical_lexical
 from uvm.sandbox.paths import _MAGIC, Resolver
 from uvm.sandbox.sysnums import NAMES, NUMBERS
 
@@ -424,7 +424,11 @@ class Tracer:
             self.fast.publish_exact(_enc(path), fd, len(hdir))
         if slash:
             self.fast.publish(_enc(head), fd, len(hdir), lazy, _enc(gdir))
-            if last in self._not_simple and guest not in self._bind_points:
+            if kind == LAYERED:
+                # the layer's own entry (a placeholder maps elsewhere), or
+                # one still absent: served as it is
+                self.fast.publish_exact(_enc(path), fd, len(hdir))
+            elif last in self._not_simple and guest not in self._bind_points:
                 # a name that is a bind point elsewhere, not here
                 self.fast.publish_exact(_enc(path), fd, len(hdir), lazy)
         else:

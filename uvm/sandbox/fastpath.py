@@ -139,7 +139,8 @@ class FastPath:
         """Guest directory ``head`` (as the guest wrote it) is host
         directory ``host_len`` bytes long behind tracer descriptor ``fd``;
         ``lazy``: 0 for a plain directory, else ``namespace.FILLED`` or
-        ``namespace.PARTIAL`` (a CernVM-FS shadow directory, complete or not);
+        ``namespace.PARTIAL`` (a CernVM-FS shadow directory, complete or not)
+        or ``namespace.LAYERED`` (a copied-up layer directory);
         ``canonical``: its guest path with every symlink resolved (for
         realpath())."""
         if head not in self._published:

@@ -35,7 +35,7 @@ from uvm.sandbox.dispatch import _AT_FDCWD32, _MASK64, _SKIP, SETREGS, Tracer, _
 from uvm.sandbox.handlers import TABLE
 from uvm.sandbox.identity import Identity, layout_for, rewrite
 from uvm.sandbox.layer import Layer
-from uvm.sandbox.namespace import NOT_FAST, Namespace
+from uvm.sandbox.namespace import LAYERED, NOT_FAST, Namespace
 from uvm.sandbox.sysnums import NUMBERS
 
 CREATE, MODIFY = 1, 2
@@ -103,12 +103,15 @@ class LayerNamespace(Namespace):
         return self.layer.host_of(guest)
 
     def fast_dir(self, guest_dir: str, host_dir: str) -> int:
-        """Also: in the root, only directories still wholly in the lower one
-        or wholly in the layer (a copied-up directory maps each entry that
-        still stands for a lower one through its origin)."""
+        """Also: in the root, directories still wholly in the lower one or
+        wholly in the layer are plain; a copied-up directory that holds
+        placeholders (each maps to the lower entry it stands for, through
+        its origin) is :data:`LAYERED`: a name it lacks is absent from the
+        merged view, any other is Python's.  The guest's ``/`` is one (and
+        the cwd of a guest started from outside its root)."""
         if self.in_root(guest_dir) and not self.layer.is_lower(host_dir) \
                 and self.layer.holds_placeholders(guest_dir):
-            return NOT_FAST
+            return LAYERED if host_dir == self.layer.host_of(guest_dir) else NOT_FAST
         return Namespace.fast_dir(self, guest_dir, host_dir)
 
     def fast_absent(self, guest_dir: str, host_dir: str) -> bool:

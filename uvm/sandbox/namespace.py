@@ -44,6 +44,9 @@ class Bind(namedtuple("Bind", ("host", "guest"))):
 
 # Answers of Namespace.fast_dir.
 NOT_FAST, PLAIN, FILLED, PARTIAL = 0, 1, 2, 3
+# (and of a writable layer's namespace, layer_tracer.py: a copied-up directory
+# that holds placeholders, where only the names it lacks are settled in C)
+LAYERED = 6
 
 
 def parse_bind(spec: str) -> Tuple[str, str]:
