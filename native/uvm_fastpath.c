@@ -183,7 +183,7 @@ static struct t_slot *slot_of(struct table *t, const char *key, size_t len)
 
 /* Publish ``key``, with the string ``extra`` beside it (none if NULL). */
 static int put(struct fast *f, const char *key, size_t len, int fd, size_t host_len, int filled,
-               const char *extra, size_t extra_len)
+               int writes, const char *extra, size_t extra_len)
 {
     struct table *t = f->t;
     if (len >= SHORT_PATH || extra_len >= SHORT_PATH)
@@ -203,6 +203,7 @@ static int put(struct fast *f, const char *key, size_t len, int fd, size_t host_
     s->fd = fd;
     s->host_len = (uint32_t)host_len;
     s->filled = filled;
+    s->writes = writes != 0;
     s->xlen = 0;
     if (extra) {
         memcpy(t->arena + t->arena_used, extra, extra_len);
@@ -215,15 +216,16 @@ static int put(struct fast *f, const char *key, size_t len, int fd, size_t host_
 }
 
 int fast_publish(struct fast *f, const char *head, size_t len, int fd, size_t host_len,
-                 int filled)
+                 int filled, int writes)
 {
-    return put(f, head, len, fd, host_len, filled, NULL, 0);
+    return put(f, head, len, fd, host_len, filled, writes, NULL, 0);
 }
 
 int fast_publish_canonical(struct fast *f, const char *head, size_t len, int fd,
-                           size_t host_len, int filled, const char *guest, size_t guest_len)
+                           size_t host_len, int filled, int writes, const char *guest,
+                           size_t guest_len)
 {
-    return put(f, head, len, fd, host_len, filled, guest, guest_len);
+    return put(f, head, len, fd, host_len, filled, writes, guest, guest_len);
 }
 
 int fast_publish_exact(struct fast *f, const char *path, size_t len, int fd, size_t host_len,
@@ -234,7 +236,7 @@ int fast_publish_exact(struct fast *f, const char *path, size_t len, int fd, siz
         return -1;
     key[0] = '\001'; /* never the first byte of a directory's key */
     memcpy(key + 1, path, len);
-    return put(f, key, len + 1, fd, host_len, filled, target, target_len);
+    return put(f, key, len + 1, fd, host_len, filled, 0, target, target_len);
 }
 
 int fast_publish_missing(struct fast *f, const char *head, size_t len, int fd,
@@ -242,7 +244,7 @@ int fast_publish_missing(struct fast *f, const char *head, size_t len, int fd,
 {
     if (name_len == 0 || memchr(name, '/', name_len))
         return -1;
-    return put(f, head, len, fd, 0, T_MISSING, name, name_len);
+    return put(f, head, len, fd, 0, T_MISSING, 0, name, name_len);
 }
 
 int fast_publish_cwd(struct fast *f, const char *host, size_t len, const char *guest,
@@ -253,7 +255,7 @@ int fast_publish_cwd(struct fast *f, const char *host, size_t len, const char *g
         return -1;
     key[0] = '\002'; /* apart from directories and exact paths */
     memcpy(key + 1, host, len);
-    return put(f, key, len + 1, -1, 0, T_CWD, guest, guest_len);
+    return put(f, key, len + 1, -1, 0, T_CWD, 0, guest, guest_len);
 }
 
 int fast_publish_dir(struct fast *f, unsigned long dev, unsigned long ino, int fd,
@@ -587,9 +589,12 @@ static int enter(struct fast *f, int tid)
         return row->kind == FAST_AT && row->dirfd_i >= 0 && (flags & AT_EMPTY_PATH) ? HANDLED : BAIL;
     }
     int follow = row->follow;
+    /* an open that writes or creates (O_WRONLY/O_RDWR, O_CREAT, O_TRUNC):
+     * only by an absolute path, in a directory where that is a plain
+     * translation (a bind, the layer's own); O_TMPFILE never */
+    int writing = row->kind == FAST_OPEN && (flags & (3 | 0100 | 01000));
     if (row->kind == FAST_OPEN) {
-        /* read-only, nothing created: O_WRONLY/O_RDWR, O_CREAT, O_TRUNC, O_TMPFILE */
-        if (flags & (3 | 0100 | 01000 | 020000000))
+        if ((flags & 020000000) || (writing && path[0] != '/'))
             return BAIL;
         follow = !(flags & O_NOFOLLOW);
     } else if (row->kind == FAST_AT) {
@@ -598,7 +603,7 @@ static int enter(struct fast *f, int tid)
     } else if (row->kind == FAST_READLINK) {
         follow = 0;
     }
-    if (row->kind == FAST_OPEN &&
+    if (row->kind == FAST_OPEN && !writing &&
         (strcmp(path, f->passthrough[0]) == 0 || strcmp(path, f->passthrough[1]) == 0))
         return HANDLED; /* the loader opens the preloaded library */
     int setregs = 0;
@@ -607,7 +612,7 @@ static int enter(struct fast *f, int tid)
         t_absolute(f->t, &io, path, (size_t)len, row->kind, follow, 0, &ans);
         if (ans.action == T_ENOENT)
             return may_anchor(f, tid) ? answer(tid, &regs, -ENOENT) : BAIL;
-        if (ans.action != T_HOST || !may_anchor(f, tid))
+        if (ans.action != T_HOST || (writing && !ans.writes) || !may_anchor(f, tid))
             return BAIL;
         char host[SHORT_PATH + 64];
         int n = snprintf(host, sizeof(host), "%s%d/%s", f->t->prefix, ans.fd, ans.name);

@@ -66,13 +66,16 @@ int fast_add_name(struct fast *f, const char *name, size_t len);
  * resolves to the host directory behind tracer descriptor ``fd``.
  * ``filled``: T_PLAIN, or a CernVM-FS shadow directory, complete
  * (T_FILLED) or still being filled (T_PARTIAL), whose subdirectories
- * and content-less files (and, while partial, missing names) need Python. */
+ * and content-less files (and, while partial, missing names) need Python.
+ * ``writes``: an open that creates or writes a name in it is a plain
+ * translation too (a bind, the writable layer's own directory). */
 int fast_publish(struct fast *f, const char *head, size_t len, int fd, size_t host_len,
-                 int filled);
+                 int filled, int writes);
 /* The same, with the directory's canonical guest path ``guest``: the
  * realpath() of the preloaded library (uvm_preload.c) is answered from it. */
 int fast_publish_canonical(struct fast *f, const char *head, size_t len, int fd,
-                           size_t host_len, int filled, const char *guest, size_t guest_len);
+                           size_t host_len, int filled, int writes, const char *guest,
+                           size_t guest_len);
 /* One exact path (``path``, absolute as written) whose own host name is in
  * the directory behind ``fd``: for entries of a directory whose others map
  * elsewhere (the top of a writable layer maps /usr, /etc, ... one by one).

@@ -56,7 +56,7 @@ struct t_slot {
     uint32_t host_len;
     int32_t filled;
     uint32_t xoff, xlen; /* the missing name, the guest cwd or path, a target */
-    uint32_t pad;
+    uint32_t writes;     /* a create or write open in it is a translation only */
 };
 
 struct t_dir {
@@ -106,6 +106,7 @@ struct t_answer {
     int action;
     int fd;
     int trusted; /* T_HOST: the final name was not checked (t_absolute) */
+    int writes;  /* T_HOST: in a directory whose slot says writes are plain */
     char name[T_SHORT_PATH];
 };
 
@@ -279,6 +280,7 @@ static inline void t_absolute(const struct table *t, const struct t_io *io, cons
 {
     out->action = T_BAIL;
     out->trusted = 0;
+    out->writes = 0;
     if (len < 1 || len >= T_SHORT_PATH || path[0] != '/' ||
         (len >= 5 && t_memeq(path, "/proc", 5)))
         return;
@@ -346,6 +348,7 @@ static inline void t_absolute(const struct table *t, const struct t_io *io, cons
     if (s->host_len + 1 + t_strlen(out->name) >= 4096)
         return;
     out->fd = s->fd;
+    out->writes = s->writes == 1;
     out->action = T_HOST;
 }
 

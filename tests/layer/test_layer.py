@@ -237,3 +237,70 @@ def test_names_below_the_layers_top(uvm_runner, own_root, scratch):
                                     "gone": "No such file or directory"}
         stops[preload] = json.loads(stats.read_text())["stops"]
     assert stops["1"] < 100 < 1000 <= stops["0"], stops
+
+
+WRITE_LOOP_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void put(const char *path, int flags, const char *data)
+{
+    int fd = open(path, O_WRONLY | flags, 0644);
+    if (fd < 0 || write(fd, data, strlen(data)) < 0)
+        perror(path);
+    close(fd);
+}
+
+static void show(const char *path)
+{
+    char buf[64] = "";
+    int fd = open(path, O_RDONLY);
+    buf[fd < 0 ? 0 : read(fd, buf, sizeof buf - 1)] = '\0';
+    close(fd);
+    printf("%s=%s\n", path, strtok(buf, "\n") ? buf : "");
+}
+
+int main(void)
+{
+    char path[64];
+    mkdir("/made", 0755); /* the layer's own directory */
+    for (int i = 0; i < 500; i++) {
+        snprintf(path, sizeof path, "/mnt/out/f%d", i % 5); /* a bind */
+        put(path, O_CREAT | O_TRUNC, "bound");
+        snprintf(path, sizeof path, "/made/g%d", i % 5);
+        put(path, O_CREAT | O_TRUNC, "made");
+    }
+    put("/etc/hostname", O_TRUNC, "guest");       /* the root's: copied up first */
+    put("/usr/share/from-guest", O_CREAT, "new"); /* a new name in the root's */
+    show("/mnt/out/f4");
+    show("/made/g4");
+    show("/etc/hostname");
+    show("/usr/share/from-guest");
+    return 0;
+}
+"""
+
+
+def test_creating_opens_in_a_bind_and_the_layers_own(uvm_runner, own_root, scratch):
+    """An open that creates or truncates, in a bind or in a directory the
+    guest made, is a translation the tracer's C makes; one in a directory
+    of the root still copies it up first: the root is never written."""
+    subprocess.run(["gcc", "-O1", "-o", str(scratch / "writes"), "-x", "c", "-"],
+                   input=WRITE_LOOP_C, text=True, check=True)
+    (scratch / "out").mkdir()
+    if not uvm_runner.is_root:
+        os.chown(scratch / "out", uvm_runner.uid, uvm_runner.gid)
+    before = fingerprint(own_root)
+    stats = scratch / "writes.json"
+    res = uvm_runner.run(own_root, "/mnt/writes", binds=[(scratch, "/mnt")], stats=stats)
+    assert results(ok(res)) == {"/mnt/out/f4": "bound", "/made/g4": "made",
+                                "/etc/hostname": "guest", "/usr/share/from-guest": "new"}
+    assert sorted(os.listdir(scratch / "out")) == [f"f{i}" for i in range(5)]
+    assert (scratch / "out/f0").read_text() == "bound"
+    assert fingerprint(own_root) == before
+    counts = json.loads(stats.read_text())
+    in_python = counts["seccomp_stops"] - counts["fast_path_stops"]
+    assert counts["fast_path_stops"] >= 1000 and in_python < 100, counts

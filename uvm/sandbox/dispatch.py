@@ -423,7 +423,8 @@ class Tracer:
             # a complete shadow directory: stat and open need nothing more
             self.fast.publish_exact(_enc(path), fd, len(hdir))
         if slash:
-            self.fast.publish(_enc(head), fd, len(hdir), lazy, _enc(gdir))
+            self.fast.publish(_enc(head), fd, len(hdir), lazy, _enc(gdir),
+                              self.ns.fast_writes(gdir, hdir))
             if kind == LAYERED:
                 # the layer's own entry (a placeholder maps elsewhere), or
                 # one still absent: served as it is

@@ -135,21 +135,23 @@ class FastPath:
             raise ValueError("uvm: too many pass-through paths for the tracer's fast path")
 
     def publish(self, head: bytes, fd: int, host_len: int, lazy: int = 0,
-                canonical: bytes = b"") -> None:
+                canonical: bytes = b"", writes: bool = False) -> None:
         """Guest directory ``head`` (as the guest wrote it) is host
         directory ``host_len`` bytes long behind tracer descriptor ``fd``;
         ``lazy``: 0 for a plain directory, else ``namespace.FILLED`` or
         ``namespace.PARTIAL`` (a CernVM-FS shadow directory, complete or not)
         or ``namespace.LAYERED`` (a copied-up layer directory);
         ``canonical``: its guest path with every symlink resolved (for
-        realpath())."""
-        if head not in self._published:
-            self._published.add(head)
+        realpath()); ``writes``: an open that creates or writes a name in
+        it is a plain translation too (:meth:`Namespace.fast_writes`)."""
+        key = (head, writes)
+        if key not in self._published:
+            self._published.add(key)
             if canonical:
                 self._lib.fast_publish_canonical(self._fast, head, len(head), fd, host_len, lazy,
-                                                 canonical, len(canonical))
+                                                 writes, canonical, len(canonical))
             else:
-                self._lib.fast_publish(self._fast, head, len(head), fd, host_len, lazy)
+                self._lib.fast_publish(self._fast, head, len(head), fd, host_len, lazy, writes)
 
     def publish_exact(self, path: bytes, fd: int, host_len: int, lazy: int = 0,
                       target: bytes = b"") -> None:

@@ -35,7 +35,7 @@ from uvm.sandbox.dispatch import _AT_FDCWD32, _MASK64, _SKIP, SETREGS, Tracer, _
 from uvm.sandbox.handlers import TABLE
 from uvm.sandbox.identity import Identity, layout_for, rewrite
 from uvm.sandbox.layer import Layer
-from uvm.sandbox.namespace import LAYERED, NOT_FAST, Namespace
+from uvm.sandbox.namespace import LAYERED, NOT_FAST, PLAIN, Namespace
 from uvm.sandbox.sysnums import NUMBERS
 
 CREATE, MODIFY = 1, 2
@@ -113,6 +113,13 @@ class LayerNamespace(Namespace):
                 and self.layer.holds_placeholders(guest_dir):
             return LAYERED if host_dir == self.layer.host_of(guest_dir) else NOT_FAST
         return Namespace.fast_dir(self, guest_dir, host_dir)
+
+    def fast_writes(self, guest_dir: str, host_dir: str) -> bool:
+        """Also: not in a directory of the root that is still the lower
+        one's (a write there copies it up first)."""
+        kind = self.fast_dir(guest_dir, host_dir)
+        return (kind == PLAIN or kind == LAYERED) and not (
+            self.in_root(guest_dir) and self.layer.is_lower(host_dir))
 
     def fast_absent(self, guest_dir: str, host_dir: str) -> bool:
         """A copied-up directory holds every name of the merged view, so a

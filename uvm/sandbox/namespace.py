@@ -198,6 +198,12 @@ class Namespace:
         kind = Namespace.fast_dir(self, guest, host)
         return kind if kind in (PLAIN, FILLED) else NOT_FAST
 
+    def fast_writes(self, guest_dir: str, host_dir: str) -> bool:
+        """Is an open that creates or writes a name of ``guest_dir`` only
+        its translation to ``host_dir``?  Not in a lazily filled tree (read
+        only, and filled on demand) nor in /proc."""
+        return self.fast_dir(guest_dir, host_dir) == PLAIN
+
     def fast_absent(self, guest_dir: str, host_dir: str) -> bool:
         """Is a name missing from ``host_dir`` missing from ``guest_dir`` in
         the guest's view (binds on it are the caller's concern)?"""
