@@ -35,9 +35,12 @@ import json
 import os
 import shutil
 import stat
-from typing import Callable, Dict, Iterator, Optional, Tuple
 
 from uvm.errors import LayerError
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (3 ms of start-up)
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Iterator, Optional, Tuple
 
 JOURNAL = ".uvm/journal"
 INFO = ".uvm/layer.json"

@@ -27,9 +27,12 @@ import errno
 import os
 import re
 import stat
-from typing import Callable, Dict, List, Optional, Tuple
 
 from uvm.sandbox.namespace import Namespace
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (3 ms of start-up)
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Optional, Tuple
 
 MAX_SYMLINKS = 40
 PATH_MAX = 4096

@@ -21,7 +21,10 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-from typing import Dict, Optional
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (3 ms of start-up)
+if TYPE_CHECKING:
+    from typing import Dict, Optional
 
 _MAGIC = b"uvm-preload-cfg1"  # uvm_config in uvm_preload.c: magic, key (8), table name (64)
 _F_SEAL_FUTURE_WRITE = 0x10
