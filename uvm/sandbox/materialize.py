@@ -381,7 +381,9 @@ class ShadowTree:
         lock): built in ``tmp/``, then each renamed in, so that nobody sees a
         half-made entry; the directory's mtime is set again afterwards."""
         parent = self.top + parent_repo
-        todo = [e for e in entries if not os.path.lexists(os.path.join(parent, e.name))]
+        present = set(os.listdir(parent)) if len(entries) > 1 else None  # one getdents
+        todo = [e for e in entries if not (e.name in present if present is not None
+                                           else os.path.lexists(os.path.join(parent, e.name)))]
         if not todo:
             return
         if self._tmp_fd < 0:
