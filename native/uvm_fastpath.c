@@ -449,19 +449,26 @@ static long tracer_readlink(void *ctx, int fd, const char *name, char *buf, size
     return n < 0 ? -errno : n;
 }
 
-/* The published directory a relative name starts from: the guest's cwd or
- * descriptor, if it is one of them. */
-static const struct t_dir *start_dir(struct fast *f, int tid, unsigned long dirfd)
+/* The directory a relative name starts from: the guest's cwd or
+ * descriptor, if the table knows it or its parent (t_start_dir). */
+static const struct t_dir *start_dir(struct fast *f, int tid, unsigned long dirfd,
+                                     struct t_dir *scratch)
 {
     char where[64];
-    struct stat st;
+    struct stat st, parent;
     if (dirfd == AT_FDCWD32)
         snprintf(where, sizeof(where), "/proc/%d/cwd", tid);
     else
         snprintf(where, sizeof(where), "/proc/%d/fd/%lu", tid, dirfd);
     if (stat(where, &st) < 0 || !S_ISDIR(st.st_mode))
         return NULL;
-    return t_find_dir(f->t, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
+    const struct t_dir *d = t_find_dir(f->t, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
+    if (d && d->ino)
+        return d;
+    strcat(where, "/..");
+    int known = lstat(where, &parent) == 0;
+    return t_start_dir(f->t, (uint64_t)st.st_dev, (uint64_t)st.st_ino, known,
+                       (uint64_t)parent.st_dev, (uint64_t)parent.st_ino, scratch);
 }
 
 /* Skip the call: the tracee gets ``ret`` as its result. */
@@ -634,7 +641,8 @@ static int enter(struct fast *f, int tid)
         /* One plain name, looked up by the kernel from the guest's own cwd
          * or descriptor: no rewrite. */
         unsigned long dirfd = row->dirfd_i >= 0 ? word[aw[row->dirfd_i]] & 0xFFFFFFFFUL : AT_FDCWD32;
-        const struct t_dir *start = f->t->relative_ok ? NULL : start_dir(f, tid, dirfd);
+        struct t_dir scratch;
+        const struct t_dir *start = f->t->relative_ok ? NULL : start_dir(f, tid, dirfd, &scratch);
         if (!t_relative_ok(f->t, &io, path, (size_t)len, (long)dirfd, start, row->kind, follow))
             return BAIL;
     }

@@ -304,10 +304,20 @@ static long serve(long nr, long dirfd, const char *path, long a2, long a3, int k
                 host_name(ans.fd, ans.name, host);
         } else {
             const struct t_dir *start = NULL;
+            struct t_dir scratch;
             unsigned char buf[STAT_BYTES] __attribute__((aligned(8)));
+            unsigned char up[STAT_BYTES] __attribute__((aligned(8)));
             if (!t->relative_ok &&
-                gated(NR_FSTATAT, dirfd, (long)"", (long)buf, AT_EMPTY_PATH_) == 0)
-                start = t_find_dir(t, *(u64_alias *)buf, *(u64_alias *)(buf + STAT_INO));
+                gated(NR_FSTATAT, dirfd, (long)"", (long)buf, AT_EMPTY_PATH_) == 0) {
+                uint64_t dev = *(u64_alias *)buf, ino = *(u64_alias *)(buf + STAT_INO);
+                start = t_find_dir(t, dev, ino);
+                if (!start || !start->ino) {
+                    int known = gated(NR_FSTATAT, dirfd, (long)"..", (long)up,
+                                      AT_SYMLINK_NOFOLLOW_) == 0;
+                    start = t_start_dir(t, dev, ino, known, *(u64_alias *)up,
+                                        *(u64_alias *)(up + STAT_INO), &scratch);
+                }
+            }
             int ok = t_relative_ok(t, &guest_io, path, len, dirfd, start, kind, follow);
             ans.action = ok ? T_AS_IS : T_BAIL;
         }

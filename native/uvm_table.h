@@ -352,24 +352,51 @@ static inline void t_absolute(const struct table *t, const struct t_io *io, cons
     out->action = T_HOST;
 }
 
+/* The directory a relative name starts from, found by its identity and,
+ * if the table does not know it, by its parent's (``..``): a directory
+ * below a published plain one is plain too (nothing below a directory
+ * still wholly the root's, wholly the layer's or a bind's is copied up or
+ * filled on demand, and a mount point is no child of this kind), and is
+ * looked at through the guest's own descriptor (``fd`` -1 in ``scratch``).
+ * NULL when neither is known. */
+static inline const struct t_dir *t_start_dir(const struct table *t, uint64_t dev, uint64_t ino,
+                                              int parent_known, uint64_t pdev, uint64_t pino,
+                                              struct t_dir *scratch)
+{
+    const struct t_dir *d = t_find_dir(t, dev, ino);
+    if (d && d->ino)
+        return d;
+    if (!parent_known || pdev != dev) /* not across a mount: /proc, a bind */
+        return NULL;
+    const struct t_dir *p = t_find_dir(t, pdev, pino);
+    if (!p || !p->ino || p->filled != T_PLAIN)
+        return NULL;
+    scratch->dev = dev;
+    scratch->ino = ino;
+    scratch->fd = -1;
+    scratch->filled = T_PLAIN;
+    return scratch;
+}
+
 /* One plain ``name`` relative to the guest's own ``dirfd`` (AT_FDCWD or a
- * descriptor), whose directory ``start`` is (NULL: not published): may the
- * kernel look it up as it is?  Yes when that directory is a plain one (any
- * directory with no layer or CernVM-FS tree, ``relative_ok``; else one
- * Python published). */
+ * descriptor), whose directory ``start`` is (NULL: not known,
+ * t_start_dir): may the kernel look it up as it is?  Yes when that
+ * directory is a plain one (any directory with no layer or CernVM-FS tree,
+ * ``relative_ok``; else one Python published, or below one). */
 static inline int t_relative_ok(const struct table *t, const struct t_io *io, const char *name,
                                 size_t len, long dirfd, const struct t_dir *start, int kind,
                                 int follow)
 {
-    if (kind == T_KIND_READLINK || len == 0 || len >= T_SHORT_PATH || t_memchr(name, '/', len) ||
+    if (len == 0 || len >= T_SHORT_PATH || t_memchr(name, '/', len) ||
         t_dot_or_dotdot(name, len) || t_reserved(t, name, len))
         return 0;
-    if (t->relative_ok) {
+    if (t->relative_ok && kind != T_KIND_READLINK) { /* (a cwd in /proc: its links) */
         struct t_stat st = {0, 0, 0};
         return !(follow && io->lstat(io->ctx, -1, dirfd, name, &st) == 0 &&
                  (st.mode & T_S_IFMT) == T_S_IFLNK);
     }
-    return start && start->ino && t_entry_ok(io, start->fd, -1, start->filled, name, kind, follow);
+    return start && start->ino &&
+           t_entry_ok(io, start->fd, start->fd < 0 ? dirfd : -1, start->filled, name, kind, follow);
 }
 
 /* ``path`` (absolute) without its "." components and repeated slashes,
