@@ -64,6 +64,9 @@ extern void *_IO_fopen(const char *path, const char *mode); /* glibc's fopen */
 #define NR_FSTATAT 262L /* newfstatat: struct stat as glibc's */
 #define NR_READLINKAT 267L
 #define NR_FACCESSAT 269L
+#define NR_STATX 332L
+#define NR_GETXATTR 191L
+#define NR_LGETXATTR 192L
 #define NR_FSTAT 5L
 #define NR_CLOSE 3L
 #define NR_MMAP 9L
@@ -78,6 +81,9 @@ extern void *_IO_fopen(const char *path, const char *mode); /* glibc's fopen */
 #define NR_FSTATAT 300L /* fstatat64: struct stat64 as glibc's */
 #define NR_READLINKAT 305L
 #define NR_FACCESSAT 307L
+#define NR_STATX 383L
+#define NR_GETXATTR 229L
+#define NR_LGETXATTR 230L
 #define NR_FSTAT 197L /* fstat64 */
 #define NR_CLOSE 6L
 #define NR_MMAP 192L /* mmap2 */
@@ -93,6 +99,7 @@ extern void *_IO_fopen(const char *path, const char *mode); /* glibc's fopen */
 
 typedef uint64_t __attribute__((may_alias)) u64_alias;
 typedef uint32_t __attribute__((may_alias)) u32_alias;
+typedef uint16_t __attribute__((may_alias)) u16_alias;
 
 union uvm_key {
     unsigned long long k64;
@@ -108,25 +115,27 @@ static volatile const struct {
 
 static const struct table *table;
 
-/* A system call of up to four arguments: the result, or -errno.  ``key``
- * goes into the sixth argument register for the call only, straight from
- * memory: the run's key for the filter's gate (gated()), or zero, so that
- * no plain call carries it by accident (sys4()).  (i386: through
- * __kernel_vsyscall, as glibc does; int $0x80 costs several times more on
- * some kernels.) */
-static long call4(long nr, long a, long b, long c, long d, const volatile union uvm_key *key)
+/* A system call of up to five arguments ``a``: the result, or -errno.
+ * ``key`` goes into the sixth argument register for the call only,
+ * straight from memory: the run's key for the filter's gate (gated()), or
+ * zero, so that no plain call carries it by accident (sys4()).  (i386:
+ * through __kernel_vsyscall, as glibc does; int $0x80 costs several times
+ * more on some kernels.) */
+static long call5(long nr, const long a[5], const volatile union uvm_key *key)
 {
     long ret;
 #if defined(__x86_64__)
-    register long r10 __asm__("r10") = d;
+    register long r10 __asm__("r10") = a[3];
+    register long r8 __asm__("r8") = a[4];
     __asm__ volatile("movq %[key], %%r9\n\t"
                      "syscall\n\t"
                      "xorl %%r9d, %%r9d"
                      : "=a"(ret)
-                     : "0"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), [key] "m"(key->k64)
+                     : "0"(nr), "D"(a[0]), "S"(a[1]), "d"(a[2]), "r"(r10), "r"(r8),
+                       [key] "m"(key->k64)
                      : "rcx", "r11", "r9", "memory");
 #else
-    long args[4] = {a, b, c, d};
+    const long *p = a;
     __asm__ volatile("push %%ebp\n\t"
                      "push %%ebx\n\t"
                      "movl %[key], %%ebp\n\t"
@@ -134,11 +143,12 @@ static long call4(long nr, long a, long b, long c, long d, const volatile union 
                      "movl 4(%1), %%ecx\n\t"
                      "movl 8(%1), %%edx\n\t"
                      "movl 12(%1), %%esi\n\t"
+                     "movl 16(%1), %%edi\n\t"
                      "call *%%gs:0x10\n\t"
                      "pop %%ebx\n\t"
                      "pop %%ebp"
-                     : "=a"(ret)
-                     : "D"(args), "0"(nr), [key] "m"(key->k32[0])
+                     : "=a"(ret), "+D"(p)
+                     : "0"(nr), [key] "m"(key->k32[0])
                      : "ecx", "edx", "esi", "memory");
 #endif
     return ret;
@@ -148,12 +158,14 @@ static const volatile union uvm_key no_key;
 
 static long sys4(long nr, long a, long b, long c, long d)
 {
-    return call4(nr, a, b, c, d, &no_key);
+    const long args[5] = {a, b, c, d, 0};
+    return call5(nr, args, &no_key);
 }
 
 static long gated(long nr, long a, long b, long c, long d)
 {
-    return call4(nr, a, b, c, d, &uvm_config.key);
+    const long args[5] = {a, b, c, d, 0};
+    return call5(nr, args, &uvm_config.key);
 }
 
 static long fail(long ret)
@@ -266,31 +278,37 @@ static const struct t_io guest_io = {NULL, guest_lstat, guest_readlink};
 
 /* Did an unchecked call without following find a symlink?  (Then it
  * opened or described the wrong thing: nothing was done with it.) */
-static int met_symlink(long nr, long ret, long buf)
+static int met_symlink(long nr, long ret, const long a[5])
 {
     if (nr == NR_OPENAT)
         return ret == -40; /* ELOOP */
+    if (nr == NR_STATX) /* stx_mode, 16 bits at 0x1c */
+        return ret == 0 && (*(u16_alias *)((char *)a[4] + 0x1c) & T_S_IFMT) == T_S_IFLNK;
     return nr == NR_FSTATAT && ret == 0 &&
-           (*(u32_alias *)((char *)buf + STAT_MODE) & T_S_IFMT) == T_S_IFLNK;
+           (*(u32_alias *)((char *)a[2] + STAT_MODE) & T_S_IFMT) == T_S_IFLNK;
 }
 
-/* One read-only call: ``nr`` with arguments (dirfd, path, a2, a3), of
- * ``kind``, following a final symlink if ``follow``; ``nofollow_i`` is the
- * argument (2 or 3) that takes ``nofollow`` to stop the kernel following a
- * name the lookup checked (or -1: none).  Served through the gate when the
- * table knows the path, else the plain call.  The result, or -errno. */
-static long serve(long nr, long dirfd, const char *path, long a2, long a3, int kind, int follow,
-                  int nofollow_i, long nofollow)
+/* One read-only call: ``nr`` with arguments ``given``, the path in
+ * ``given[path_i]`` (1 for the *at calls, after their directory; 0 for
+ * the xattr calls), of ``kind``, following a final symlink if ``follow``;
+ * ``nofollow_i`` is the argument that takes ``nofollow`` to stop the
+ * kernel following a name the lookup checked (or -1: none).  Served
+ * through the gate when the table knows the path, else the plain call.
+ * The result, or -errno. */
+static long serve(long nr, const long given[5], int path_i, int kind, int follow, int nofollow_i,
+                  long nofollow)
 {
     const struct table *t = table;
+    const char *path = (const char *)given[path_i];
+    long dirfd = path_i ? given[0] : AT_FDCWD_;
     if (t == NULL || __atomic_load_n(&t->magic, __ATOMIC_ACQUIRE) != T_MAGIC || path == NULL)
-        return sys4(nr, dirfd, (long)path, a2, a3);
+        return call5(nr, given, &no_key);
     size_t len = 0;
     while (len < T_SHORT_PATH && path[len])
         len++;
     /* a call the kernel can be told not to follow is made first unchecked
      * (t_absolute's ``trusting``); O_PATH opens a symlink without ELOOP */
-    int trusting = follow && nofollow_i >= 0 && !(nr == NR_OPENAT && (a2 & O_PATH_));
+    int trusting = follow && nofollow_i >= 0 && !(nr == NR_OPENAT && (given[2] & O_PATH_));
     for (int tries = 0; tries < 3 && len < T_SHORT_PATH && len > 0; tries++) {
         uint32_t seq = __atomic_load_n(&t->seq, __ATOMIC_ACQUIRE);
         if (seq & 1)
@@ -328,17 +346,20 @@ static long serve(long nr, long dirfd, const char *path, long a2, long a3, int k
             break;
         if (ans.action == T_ENOENT)
             return -ERRNO_ENOENT;
-        long args[4] = {dirfd, (long)path, a2, a3};
+        long args[5] = {given[0], given[1], given[2], given[3], given[4]};
         if (ans.action == T_HOST) {
-            args[0] = AT_FDCWD_;
-            args[1] = (long)host;
+            if (path_i)
+                args[0] = AT_FDCWD_;
+            args[path_i] = (long)host;
         }
         if (follow && nofollow_i >= 0)
             args[nofollow_i] |= nofollow;
-        long ret = gated(nr, args[0], args[1], args[2], args[3]);
+        /* the lookup checked that the final name is no symlink: getxattr
+         * is made as lgetxattr, so that none raced into its place is followed */
+        long ret = call5(nr == NR_GETXATTR ? NR_LGETXATTR : nr, args, &uvm_config.key);
         if (ans.action == T_HOST && ret == -13 /* EACCES */)
             break; /* perhaps this process may not reach the tracer's descriptors */
-        if (ans.action == T_HOST && ans.trusted && met_symlink(nr, ret, a2)) {
+        if (ans.action == T_HOST && ans.trusted && met_symlink(nr, ret, args)) {
             trusting = 0; /* the final name is a symlink: look again, checking */
             continue;
         }
@@ -350,23 +371,24 @@ static long serve(long nr, long dirfd, const char *path, long a2, long a3, int k
             sys4(NR_CLOSE, ret, 0, 0, 0);
         break;
     }
-    return sys4(nr, dirfd, (long)path, a2, a3);
+    return call5(nr, given, &no_key);
 }
 
 static long serve_open(long dirfd, const char *path, int flags, long mode)
 {
     if (flags & O_WRITES_)
         return sys4(NR_OPENAT, dirfd, (long)path, flags, mode);
-    return serve(NR_OPENAT, dirfd, path, flags, mode, T_KIND_OPEN, !(flags & O_NOFOLLOW_), 2,
-                 O_NOFOLLOW_);
+    const long a[5] = {dirfd, (long)path, flags, mode, 0};
+    return serve(NR_OPENAT, a, 1, T_KIND_OPEN, !(flags & O_NOFOLLOW_), 2, O_NOFOLLOW_);
 }
 
 static long serve_stat(long dirfd, const char *path, void *buf, int flags)
 {
     if (path != NULL && path[0] == '\0' && (flags & AT_EMPTY_PATH_))
         return gated(NR_FSTATAT, dirfd, (long)path, (long)buf, flags); /* the descriptor's own */
-    return serve(NR_FSTATAT, dirfd, path, (long)buf, flags, T_KIND_AT,
-                 !(flags & AT_SYMLINK_NOFOLLOW_), 3, AT_SYMLINK_NOFOLLOW_);
+    const long a[5] = {dirfd, (long)path, (long)buf, flags, 0};
+    return serve(NR_FSTATAT, a, 1, T_KIND_AT, !(flags & AT_SYMLINK_NOFOLLOW_), 3,
+                 AT_SYMLINK_NOFOLLOW_);
 }
 
 /* The mode argument of open(): only with O_CREAT or O_TMPFILE. */
@@ -488,12 +510,38 @@ void *fopen64(const char *path, const char *mode)
 
 int access(const char *path, int mode)
 {
-    return (int)fail(serve(NR_FACCESSAT, AT_FDCWD_, path, mode, 0, T_KIND_PATH, 1, -1, 0));
+    const long a[5] = {AT_FDCWD_, (long)path, mode, 0, 0};
+    return (int)fail(serve(NR_FACCESSAT, a, 1, T_KIND_PATH, 1, -1, 0));
 }
 
 long readlinkat(int dirfd, const char *path, char *buf, size_t size)
 {
-    return fail(serve(NR_READLINKAT, dirfd, path, (long)buf, (long)size, T_KIND_READLINK, 0, -1, 0));
+    const long a[5] = {dirfd, (long)path, (long)buf, (long)size, 0};
+    return fail(serve(NR_READLINKAT, a, 1, T_KIND_READLINK, 0, -1, 0));
+}
+
+/* statx() (ls, and glibc's own stat() of 32-bit programs built with 64-bit
+ * time): the kernel's structure on both ABIs. */
+int statx(int dirfd, const char *path, int flags, unsigned mask, void *buf)
+{
+    const long a[5] = {dirfd, (long)path, flags, (long)mask, (long)buf};
+    if (path != NULL && path[0] == '\0' && (flags & AT_EMPTY_PATH_))
+        return (int)fail(call5(NR_STATX, a, &uvm_config.key)); /* the descriptor's own */
+    return (int)fail(serve(NR_STATX, a, 1, T_KIND_AT, !(flags & AT_SYMLINK_NOFOLLOW_), 2,
+                           AT_SYMLINK_NOFOLLOW_));
+}
+
+/* ls -l asks for every file's ACL and security label. */
+long getxattr(const char *path, const char *name, void *value, size_t size)
+{
+    const long a[5] = {(long)path, (long)name, (long)value, (long)size, 0};
+    return fail(serve(NR_GETXATTR, a, 0, T_KIND_PATH, 1, -1, 0));
+}
+
+long lgetxattr(const char *path, const char *name, void *value, size_t size)
+{
+    const long a[5] = {(long)path, (long)name, (long)value, (long)size, 0};
+    return fail(serve(NR_LGETXATTR, a, 0, T_KIND_PATH, 0, -1, 0));
 }
 
 long readlink(const char *path, char *buf, size_t size)

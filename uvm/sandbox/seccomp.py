@@ -63,7 +63,8 @@ _TRACE = ("trace",)  # placeholder, resolved by _resolve_trace
 
 # The calls of the preloaded library's gate, and openat's flags it refuses
 # (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_TMPFILE).
-GATED = ("openat", "newfstatat", "fstatat64", "faccessat", "readlinkat")
+GATED = ("openat", "newfstatat", "fstatat64", "statx", "faccessat", "readlinkat", "getxattr",
+         "lgetxattr")
 _OPEN_WRITES = 3 | 0o100 | 0o1000 | 0o20000000
 
 
