@@ -575,6 +575,66 @@ int fstat(int fd, void *buf)
 {
     return fstat64(fd, buf);
 }
+#else
+/* A 32-bit program built with 64-bit time (_TIME_BITS=64, as Debian's i386
+ * coreutils and tar are) calls these; glibc makes them a statx() and
+ * converts, as here.  Their structure: dev 0, ino 8, mode 16, nlink 20,
+ * uid 24, gid 28, rdev 32, size 40, blksize 48, blocks 52, then three
+ * {64-bit seconds, 32-bit nanoseconds, 4 bytes of padding} at 60, 76, 92;
+ * 108 bytes. */
+#define STATX_BASIC_STATS_ 0x7ffU
+
+static uint64_t dev_of(const unsigned char *major_minor)
+{
+    uint64_t major = *(u32_alias *)major_minor, minor = *(u32_alias *)(major_minor + 4);
+    return ((major & 0xfffff000ULL) << 32) | ((major & 0xfffULL) << 8) |
+           ((minor & 0xffffff00ULL) << 12) | (minor & 0xffULL);
+}
+
+static void put_time(unsigned char *to, const unsigned char *statx_time)
+{
+    *(u64_alias *)to = *(u64_alias *)statx_time;
+    *(u32_alias *)(to + 8) = *(u32_alias *)(statx_time + 8);
+    *(u32_alias *)(to + 12) = 0;
+}
+
+int __fstatat64_time64(int dirfd, const char *path, void *buf, int flags)
+{
+    unsigned char sx[256] __attribute__((aligned(8)));
+    unsigned char *st = buf;
+    long r = statx(dirfd, path, flags, STATX_BASIC_STATS_, sx);
+    if (r != 0)
+        return (int)r; /* -1, errno set */
+    *(u64_alias *)st = dev_of(sx + 136);
+    *(u64_alias *)(st + 8) = *(u64_alias *)(sx + 32);
+    *(u32_alias *)(st + 16) = *(u16_alias *)(sx + 28);
+    *(u32_alias *)(st + 20) = *(u32_alias *)(sx + 16);
+    *(u32_alias *)(st + 24) = *(u32_alias *)(sx + 20);
+    *(u32_alias *)(st + 28) = *(u32_alias *)(sx + 24);
+    *(u64_alias *)(st + 32) = dev_of(sx + 128);
+    *(u64_alias *)(st + 40) = *(u64_alias *)(sx + 40);
+    *(u32_alias *)(st + 48) = *(u32_alias *)(sx + 4);
+    *(u64_alias *)(st + 52) = *(u64_alias *)(sx + 48);
+    put_time(st + 60, sx + 64);  /* atime */
+    put_time(st + 76, sx + 112); /* mtime */
+    put_time(st + 92, sx + 96);  /* ctime */
+    return 0;
+}
+
+int __stat64_time64(const char *path, void *buf)
+{
+    return __fstatat64_time64(AT_FDCWD_, path, buf, 0);
+}
+
+int __lstat64_time64(const char *path, void *buf)
+{
+    return __fstatat64_time64(AT_FDCWD_, path, buf, AT_SYMLINK_NOFOLLOW_);
+}
+
+int __fstat64_time64(int fd, void *buf)
+{
+    return __fstatat64_time64(fd, "", buf, AT_EMPTY_PATH_);
+}
 #endif
 
 /* -- realpath() --------------------------------------------------------------- */

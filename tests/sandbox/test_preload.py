@@ -236,6 +236,7 @@ PATH_CALLS_C = r"""
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 """ + SAY_PRELOADED_C + r"""
@@ -247,9 +248,13 @@ static void said(const char *call, const char *path, int ok, const char *what)
 
 static void described(const char *call, const char *path, int ok, const struct stat *st)
 {
-    char what[96];
-    snprintf(what, sizeof what, "mode %o size %lld links %ld", (unsigned)st->st_mode,
-             S_ISDIR(st->st_mode) ? 0LL : (long long)st->st_size, (long)st->st_nlink);
+    char what[160];
+    int dir = S_ISDIR(st->st_mode); /* a directory may be the layer's copy */
+    snprintf(what, sizeof what, "mode %o size %lld links %ld ino %llu dev %llx mtime %lld.%09ld",
+             (unsigned)st->st_mode, dir ? 0LL : (long long)st->st_size, (long)st->st_nlink,
+             dir ? 0ULL : (unsigned long long)st->st_ino,
+             dir ? 0ULL : (unsigned long long)st->st_dev, (long long)st->st_mtim.tv_sec,
+             (long)st->st_mtim.tv_nsec);
     said(call, path, ok, what);
 }
 
@@ -291,20 +296,19 @@ int main(int argc, char **argv)
             said("readlink", p, n >= 0, target);
             struct statx sx;
             st.st_mode = 0;
-            if (statx(AT_FDCWD, p, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &sx) == 0) {
-                st.st_mode = sx.stx_mode;
-                st.st_size = (off_t)sx.stx_size;
-                st.st_nlink = sx.stx_nlink;
-                described("statx-nofollow", p, 1, &st);
-            } else
-                said("statx-nofollow", p, 0, "");
-            if (statx(mnt, p, 0, STATX_BASIC_STATS, &sx) == 0) {
-                st.st_mode = sx.stx_mode;
-                st.st_size = (off_t)sx.stx_size;
-                st.st_nlink = sx.stx_nlink;
-                described("statx-mnt", p, 1, &st);
-            } else
-                said("statx-mnt", p, 0, "");
+            for (int follow = 0; follow < 2; follow++)
+                if (statx(follow ? mnt : AT_FDCWD, p, follow ? 0 : AT_SYMLINK_NOFOLLOW,
+                          STATX_BASIC_STATS, &sx) == 0) {
+                    st.st_mode = sx.stx_mode;
+                    st.st_size = (off_t)sx.stx_size;
+                    st.st_nlink = sx.stx_nlink;
+                    st.st_ino = sx.stx_ino;
+                    st.st_dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+                    st.st_mtim.tv_sec = sx.stx_mtime.tv_sec;
+                    st.st_mtim.tv_nsec = sx.stx_mtime.tv_nsec;
+                    described(follow ? "statx-mnt" : "statx-nofollow", p, 1, &st);
+                } else
+                    said(follow ? "statx-mnt" : "statx-nofollow", p, 0, "");
             n = getxattr(p, "user.uvm", target, sizeof target - 1);
             target[n > 0 ? n : 0] = '\0';
             said("getxattr", p, n >= 0, target);
@@ -318,14 +322,19 @@ int main(int argc, char **argv)
 """
 
 
-@pytest.mark.parametrize("bits", ["64", "32"])
+@pytest.mark.parametrize("bits", ["64", "32", "32-time64"])
 def test_path_calls_answer_as_natively(uvm_runner, request, probe_dir, bits):
-    """stat, lstat, fstatat, open (following or not), openat, access,
-    readlink and fopen for reading, which the library serves without a stop once the tracer has
-    resolved a directory, give what they give natively on every kind of
-    path: symlinks absolute, relative, looping and dangling, missing names,
-    ENOTDIR, an unsearchable directory, relative names, binds."""
-    answers = _probe_paths(uvm_runner, request, probe_dir, bits, PATH_CALLS_C)
+    """stat, lstat, fstatat, statx, open (following or not), openat,
+    access, readlink, getxattr, lgetxattr and fopen for reading, which the
+    library serves without a stop once the tracer has resolved a directory,
+    give what they give natively on every kind of path: symlinks absolute,
+    relative, looping and dangling, missing names, ENOTDIR, an unsearchable
+    directory, relative names, binds.  Also a 32-bit program built with
+    64-bit time (glibc's stat is then __stat64_time64)."""
+    source = PATH_CALLS_C
+    if bits == "32-time64":
+        bits, source = "32", "#define _TIME_BITS 64\n" + PATH_CALLS_C
+    answers = _probe_paths(uvm_runner, request, probe_dir, bits, source)
     assert "readlink /mnt/abs: /etc" in answers
     root = request.getfixturevalue("host_root" if bits == "64" else "i386_root")
     assert "open /mnt/abs/hostname: " + (root / "etc/hostname").read_text()[:2] in answers

@@ -105,7 +105,9 @@ PRELOAD_SYMBOLS = (b"realpath", b"canonicalize_file_name", b"__realpath_chk", b"
                    b"fstat64", b"open", b"open64", b"openat", b"openat64", b"__open_2",
                    b"__open64_2", b"__openat_2", b"__openat64_2", b"stat", b"stat64", b"lstat",
                    b"lstat64", b"fstatat", b"fstatat64", b"access", b"readlink", b"readlinkat",
-                   b"fopen", b"fopen64", b"statx", b"getxattr", b"lgetxattr")
+                   b"fopen", b"fopen64", b"statx", b"getxattr", b"lgetxattr",
+                   b"__stat64_time64", b"__lstat64_time64", b"__fstatat64_time64",
+                   b"__fstat64_time64")
 _WANTS_PRELOAD: Dict[Tuple[str, int, int, int, int, int], Optional[bool]] = {}
 
 

@@ -119,8 +119,7 @@ class Layer:
                              errors="surrogateescape")
         if fresh:
             self._fill("/", self.lower)
-            st = os.stat(self.lower)
-            os.chmod(self.top, stat.S_IMODE(st.st_mode))
+            self._copy_attrs(self.lower, self.top, os.stat(self.lower))  # its mtime too
         self._lower_prefix = self.lower + "/"
         self._top_prefix = self.top + "/"
         self.copied_dirs = 0
