@@ -596,12 +596,13 @@ static int enter(struct fast *f, int tid)
         return row->kind == FAST_AT && row->dirfd_i >= 0 && (flags & AT_EMPTY_PATH) ? HANDLED : BAIL;
     }
     int follow = row->follow;
+    unsigned long dirfd = row->dirfd_i >= 0 ? word[aw[row->dirfd_i]] & 0xFFFFFFFFUL : AT_FDCWD32;
     /* an open that writes or creates (O_WRONLY/O_RDWR, O_CREAT, O_TRUNC):
-     * only by an absolute path, in a directory where that is a plain
-     * translation (a bind, the layer's own); O_TMPFILE never */
+     * only in a directory where that is a plain translation (a bind, the
+     * layer's own), named absolutely or from the cwd; O_TMPFILE never */
     int writing = row->kind == FAST_OPEN && (flags & (3 | 0100 | 01000));
     if (row->kind == FAST_OPEN) {
-        if ((flags & 020000000) || (writing && path[0] != '/'))
+        if ((flags & 020000000) || (writing && path[0] != '/' && dirfd != AT_FDCWD32))
             return BAIL;
         follow = !(flags & O_NOFOLLOW);
     } else if (row->kind == FAST_AT) {
@@ -614,9 +615,25 @@ static int enter(struct fast *f, int tid)
         (strcmp(path, f->passthrough[0]) == 0 || strcmp(path, f->passthrough[1]) == 0))
         return HANDLED; /* the loader opens the preloaded library */
     int setregs = 0;
-    if (path[0] == '/') {
+    const char *whole = path; /* the path from the guest's / */
+    size_t whole_len = (size_t)len;
+    char from_cwd[SHORT_PATH];
+    if (path[0] != '/' && dirfd == AT_FDCWD32 && (writing || memchr(path, '/', (size_t)len))) {
+        /* below the cwd, several names deep or written to: from the
+         * cwd's guest path, as the whole path */
+        const struct t_slot *cwd = cwd_of(f, tid);
+        if (!cwd || cwd->xlen + 1 + (size_t)len >= sizeof(from_cwd))
+            return BAIL;
+        size_t at = cwd->xlen == 1 ? 0 : cwd->xlen;
+        memcpy(from_cwd, f->t->arena + cwd->xoff, at);
+        from_cwd[at] = '/';
+        memcpy(from_cwd + at + 1, path, (size_t)len + 1);
+        whole = from_cwd;
+        whole_len = at + 1 + (size_t)len;
+    }
+    if (whole[0] == '/') {
         struct t_answer ans;
-        t_absolute(f->t, &io, path, (size_t)len, row->kind, follow, 0, &ans);
+        t_absolute(f->t, &io, whole, whole_len, row->kind, follow, 0, &ans);
         if (ans.action == T_ENOENT)
             return may_anchor(f, tid) ? answer(tid, &regs, -ENOENT) : BAIL;
         if (ans.action != T_HOST || (writing && !ans.writes) || !may_anchor(f, tid))
@@ -640,7 +657,6 @@ static int enter(struct fast *f, int tid)
     } else {
         /* One plain name, looked up by the kernel from the guest's own cwd
          * or descriptor: no rewrite. */
-        unsigned long dirfd = row->dirfd_i >= 0 ? word[aw[row->dirfd_i]] & 0xFFFFFFFFUL : AT_FDCWD32;
         struct t_dir scratch;
         const struct t_dir *start = f->t->relative_ok ? NULL : start_dir(f, tid, dirfd, &scratch);
         if (!t_relative_ok(f->t, &io, path, (size_t)len, (long)dirfd, start, row->kind, follow))

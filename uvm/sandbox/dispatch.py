@@ -628,9 +628,17 @@ class Tracer:
         self._translated = host
         self._kernel_name = kernel
         self._put_path(tid, regs, abi, path_i, path, kernel)
-        if self.fast is not None and not busy and (path[0] == "/" or "/" not in path):
+        if self.fast is not None and not busy:
             # (not from a call that moves or removes: "dir/" may be what goes)
-            self._publish(path, guest, host, kernel, follow)
+            if path[0] == "/" or "/" not in path:
+                self._publish(path, guest, host, kernel, follow)
+            dirfd = (getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32) & 0xFFFFFFFF
+            if path[0] != "/" and dirfd == _AT_FDCWD32 and not base.startswith("/proc"):
+                # the C finds the cwd's guest path, then as for the whole path
+                # (tar's "proj/src/f.c", a compiler's "-o f.o")
+                self.fast.publish_cwd(_enc(os.readlink(f"/proc/{tid}/cwd")), _enc(base))
+                self._publish(base + "/" + path if base != "/" else "/" + path, guest, host,
+                              kernel, follow)
         # The final component was checked (not a symlink, or resolved): the
         # kernel must not follow a symlink raced into its place (_pin_*).
         self._pinned = follow and not host.startswith("/proc/")
