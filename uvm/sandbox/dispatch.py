@@ -449,13 +449,18 @@ class Tracer:
         hparent = hdir.rpartition("/")[0] or "/"
         if self.ns.host_of(gparent) != hparent or self.ns.fast_dir(gparent, hparent) != PLAIN:
             return
-        try:
-            self.anchors.anchored(hparent + "/.")
-        except OSError:
-            return
-        fd = self.anchors.fd_of(hparent)
+        fd = self._dir_fd(hparent)
         if fd is not None:
             self.fast.publish_dir(fd, len(hparent), 0)
+
+    def _dir_fd(self, host: str) -> Optional[int]:
+        """The tracer's descriptor of directory ``host`` (anchored now if
+        need be), or None when it cannot have one."""
+        try:
+            self.anchors.anchored(host + "/.")
+        except OSError:
+            return None
+        return self.anchors.fd_of(host)
 
     def _publish_itself(self, head: str, guest: str, host: str) -> None:
         """A directory named by itself ("/", "dir/", "dir/."): published as
@@ -466,11 +471,7 @@ class Tracer:
         kind = self.ns.fast_dir(guest, host)
         if (kind not in (PLAIN, FILLED)) if head else not self.ns.fast_self(guest, host):
             return
-        try:
-            self.anchors.anchored(host + "/.")
-        except OSError:
-            return
-        fd = self.anchors.fd_of(host)
+        fd = self._dir_fd(host)
         if fd is None:
             return
         if head:
