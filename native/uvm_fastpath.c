@@ -468,7 +468,8 @@ static const struct t_dir *start_dir(struct fast *f, int tid, unsigned long dirf
     strcat(where, "/..");
     int known = lstat(where, &parent) == 0;
     return t_start_dir(f->t, (uint64_t)st.st_dev, (uint64_t)st.st_ino, known,
-                       (uint64_t)parent.st_dev, (uint64_t)parent.st_ino, scratch);
+                       known ? (uint64_t)parent.st_dev : 0, known ? (uint64_t)parent.st_ino : 0,
+                       scratch);
 }
 
 /* Skip the call: the tracee gets ``ret`` as its result. */
@@ -491,6 +492,21 @@ static const struct t_slot *cwd_of(struct fast *f, int tid)
     key[0] = '\002';
     const struct t_slot *s = t_lookup(f->t, key, (size_t)n + 1);
     return s && s->filled == T_CWD ? s : NULL;
+}
+
+/* Relative ``path`` (``len`` bytes) from the guest's cwd, as a path from
+ * its /, into ``out`` (SHORT_PATH bytes): the new length, or 0 when the
+ * cwd is not published or the path too long. */
+static size_t from_cwd(struct fast *f, int tid, const char *path, size_t len, char *out)
+{
+    const struct t_slot *cwd = cwd_of(f, tid);
+    if (!cwd || cwd->xlen + 1 + len >= SHORT_PATH)
+        return 0;
+    size_t at = cwd->xlen == 1 ? 0 : cwd->xlen; /* "/" adds nothing */
+    memcpy(out, f->t->arena + cwd->xoff, at);
+    out[at] = '/';
+    memcpy(out + at + 1, path, len + 1);
+    return at + 1 + len;
 }
 
 /* getcwd(buf, size) for a cwd Python has answered before. */
@@ -521,17 +537,11 @@ static int realpath_call(struct fast *f, int tid, struct user_regs_struct *regs,
     const int *aw = ARG_WORD[abi];
     char out[2 * SHORT_PATH], full[SHORT_PATH];
     int missing_fd;
-    if (path[0] != '/') {
-        /* a relative name (ld's "-lgcc"): from the cwd's guest path */
-        const struct t_slot *cwd = cwd_of(f, tid);
-        if (!cwd || cwd->xlen + 1 + len >= sizeof(full))
+    if (path[0] != '/') { /* a relative name (ld's "-lgcc") */
+        len = from_cwd(f, tid, path, len, full);
+        if (!len)
             return BAIL;
-        memcpy(full, f->t->arena + cwd->xoff, cwd->xlen);
-        size_t at = cwd->xlen == 1 ? 0 : cwd->xlen;
-        full[at] = '/';
-        memcpy(full + at + 1, path, len + 1);
         path = full;
-        len += at + 1;
     }
     size_t cap = word[aw[3]] & 0xFFFFFFFFUL;
     long n = t_realpath(f->t, io, path, len, out, cap < sizeof(out) ? cap : sizeof(out), &missing_fd);
@@ -617,19 +627,13 @@ static int enter(struct fast *f, int tid)
     int setregs = 0;
     const char *whole = path; /* the path from the guest's / */
     size_t whole_len = (size_t)len;
-    char from_cwd[SHORT_PATH];
+    char joined[SHORT_PATH];
     if (path[0] != '/' && dirfd == AT_FDCWD32 && (writing || memchr(path, '/', (size_t)len))) {
-        /* below the cwd, several names deep or written to: from the
-         * cwd's guest path, as the whole path */
-        const struct t_slot *cwd = cwd_of(f, tid);
-        if (!cwd || cwd->xlen + 1 + (size_t)len >= sizeof(from_cwd))
+        /* below the cwd, several names deep or written to: as the whole path */
+        whole_len = from_cwd(f, tid, path, (size_t)len, joined);
+        if (!whole_len)
             return BAIL;
-        size_t at = cwd->xlen == 1 ? 0 : cwd->xlen;
-        memcpy(from_cwd, f->t->arena + cwd->xoff, at);
-        from_cwd[at] = '/';
-        memcpy(from_cwd + at + 1, path, (size_t)len + 1);
-        whole = from_cwd;
-        whole_len = at + 1 + (size_t)len;
+        whole = joined;
     }
     if (whole[0] == '/') {
         struct t_answer ans;

@@ -332,8 +332,8 @@ static long serve(long nr, const long given[5], int path_i, int kind, int follow
                 if (!start || !start->ino) {
                     int known = gated(NR_FSTATAT, dirfd, (long)"..", (long)up,
                                       AT_SYMLINK_NOFOLLOW_) == 0;
-                    start = t_start_dir(t, dev, ino, known, *(u64_alias *)up,
-                                        *(u64_alias *)(up + STAT_INO), &scratch);
+                    start = t_start_dir(t, dev, ino, known, known ? *(u64_alias *)up : 0,
+                                        known ? *(u64_alias *)(up + STAT_INO) : 0, &scratch);
                 }
             }
             int ok = t_relative_ok(t, &guest_io, path, len, dirfd, start, kind, follow);

@@ -453,6 +453,13 @@ class Tracer:
         if fd is not None:
             self.fast.publish_dir(fd, len(hparent), 0)
 
+    def _from_cwd(self, tid: int, base: str, path: str) -> str:
+        """Relative ``path`` from the cwd, guest directory ``base``, as a
+        path from the guest's /; the cwd is published, so that the C joins
+        the two the same way (``from_cwd`` in native/uvm_fastpath.c)."""
+        self.fast.publish_cwd(_enc(os.readlink(f"/proc/{tid}/cwd")), _enc(base))
+        return base + "/" + path if base != "/" else "/" + path
+
     def _dir_fd(self, host: str) -> Optional[int]:
         """The tracer's descriptor of directory ``host`` (anchored now if
         need be), or None when it cannot have one."""
@@ -635,11 +642,8 @@ class Tracer:
                 self._publish(path, guest, host, kernel, follow)
             dirfd = (getattr(regs, args[dirfd_i]) if dirfd_i >= 0 else _AT_FDCWD32) & 0xFFFFFFFF
             if path[0] != "/" and dirfd == _AT_FDCWD32 and not base.startswith("/proc"):
-                # the C finds the cwd's guest path, then as for the whole path
                 # (tar's "proj/src/f.c", a compiler's "-o f.o")
-                self.fast.publish_cwd(_enc(os.readlink(f"/proc/{tid}/cwd")), _enc(base))
-                self._publish(base + "/" + path if base != "/" else "/" + path, guest, host,
-                              kernel, follow)
+                self._publish(self._from_cwd(tid, base, path), guest, host, kernel, follow)
         # The final component was checked (not a symlink, or resolved): the
         # kernel must not follow a symlink raced into its place (_pin_*).
         self._pinned = follow and not host.startswith("/proc/")
@@ -862,10 +866,7 @@ class Tracer:
         if self._lazy is not None:
             self._lazy.before("newfstatat", host)
         if self.fast is not None and path and "/" not in path and not base.startswith("/proc"):
-            # a name below the cwd: the C finds the cwd's guest path, then as
-            # for the absolute path
-            self.fast.publish_cwd(_enc(os.readlink(f"/proc/{tid}/cwd")), _enc(base))
-            path = base + "/" + path if base != "/" else "/" + path
+            path = self._from_cwd(tid, base, path)  # ld's "-lgcc"
         if self.fast is not None and path[:1] == "/":  # the next ones with this head: in C
             self._publish_missing(path)
             if not host.startswith("/proc/"):
