@@ -317,6 +317,57 @@ int fast_known(struct fast *f, int *out, int cap)
     return n;
 }
 
+/* The start of /proc/<tid>/<what> in buf (NUL-terminated); 0 when gone. */
+static ssize_t read_proc(int tid, const char *what, char *buf, size_t cap)
+{
+    char path[48];
+    snprintf(path, sizeof(path), "/proc/%d/%s", tid, what);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, cap - 1);
+    close(fd);
+    if (n < 0)
+        n = 0;
+    buf[n] = 0;
+    return n;
+}
+
+/* Nanoseconds ``tid`` has waited runnable for a CPU (schedstat's second
+ * number), 0 when gone. */
+static long long run_delay(int tid)
+{
+    char buf[96];
+    if (!read_proc(tid, "schedstat", buf, sizeof(buf)))
+        return 0;
+    char *space = strchr(buf, ' ');
+    return space ? strtoll(space + 1, NULL, 10) : 0;
+}
+
+int fast_sample(struct fast *f, int tracer_tid, int limit, int want_runnable, int *runnable,
+                long long *delay)
+{
+    int n = 0, ready = 0;
+    long long waited = run_delay(tracer_tid);
+    for (int i = 0; i < KNOWN; i++) {
+        int k = __atomic_load_n(&f->known[i], __ATOMIC_RELAXED);
+        if (!k)
+            continue;
+        if (++n > limit)
+            continue;  /* counted only */
+        int tid = k < 0 ? -k : k;
+        char buf[512];
+        if (want_runnable && read_proc(tid, "stat", buf, sizeof(buf))) {
+            char *end = strrchr(buf, ')');
+            ready += end && end[1] == ' ' && end[2] == 'R';
+        }
+        waited += run_delay(tid);
+    }
+    *runnable = ready;
+    *delay = waited;
+    return n;
+}
+
 int fast_take_births(struct fast *f, struct fast_birth *out, int cap)
 {
     int n = f->births_used < cap ? f->births_used : cap;

@@ -110,6 +110,13 @@ void fast_know(struct fast *f, int tid, int own);
 /* The live tracees the C knows, for the CPU placement's thread (read
  * without a lock: a tracee born or gone meanwhile may be missed). */
 int fast_known(struct fast *f, int *out, int cap);
+/* For the CPU placement's thread (placement.py), without Python's lock:
+ * how many tracees the C knows; when at most ``limit``, also the
+ * nanoseconds they and ``tracer_tid`` have spent waiting for a CPU
+ * (/proc/<tid>/schedstat) and, if ``want_runnable``, how many of them are
+ * runnable (/proc/<tid>/stat). */
+int fast_sample(struct fast *f, int tracer_tid, int limit, int want_runnable, int *runnable,
+                long long *delay);
 /* Wait for the next stop Python must see; the number of births to take
  * with fast_take_births first (Python learns of a child before any stop
  * of it reaches Python), or -errno of waitpid. */

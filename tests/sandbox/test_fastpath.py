@@ -336,13 +336,15 @@ os.wait(); os.wait()
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
-def test_parallel_guest_gets_every_cpu_and_pinned_one_stays(uvm_runner, host_root):
+@pytest.mark.parametrize("tracer", ["c", "python"])
+def test_parallel_guest_gets_every_cpu_and_pinned_one_stays(uvm_runner, host_root, tracer):
     """Two busy processes: uvm stops keeping them on one CPU.  A process
-    pinned by the guest itself (taskset) is never moved."""
+    pinned by the guest itself (taskset) is never moved.  Both tracers:
+    each samples the tracees its own way."""
     allowed = subprocess.run(["sh", "-c", "grep Cpus_allowed_list /proc/self/status"],
                              capture_output=True, text=True, check=True).stdout.split()[1]
-    out = _run(uvm_runner, host_root, "c", "python3", "-c", SPIN, "-")
+    out = _run(uvm_runner, host_root, tracer, "python3", "-c", SPIN, "-")
     assert out.split() == [allowed, allowed]
     one = str(min(os.sched_getaffinity(0)))
-    pinned = _run(uvm_runner, host_root, "c", "python3", "-c", SPIN, one)
+    pinned = _run(uvm_runner, host_root, tracer, "python3", "-c", SPIN, one)
     assert pinned.split() == [one, one]

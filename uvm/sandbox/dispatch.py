@@ -194,6 +194,14 @@ class Tracer:
             if self.fast is not None and self.placement.chose(child):
                 self.fast.know(child, own=True)
 
+    def cpu_sample(self, tracer_tid: int, limit: int, runnable: bool) -> Tuple[int, int, int]:
+        """For the CPU placement's thread: ``placement.sample`` of the live
+        tracees, by the C when there is a fast path."""
+        fast = self.fast
+        if fast is not None:
+            return fast.sample(tracer_tid, limit, runnable)
+        return _placement.sample(self.live_tids(), tracer_tid, limit, runnable)
+
     def live_tids(self) -> List[int]:
         """Every live tracee, for the CPU placement's thread: Python's, and
         those the C saw born that Python has not adopted yet."""

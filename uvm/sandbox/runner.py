@@ -90,7 +90,7 @@ class Sandbox:
         # One CPU for the tracer and a guest that runs one thing at a time
         # (placement.py); ``spread``: leave CPUs to the scheduler.
         if not spread:
-            self.tracer.placement = Placement(self.tracer.live_tids)
+            self.tracer.placement = Placement(self.tracer.live_tids, self.tracer.cpu_sample)
         self.guest_cwd = cwd or self._default_cwd()
         self.result: Optional[LoopResult] = None
         self.seccomp_on = False
