@@ -22,10 +22,14 @@ while the root is unchanged), served by the loopback fault server of
 
 Wall-clock time of the whole ``uvm`` command (Python start included), median
 of ``--repeat`` rounds; the load average is printed before and after.  The
-caches of all rounds are removed only at the end: on a file system without a
-journal, ext4 skips inodes freed in the last minute when it allocates new
-ones, so removing a cache between rounds would slow every file the next
-round creates (wait a minute between two runs of this script, too).
+caches of all rounds (and the recording run's) are removed only at the
+end: on a file system without a journal (the development VM's), ext4 skips
+inodes freed in the last minute (six while their inode table block is not
+yet written back) when it allocates new ones, so a removal of thousands of
+files makes every file created next to them 5-10 times slower to create
+(measured: 300 creates took 15-20 ms in a quiet directory, 150-200 ms next
+to a fresh removal).  Leave the machine's /var/tmp alone for a few minutes
+before a run of this script, too.
 
     .venv/bin/python benchmarks/bench_templates.py [--repeat 5] [--latency 0,0.02]
 """
@@ -79,8 +83,9 @@ LISTED = {"python3 -c pass"}  # workloads also timed with a prefetch list
 LISTED_FQRN = "listed.bench.uvm.local"
 
 
-def publish_listed(root: str, work: str, www: str, cmd) -> str:
-    """A repository of ``root`` plus the prefetch list a cold ``cmd`` records."""
+def publish_listed(root: str, work: str, www: str, cmd, made: list) -> str:
+    """A repository of ``root`` plus the prefetch list a cold ``cmd`` records
+    (the directories to remove at the end go to ``made``)."""
     import hashlib
 
     listed = os.path.join(work, "prefetch.txt")
@@ -90,7 +95,7 @@ def publish_listed(root: str, work: str, www: str, cmd) -> str:
         timed([sys.executable, "-m", "uvm", "run", "--template", f"{FQRN}:/",
                "--record-prefetch", listed, "--", *cmd],
               env_for(work, server.url_for(), cache))
-        shutil.rmtree(cache, ignore_errors=True)
+        made.append(cache)
     finally:
         server.stop()
     with open(listed, "rb") as handle:
@@ -110,7 +115,7 @@ def publish_listed(root: str, work: str, www: str, cmd) -> str:
         if not os.path.exists(os.path.join(work, "keys", LISTED_FQRN + ".pub")):
             create_keys(LISTED_FQRN, os.path.join(work, "keys"))
         publish(source, LISTED_FQRN, store, os.path.join(work, "keys"))
-        shutil.rmtree(source, ignore_errors=True)
+        made.append(source)
     return listed_www
 
 
@@ -147,7 +152,7 @@ def main() -> int:
     names = [n for n in args.workloads.split(",") if n]
     made = []
     print(f"load average {_load()}", file=sys.stderr)
-    listed_www = {name: publish_listed(root, args.work, www, WORKLOADS[name])
+    listed_www = {name: publish_listed(root, args.work, www, WORKLOADS[name], made)
                   for name in names if name in LISTED}
     print("| workload | latency | cold, no cache (requests, MB) | cold, empty cache "
           "| warm | --root | warm / --root | cold, no cache, prefetch list (requests, MB) |")

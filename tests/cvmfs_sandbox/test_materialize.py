@@ -244,4 +244,4 @@ def test_prefetch_list_lines():
     text = (b"# recorded\n/usr/bin/python3.11\n\n  /usr/lib/python3.11/  \n"
             b"usr/lib/../../../etc/passwd\n/\n#/etc/shadow\n/a//b/./c\n")
     assert parse_prefetch_list(text) == [
-        "/usr/bin/python3.11", "/usr/lib/python3.11", "/etc/passwd", "/", "/a/b/c"]
+        "/usr/bin/python3.11", "/usr/lib/python3.11/", "/etc/passwd", "/", "/a/b/c"]

@@ -267,6 +267,8 @@ def test_prefetch_list_recorded_published_and_fetched_by_a_cold_start(uvm_runner
                            "--record-prefetch", str(listed), *start)) == "[42]\n"
         names = [n for n in listed.read_text().splitlines() if not n.startswith("#")]
         assert names[0].startswith("/usr/bin/python3")  # the program, then what it loads
+        files = [n for n in names if not n.endswith("/")]  # then the directories it listed
+        assert names[:len(files)] == files and len(files) < len(names), names
         assert any(n.endswith("/libc.so.6") for n in names), names
         assert any(n.startswith("/usr/lib/python3") and "/json/" in n for n in names), names
         assert all(n.startswith("/") and not n.startswith(TEMPLATE_PATH) for n in names)
@@ -290,10 +292,20 @@ def test_prefetch_list_recorded_published_and_fetched_by_a_cold_start(uvm_runner
                                                                          + extra))
         cold = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c2"))
         listing = _ok(run_uvm(uvm_runner, cold, "templates", TEMPLATE))
-        assert f"prefetch list: {len(merged) + 3} paths" in listing, listing
+        dirs = [n for n in merged if n.endswith("/")]
+        assert (f"prefetch list: {len(merged) + 3} paths ({TEMPLATE_PATH}/.uvm-prefetch): "
+                f"{len(merged) + 3 - len(dirs)} files fetched at once and {len(dirs)} "
+                "directories") in listing, listing
         assert "prefetch list" not in _ok(run_uvm(uvm_runner, cold, "templates", TEMPLATE + "@v1"))
         assert _ok(run_uvm(uvm_runner, cold, "run", "--template", TEMPLATE, "--",
                            "cat", "/etc/uvm-marker")) == "revision one\n"
+        # ...and made the directories the python3 start listed, though cat lists none
+        assert any(n.startswith("/usr/lib/python3") for n in dirs), merged
+        (tree,) = (workdir / "c2" / "shadow").glob(f"*/{FQRN}/*/tree")
+        top = TEMPLATE_PATH.strip("/")
+        for name in dirs:
+            made = set(os.listdir(tree / top / name.strip("/"))) - {".uvm-prefetch"}
+            assert made == set(os.listdir(published.source / top / name.strip("/"))), name
     # the server is gone: the python3 start was fetched by the list alone
     assert _ok(run_uvm(uvm_runner, cold, "run", "--template", TEMPLATE, *start)) == "[42]\n"
 

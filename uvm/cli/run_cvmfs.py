@@ -244,8 +244,9 @@ class CvmfsRun:
             _write_output("--record", self.args.record, record.to_json())
 
     def _write_prefetch_list(self, path: str) -> None:
-        """The files this run fetched, after those ``path`` lists already (so
-        that several commands recorded one after another make one list)."""
+        """The files this run fetched and the directories it completed,
+        after those ``path`` lists already (so that several commands
+        recorded one after another make one list)."""
         from uvm.errors import UvmError
         from uvm.sandbox.materialize import PREFETCH_LIST, parse_prefetch_list
 
@@ -259,12 +260,13 @@ class CvmfsRun:
         except OSError as err:
             raise UvmError(f"cannot read --record-prefetch {path}: {err.strerror}",
                            hint="give a file you can read and write") from None
-        lines = [f"# files starts in {tree.fqrn}:{top} fetched (last: revision "
-                 f"{self.template_repo.revision}), recorded by uvm run --record-prefetch;",
+        lines = [f"# files starts in {tree.fqrn}:{top} fetched, then directories they listed "
+                 f"(last: revision {self.template_repo.revision}), recorded by uvm run "
+                 "--record-prefetch;",
                  f"# publish this file as {top.rstrip('/')}/{PREFETCH_LIST} to fetch them "
-                 "in one wave on cold starts", *dict.fromkeys(known + names)]
+                 "in one wave, and make the directories meanwhile, on cold starts", *dict.fromkeys(known + names)]
         _write_output("--record-prefetch", path, "\n".join(lines) + "\n")
-        if not names:
+        if not any(not name.endswith("/") for name in names):
             sys.stderr.write(f"uvm: warning: {path} lists no file: this run found every file "
                              "it opened in the cache; record on a cold cache "
                              "(CVMFS_CACHE_BASE=$(mktemp -d) uvm run ...)\n")

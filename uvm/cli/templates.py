@@ -40,7 +40,9 @@ def _show_prefetch_list(repo: Any, top: str) -> None:
     except UvmError as err:
         print(f"  prefetch list: cannot read ({err.one_line()})")
         return
-    print(f"  prefetch list: {len(names)} paths ({path}), fetched at once by cold starts")
+    dirs = sum(1 for name in names if name.endswith("/"))
+    print(f"  prefetch list: {len(names)} paths ({path}): {len(names) - dirs} files fetched "
+          f"at once and {dirs} directories made meanwhile by cold starts")
 
 
 def _templates(args: argparse.Namespace) -> int:
