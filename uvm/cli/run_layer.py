@@ -96,7 +96,7 @@ class LayerRun:
             self.layer = Layer(args.layer, root, prepare=prepare)
         else:
             self.temp = True
-            self.layer = Layer(_temp_layer_dir(), root, prepare=prepare)
+            self.layer = Layer(_temp_layer_dir(), root, prepare=prepare, durable=args.keep)
         return self.layer
 
     def over(self, ns: Any, what: str) -> Any:

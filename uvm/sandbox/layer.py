@@ -7,7 +7,8 @@ terms (``docs/layer.md``):
 - the layer's data is a host tree ``LAYER/root`` mirroring the guest tree;
   its metadata (origins, fake ownership) is a journal ``LAYER/.uvm/journal``
   of JSON lines, loaded into memory at start, written through on every
-  change and compacted when the layer is closed;
+  change and compacted when the layer is closed (a run's temporary layer,
+  removed at its end, keeps it in memory only);
 - a guest directory is either *pure lower* (reached through a placeholder of
   one of its ancestors: the kernel lists and resolves the lower directory)
   or *copied up*: a complete layer directory that holds every name of the
@@ -31,16 +32,14 @@ the root the layer belongs to.
 from __future__ import annotations
 
 import errno
-import json
 import os
-import shutil
 import stat
 
 from uvm.errors import LayerError
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (3 ms of start-up)
 if TYPE_CHECKING:
-    from typing import Callable, Dict, Iterator, Optional, Tuple
+    from typing import Callable, Dict, Iterator, Optional, TextIO, Tuple
 
 JOURNAL = ".uvm/journal"
 INFO = ".uvm/layer.json"
@@ -72,11 +71,13 @@ class Layer:
     """One writable layer over the lower root ``lower`` (a host directory).
 
     ``path`` is the layer directory (created when missing).  Raises
-    :class:`LayerError` when it cannot be used.
+    :class:`LayerError` when it cannot be used.  ``durable=False``: a new
+    layer that nobody will open again (a run's temporary one), kept in
+    memory only: no journal, no ``.uvm`` (and no json module to import).
     """
 
     def __init__(self, path: str, lower: str,
-                 prepare: Optional[Callable[[str], None]] = None) -> None:
+                 prepare: Optional[Callable[[str], None]] = None, durable: bool = True) -> None:
         self.path = os.path.realpath(path)
         self.lower = os.path.realpath(lower)
         if self.lower == "/":
@@ -98,6 +99,28 @@ class Layer:
         self._dirty = False
         self._moved: Optional[list] = None
         self._euid = os.geteuid()
+        self._journal: Optional[TextIO] = None
+        if durable:
+            fresh = self._open_store()
+        else:
+            os.makedirs(self.path, exist_ok=True)
+            fresh = True
+            os.mkdir(self.top)
+        if fresh:
+            self._fill("/", self.lower)
+            self._copy_attrs(self.lower, self.top, os.stat(self.lower))  # its mtime too
+        self._lower_prefix = self.lower + "/"
+        self._top_prefix = self.top + "/"
+        self.copied_dirs = 0
+        self.copied_files = 0
+
+    # -- the store ------------------------------------------------------------------
+
+    def _open_store(self) -> bool:
+        """Check (or record) the root the layer belongs to, load its journal
+        and open it for appending; True when the layer is new."""
+        import json
+
         os.makedirs(os.path.join(self.path, ".uvm"), exist_ok=True)
         fresh = not os.path.isdir(self.top)
         info_path = os.path.join(self.path, INFO)
@@ -117,17 +140,11 @@ class Layer:
             self._load()
         self._journal = open(os.path.join(self.path, JOURNAL), "a", encoding="utf-8",
                              errors="surrogateescape")
-        if fresh:
-            self._fill("/", self.lower)
-            self._copy_attrs(self.lower, self.top, os.stat(self.lower))  # its mtime too
-        self._lower_prefix = self.lower + "/"
-        self._top_prefix = self.top + "/"
-        self.copied_dirs = 0
-        self.copied_files = 0
-
-    # -- the store ------------------------------------------------------------------
+        return fresh
 
     def _load(self) -> None:
+        import json
+
         try:
             with open(os.path.join(self.path, JOURNAL), encoding="utf-8",
                       errors="surrogateescape") as f:
@@ -157,9 +174,12 @@ class Layer:
         self._moved = None
 
     def _write(self, rec) -> None:
-        self._journal.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self._dirty = True
         self._holders = None  # every change of an origin is journaled
+        if self._journal is not None:
+            import json
+
+            self._journal.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self._dirty = True
 
     def flush(self) -> None:
         """Hand the journal's new records to the kernel (after each change
@@ -170,8 +190,10 @@ class Layer:
 
     def close(self) -> None:
         """Compact the journal (the current records only) and close it."""
-        if self._journal.closed:
+        if self._journal is None or self._journal.closed:
             return
+        import json
+
         self._journal.close()
         tmp = os.path.join(self.path, JOURNAL + ".new")
         with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
@@ -362,6 +384,8 @@ class Layer:
             if self.prepare is not None:
                 self.prepare(src)
             tmp = dst + ".uvm-copyup"
+            import shutil
+
             with open(src, "rb") as fi, open(tmp, "wb") as fo:
                 shutil.copyfileobj(fi, fo, 1 << 20)
             self._copy_attrs(src, tmp, st)
