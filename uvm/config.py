@@ -23,15 +23,23 @@ the stock client, where ``domain.d`` and ``config.d`` override
 ``CVMFS_*`` settings just work.
 """
 
-# No ``from __future__ import annotations`` here: typing.NamedTuple would then
-# compile every field's annotation string at import, which costs start-up.
+from __future__ import annotations
 
 import os
 import sys
+from collections import namedtuple
 from types import MappingProxyType
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from uvm.errors import ConfigError
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (3 ms of start-up)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+# The records below are collections.namedtuple classes, not typing.NamedTuple
+# ones (see Bind in uvm/sandbox/namespace.py): every template run loads the
+# configuration, and typing plus the NamedTuple classes were 4-5 ms of a
+# warm run's start.  The fields' types are written in each class.
 
 
 
@@ -47,15 +55,17 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a yes/no value: {text!r}")
 
 
-class Setting(NamedTuple):
+class Setting(namedtuple("Setting", ("key", "env", "kind", "default", "doc", "per_repository"),
+                          defaults=(True,))):
     """One setting: its TOML key, environment variable, type and default."""
 
+    __slots__ = ()
     key: str
     env: Optional[str]
     kind: type
     default: Any
     doc: str
-    per_repository: bool = True
+    per_repository: bool
 
 
 SETTINGS: Tuple[Setting, ...] = (
@@ -141,19 +151,22 @@ def _coerce(setting: Setting, value: Any, where: str) -> Any:
 # --- templates -------------------------------------------------------------
 
 
-class Template(NamedTuple):
+class Template(namedtuple("Template", ("name", "repository", "path", "binds", "env", "origin",
+                                        "extra"),
+                           defaults=("/", (), MappingProxyType({}), "", MappingProxyType({})))):
     """A named run environment: a repository path used as ``/`` plus binds and env.
 
     Parsed and kept here; ``uvm run --template`` interprets it.
     """
 
+    __slots__ = ()
     name: str
     repository: str
-    path: str = "/"
-    binds: Tuple[str, ...] = ()
-    env: Mapping[str, str] = MappingProxyType({})
-    origin: str = ""
-    extra: Mapping[str, Any] = MappingProxyType({})
+    path: str
+    binds: Tuple[str, ...]
+    env: Mapping[str, str]
+    origin: str
+    extra: Mapping[str, Any]
 
 
 def _parse_template(name: str, table: Any, where: str) -> Template:
@@ -181,16 +194,18 @@ def _parse_template(name: str, table: Any, where: str) -> Template:
 # --- sources ---------------------------------------------------------------
 
 
-class Layer(NamedTuple):
+class Layer(namedtuple("Layer", ("origin", "values"))):
     """Values from one place, for one scope (global, a domain or a repository)."""
 
+    __slots__ = ()
     origin: str
     values: Mapping[str, Any]
 
 
-class FileData(NamedTuple):
+class FileData(namedtuple("FileData", ("path", "top", "domains", "repositories", "templates"))):
     """One parsed TOML file."""
 
+    __slots__ = ()
     path: str
     top: Mapping[str, Any]
     domains: Mapping[str, Mapping[str, Any]]
@@ -306,16 +321,18 @@ def domain_of_name(fqrn: str, domains: Sequence[str]) -> Optional[str]:
 # --- effective settings ----------------------------------------------------
 
 
-class Value(NamedTuple):
+class Value(namedtuple("Value", ("value", "origin"))):
     """An effective value and where it came from."""
 
+    __slots__ = ()
     value: Any
     origin: str
 
 
-class Settings(NamedTuple):
+class Settings(namedtuple("Settings", ("fqrn", "values"))):
     """Effective settings for one repository (or for none: the cache-wide view)."""
 
+    __slots__ = ()
     fqrn: Optional[str]
     values: Mapping[str, Value]
 
@@ -337,9 +354,10 @@ def default_cache_base(environ: Mapping[str, str]) -> str:
     return os.path.join(environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache"), "uvm")
 
 
-class Config(NamedTuple):
+class Config(namedtuple("Config", ("files", "env", "environ", "templates", "builtin_domains"))):
     """Everything read from files and the environment; ask it for a repository's view."""
 
+    __slots__ = ()
     files: Tuple[FileData, ...]
     env: Layer
     environ: Mapping[str, str]

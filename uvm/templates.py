@@ -13,31 +13,40 @@ default binds and environment.  The revision chosen is pinned for the whole
 run (the repository is opened once).
 """
 
-# A NamedTuple, not a dataclass: every template run parses its spec, and
-# ``dataclasses`` imports ``inspect`` (7-8 ms of a warm run's start).  No
-# ``from __future__ import annotations`` either (see ``uvm/config.py``).
+# A collections.namedtuple, not a dataclass or a typing.NamedTuple: every
+# template run parses its spec, and ``dataclasses`` imports ``inspect``
+# (7-8 ms of a warm run's start), ``typing`` 3 ms (see ``uvm/config.py``).
+
+from __future__ import annotations
 
 import re
+from collections import namedtuple
 from types import MappingProxyType
-from typing import Any, Mapping, NamedTuple, Optional, Tuple
 
 from uvm.errors import UsageError
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Any, Mapping, Optional, Tuple
 
 _DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?\Z")
 _FQRN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]*\.[A-Za-z0-9_.-]+\Z")
 
 
-class TemplateSpec(NamedTuple):
+class TemplateSpec(namedtuple("TemplateSpec", ("text", "repository", "path", "name", "tag",
+                                                "date", "binds", "env"),
+                               defaults=("/", None, None, None, (), MappingProxyType({})))):
     """A resolved ``--template`` argument."""
 
+    __slots__ = ()
     text: str
     repository: str
-    path: str = "/"
-    name: Optional[str] = None          # registry name, if it came from one
-    tag: Optional[str] = None
-    date: Optional[str] = None
-    binds: Tuple[str, ...] = ()
-    env: Mapping[str, str] = MappingProxyType({})  # read-only: one shared empty default
+    path: str
+    name: Optional[str]          # registry name, if it came from one
+    tag: Optional[str]
+    date: Optional[str]
+    binds: Tuple[str, ...]
+    env: Mapping[str, str]       # read-only: one shared empty default
 
     @property
     def selector(self) -> str:
