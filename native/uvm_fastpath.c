@@ -672,9 +672,25 @@ static int enter(struct fast *f, int tid)
     } else if (row->kind == FAST_READLINK) {
         follow = 0;
     }
-    if (row->kind == FAST_OPEN && !writing &&
-        (strcmp(path, f->passthrough[0]) == 0 || strcmp(path, f->passthrough[1]) == 0))
-        return HANDLED; /* the loader opens the preloaded library */
+    if (row->kind == FAST_OPEN && !writing) {
+        for (int i = 0; i < 2; i++) {
+            /* the loader opens the preloaded library, by its name or with
+             * the process's after '?' (dispatch.py's _named_library): the
+             * kernel gets the name alone */
+            size_t n = strlen(f->passthrough[i]);
+            if (!n || strncmp(path, f->passthrough[i], n) != 0)
+                continue;
+            if (path[n] == '\0')
+                return HANDLED;
+            if (path[n] != '?')
+                continue;
+            unsigned long addr = (top - n - 1) & ~15UL;
+            if (write_mem(tid, addr, f->passthrough[i], n + 1) < 0)
+                return BAIL;
+            word[aw[row->path_i]] = addr;
+            return ptrace(PTRACE_SETREGS, tid, 0, &regs) < 0 ? BAIL : HANDLED;
+        }
+    }
     int setregs = 0;
     const char *whole = path; /* the path from the guest's / */
     size_t whole_len = (size_t)len;

@@ -34,6 +34,8 @@
  * name and the key into ``uvm_config`` of its copy of this file.
  */
 
+#define _GNU_SOURCE /* dl_iterate_phdr */
+#include <link.h>
 #include <stdarg.h>
 #include <stddef.h>
 
@@ -70,6 +72,7 @@ extern void *_IO_fopen(const char *path, const char *mode); /* glibc's fopen */
 #define NR_FSTAT 5L
 #define NR_CLOSE 3L
 #define NR_MMAP 9L
+#define NR_PRCTL 157L
 #define O_LARGEFILE_ 0 /* implied */
 #define STAT_INO 8
 #define STAT_MODE 24
@@ -87,6 +90,7 @@ extern void *_IO_fopen(const char *path, const char *mode); /* glibc's fopen */
 #define NR_FSTAT 197L /* fstat64 */
 #define NR_CLOSE 6L
 #define NR_MMAP 192L /* mmap2 */
+#define NR_PRCTL 172L
 #define O_LARGEFILE_ 0100000
 #define STAT_INO 88
 #define STAT_MODE 16
@@ -220,6 +224,41 @@ __attribute__((constructor)) static void map_table(void)
     sys4(NR_CLOSE, fd, 0, 0, 0);
     if ((unsigned long)addr < (unsigned long)-4095L)
         table = (const struct table *)addr;
+}
+
+/* -- the process's name ------------------------------------------------------ */
+
+#define PR_SET_NAME_ 15
+
+static void name_process(void);
+
+/* dl_iterate_phdr's callback: the name this library was loaded by. */
+static int own_name(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    ElfW(Addr) me = (ElfW(Addr))&name_process;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type == PT_LOAD && me - info->dlpi_addr - ph->p_vaddr < ph->p_memsz) {
+            *(const char **)data = info->dlpi_name;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The kernel named the process after the loader it executed; the tracer
+ * put the name it would have had without uvm (the file name the guest
+ * executed) after '?' in the name the loader preloaded this library by
+ * (dispatch.py's _named_library).  top, ps, pgrep and killall read it. */
+__attribute__((constructor)) static void name_process(void)
+{
+    const char *name = NULL;
+    dl_iterate_phdr(own_name, &name);
+    while (name && *name && *name != '?')
+        name++;
+    if (name && *name == '?' && name[1])
+        sys4(NR_PRCTL, PR_SET_NAME_, (long)(name + 1), 0, 0);
 }
 
 /* -- the lookup's view of the tracer's directories -------------------------- */

@@ -66,6 +66,29 @@ def test_exe_argv0_and_loader_are_the_guests(uvm_runner, host_root):
     assert out.strip() in ("bin/python3", "/usr/bin/python3.11")
 
 
+@pytest.mark.parametrize("tracer", ["c", "python"])
+def test_processes_are_named_after_their_programs(uvm_runner, host_root, i386_root, scratch,
+                                                  tracer):
+    """/proc/PID/comm, what top, ps -e, pgrep and killall read, names the
+    program the guest executed, as without uvm, though the kernel ran its
+    loader: a dynamically linked program, a script (its own name, cut to 15
+    bytes as the kernel does), the shell, a thread; both ABIs, both tracers."""
+    script = scratch / "a-long-script-name.sh"
+    script.write_text("#!/bin/sh\ncat /proc/$$/comm\n")
+    script.chmod(0o755)
+    env = dict(guest_env(), UVM_TRACER=tracer)
+    for root in (host_root, i386_root):
+        out = ok(uvm_runner.run(root, "sh", "-c",
+                                "cat /proc/self/comm; /mnt/a-long-script-name.sh; cat /proc/$$/comm",
+                                binds=[(scratch, "/mnt")], env=env))
+        assert out.split() == ["cat", "a-long-script-n", "sh"], root
+    out = ok(uvm_runner.run(host_root, "python3", "-c",
+                            "import threading; t = threading.Thread(target=lambda: print(open("
+                            "f'/proc/self/task/{threading.get_native_id()}/comm').read())); "
+                            "t.start(); t.join(); print(open('/proc/self/comm').read())", env=env))
+    assert out.split() == ["python3", "python3"]
+
+
 def test_scripts_nested_with_arguments(uvm_runner, host_root, scratch):
     (scratch / "inner").write_text("#!/bin/sh -e\necho inner:$0:$*\n")
     (scratch / "outer").write_text("#!/mnt/inner --flag\n")

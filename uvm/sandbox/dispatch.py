@@ -66,6 +66,19 @@ def _err(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
+def _named_library(library: bytes, path: str) -> bytes:
+    """The preloaded library's name for the loader, with the name the kernel
+    would have given the process after a ``?``: the file name of the path the
+    guest executed (a script's, not its interpreter's), which the library
+    sets (native/uvm_preload.c) where the kernel named the process after
+    the loader.  The tracer (and the C) give the kernel the library's name
+    alone.  Not for a name the loader would split (space, colon)."""
+    name = _enc(path.rpartition("/")[2])[:15]  # TASK_COMM_LEN, less the NUL
+    if not name or b" " in name or b":" in name or b"\t" in name:
+        return library
+    return library + b"?" + name
+
+
 def _enc(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
@@ -602,9 +615,13 @@ class Tracer:
         self._pinned = False
         self._translated = self._kernel_name = ""
         self._given = path
-        if path in self._preload_paths and name in ("open", "openat") \
+        library, named, _process = path.partition("?")
+        if library in self._preload_paths and name in ("open", "openat") \
                 and not flags & (os.O_ACCMODE | O_CREAT | os.O_TRUNC):  # as the loader opens it
-            return 0
+            if not named:
+                return 0
+            self._put_path(tid, regs, abi, path_i, path, library)  # (see _named_library)
+            return SETREGS
         if path and path[0] != "/" and "/" not in path and path not in self._not_simple \
                 and self._lazy is None:
             # One plain name below the cwd or a dirfd, which the guest opened
@@ -1011,7 +1028,7 @@ class Tracer:
             if is_64 is None or not self._may_anchor_after_exec(tid, st) \
                     or self._loader_reports(tid, getattr(regs, args[envp_i]), word):
                 return None
-            return self.preload.names.get(is_64)
+            return _named_library(self.preload.names[is_64], path)
 
         host, new_argv, guest_prog, changed = _execve.plan_exec(path, argv, resolve, preload)
         if self.verbose:
