@@ -63,6 +63,7 @@ struct fast {
     int check_caps;
     struct restart recs[TIDS];
     struct cap caps[TIDS];
+    int exec_settled[TIDS];    /* tid whose next exec event the C may resume */
     int known[KNOWN];          /* tid, or 0; -tid: known, chose its own CPUs */
     struct fast_birth births[BIRTHS];
     int births_used;
@@ -393,8 +394,35 @@ static int born(struct fast *f, int tid, int event)
     return HANDLED;
 }
 
+void fast_exec_settles(struct fast *f, int tid, int yes)
+{
+    int *slot = &f->exec_settled[(unsigned)tid & (TIDS - 1)];
+    if (yes)
+        *slot = tid;
+    else if (*slot == tid)
+        *slot = 0;
+}
+
+/* The exec event of a known tracee whose exec Python planned needing
+ * nothing more at the event (fast_exec_settles): resumed here, and Python
+ * hears of it with the births, in order. */
+static int exec_seen(struct fast *f, int tid)
+{
+    int *slot = &f->exec_settled[(unsigned)tid & (TIDS - 1)];
+    unsigned long former = 0;
+    if (*slot != tid || known_as(f, tid) != 1 || f->births_used == BIRTHS ||
+        ptrace(PTRACE_GETEVENTMSG, tid, 0, &former) < 0 || (int)former != tid)
+        return BAIL; /* (an exec from another thread of the process: Python's) */
+    *slot = 0;
+    if (f->check_caps)
+        fast_forget_creds(f); /* exec clears a non-root process's capabilities */
+    f->births[f->births_used++] = (struct fast_birth){tid, tid, PTRACE_EVENT_EXEC};
+    return HANDLED;
+}
+
 void fast_forget(struct fast *f, int tid)
 {
+    fast_exec_settles(f, tid, 0);
     int *slot = known_slot(f, tid);
     if (*slot == tid || *slot == -tid)
         __atomic_store_n(slot, 0, __ATOMIC_RELAXED);
@@ -764,6 +792,8 @@ static int settle_event(struct fast *f, int tid, int st)
     case PTRACE_EVENT_VFORK:
     case PTRACE_EVENT_CLONE:
         return born(f, tid, event) == HANDLED ? 1 : 0;
+    case PTRACE_EVENT_EXEC:
+        return exec_seen(f, tid) == HANDLED ? 1 : 0;
     case PTRACE_EVENT_STOP:
         return sig == SIGTRAP && known_as(f, tid) ? 1 : 0;
     case 0:

@@ -39,11 +39,13 @@ struct fast_counts {
     unsigned long events;    /* other stops settled in C: forks, signals */
 };
 
-/* A tracee the C saw being born (a fork, vfork or clone event). */
+/* A tracee the C saw being born (a fork, vfork or clone event), or one
+ * whose exec event it resumed (PTRACE_EVENT_EXEC: parent and child are
+ * the tracee). */
 struct fast_birth {
     int parent;
     int child;
-    int event; /* PTRACE_EVENT_FORK, _VFORK or _CLONE */
+    int event; /* PTRACE_EVENT_FORK, _VFORK, _CLONE or _EXEC */
 };
 
 struct fast;
@@ -100,6 +102,10 @@ int fast_publish_dir(struct fast *f, unsigned long dev, unsigned long ino, int f
                      size_t host_len, int filled);
 void fast_clear(struct fast *f);
 void fast_forget_creds(struct fast *f);
+/* ``yes``: the next exec event of ``tid`` needs nothing of Python at the
+ * event (its bookkeeping can wait for Python's next stop): the C resumes
+ * it and queues it with the births.  ``no``: Python's. */
+void fast_exec_settles(struct fast *f, int tid, int yes);
 /* ``tid`` has exited: what the C remembers of it must not pass to a new
  * thread given the same number. */
 void fast_forget(struct fast *f, int tid);

@@ -1075,6 +1075,10 @@ class Tracer:
         # ld.so, run explicitly, sets AT_EXECFN itself; the tracer fixes it
         # for programs the kernel runs directly.
         self.pending_exe[tid] = (guest_prog, "" if changed else path)
+        if self.fast is not None:
+            # the exec event needs Python at once only to fix AT_EXECFN (a
+            # program the kernel runs directly); its bookkeeping can wait
+            self.fast.exec_settles(tid, changed)
         self.translated += 1
         return SETREGS
 

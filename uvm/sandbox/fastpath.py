@@ -29,7 +29,8 @@ What the C knows, Python told it:
 - the tracees (:meth:`know`): their fork, vfork and clone events, their
   first stops and the signals they are sent are resumed in C; the C keeps
   the children it saw born for Python to take (:meth:`take_births`) before
-  Python handles the next stop.
+  Python handles the next stop; the exec events Python said need nothing
+  at the event (:meth:`exec_settles`) too.
 
 The directories live in a table in a memfd (``native/uvm_table.h``), which
 the library preloaded into guest programs maps read-only and looks up with
@@ -224,9 +225,15 @@ class FastPath:
         return self._lib.fast_sample(self._fast, tracer_tid, limit, int(runnable), self._sampled,
                                      self._waited), self._sampled[0], self._waited[0]
 
+    def exec_settles(self, tid: int, yes: bool) -> None:
+        """Whether the C may resume ``tid``'s next exec event and queue it
+        with the births (:meth:`take_births`): nothing is due at the event."""
+        self._lib.fast_exec_settles(self._fast, tid, int(yes))
+
     def take_births(self) -> List[Tuple[int, int, int]]:
         """(parent, child, event) of the forks, vforks and clones the C
-        settled since the last call, oldest first."""
+        settled since the last call, and (tid, tid, EVENT_EXEC) of the execs
+        it resumed, oldest first."""
         n = self._lib.fast_take_births(self._fast, self._births, 256)  # the C keeps 256 at most
         self.born = 0
         return [(b.parent, b.child, b.event) for b in self._births[0:n]]

@@ -92,7 +92,10 @@ def run_loop(tracer: Tracer, main: int, fallback: bool, wait_all: bool,
             break
         if fast is not None and fast.born:
             for parent, child, event in fast.take_births():
-                adopt(parent, child, event)
+                if event == mem.EVENT_EXEC:
+                    tracer.exec_done(parent, child)
+                else:
+                    adopt(parent, child, event)
         stops += 1
         if status & 0xFF == 0x7F:
             sig = (status >> 8) & 0xFF
