@@ -113,8 +113,6 @@ class Placement:
         self._tracer_tid = threading.get_native_id()
         os.sched_setaffinity(0, self._home)
         self._gathered = True
-        if os.environ.get("UVM_EXP") == "nowatch":
-            return
         self._thread = threading.Thread(target=self._watch, name="uvm-placement", daemon=True)
         self._thread.start()
 
