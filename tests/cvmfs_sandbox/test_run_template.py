@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Tuple
@@ -196,6 +197,34 @@ def test_record_replay_tag_and_date(uvm_runner, published, workdir):
         again = workdir / "again.json"
         res = run_uvm(uvm_runner, fresh, "run", "--replay", str(record), "--record", str(again))
         assert json.loads(again.read_text())["template"]["root_hash"] == first_hash
+
+
+def _age_manifest(workdir: Path) -> None:
+    """Make the cache's verified manifest older than any TTL, as time would."""
+    manifests = workdir / "cache" / "shared" / "manifests"
+    old = time.time() - 24 * 3600
+    for path in manifests.glob(f"{FQRN}.cvmfs*"):
+        os.utime(path, (old, old))
+
+
+def test_past_the_ttl_an_unchanged_template_costs_two_requests_and_a_new_one_is_seen(
+        uvm_runner, published, workdir):
+    with _private_store(published, workdir) as (store, srv):
+        env = env_for(published, srv.url_for(), workdir)
+        marker = ["run", "--template", TEMPLATE, "--", "/bin/cat", "/etc/uvm-marker"]
+        assert _ok(run_uvm(uvm_runner, env, *marker)) == "revision one\n"
+        _age_manifest(workdir)
+        before = dict(srv.hits)
+        assert _ok(run_uvm(uvm_runner, env, *marker)) == "revision one\n"
+        asked = {path: n - before.get(path, 0) for path, n in srv.hits.items()
+                 if n != before.get(path, 0)}
+        assert sorted(os.path.basename(path) for path in asked) == [
+            ".cvmfspublished", ".cvmfswhitelist"], asked
+        _publish_revision(published, workdir, store, "v2", 1_800_000_000,
+                          lambda top: (top / "etc/uvm-marker").write_text("revision two\n"))
+        assert _ok(run_uvm(uvm_runner, env, *marker)) == "revision one\n"  # within the TTL
+        _age_manifest(workdir)
+        assert _ok(run_uvm(uvm_runner, env, *marker)) == "revision two\n"
 
 
 def test_record_on_a_full_disk_is_one_line_and_leaves_nothing(uvm_runner, published, server,

@@ -55,7 +55,7 @@ def _show(args: argparse.Namespace) -> int:
         groups = parse_proxy_groups(settings.http_proxy, settings.fallback_proxy)
         print("# proxy groups: " + " ; ".join(" | ".join(g) for g in groups))
         keys = public_key_files(settings.public_key, settings.keys_dir, args.repo)
-        print("# master keys: " + (", ".join(keys) or "(none: /etc/cvmfs/keys)"))
+        print("# master keys: " + (", ".join(keys) or "(none found)"))
     for name, template in sorted(config.templates.items()):
         print(f"# template {name}: {template.repository}:{template.path}  ({template.origin})")
     return 0

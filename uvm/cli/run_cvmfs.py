@@ -89,10 +89,13 @@ class CvmfsRun:
             if repo.fqrn == fqrn and head and known_head:
                 return repo
         revision = None
-        if head:  # the verified manifest kept by the last run, while fresh
-            fresh = fresh_head(fqrn, self.config.settings(fqrn))
-            if fresh is not None:
-                root_hash, revision = fresh
+        if head:  # the manifest an earlier run verified, while fresh or served unchanged
+            from uvm.cvmfs.head import fresh_head, revalidate_head
+
+            settings = self.config.settings(fqrn)
+            known = fresh_head(fqrn, settings) or revalidate_head(fqrn, settings)
+            if known is not None:
+                root_hash, revision = known
         if root_hash is not None:
             repo = LazyRepository(fqrn, root_hash, self._opener(fqrn, root_hash),
                                   self.config.environ, revision)
@@ -298,39 +301,6 @@ def _write_output(option: str, path: str, text: str) -> None:
             pass
         raise UvmError(f"cannot write {option} {path}: {err.strerror}",
                        hint="the command itself ran; free space or give another file") from None
-
-
-def fresh_head(fqrn: str, settings: Any) -> Optional[Tuple[str, int]]:
-    """(root hash, revision) of the newest revision as the last verified
-    manifest in the cache names it, while that is younger than the TTL (the
-    fetcher would not ask the network either); None otherwise."""
-    manifests = os.path.join(os.path.abspath(os.path.expanduser(settings.cache_base)),
-                             "shared", "manifests")
-    path = os.path.join(manifests, f"{fqrn}.cvmfspublished")
-    try:
-        verified_at = os.stat(path).st_mtime
-        os.stat(os.path.join(manifests, f"{fqrn}.cvmfswhitelist"))
-        with open(path, "rb") as handle:
-            data = handle.read(4096)
-    except OSError:
-        return None
-    fields: Dict[str, str] = {}
-    for line in data.split(b"\n--\n", 1)[0].split(b"\n"):
-        if line[:1] in (b"C", b"S", b"D"):
-            fields[line[:1].decode()] = line[1:].decode("ascii", "replace").strip()
-    try:
-        ttl = float(fields.get("D", "240"))
-        revision = int(fields["S"])
-        root_hash = fields["C"]
-    except (KeyError, ValueError):
-        return None
-    max_ttl = 60.0 * max(0, int(getattr(settings, "max_ttl", 0) or 0))
-    if max_ttl > 0:
-        ttl = min(ttl, max_ttl)
-    age = time.time() - verified_at
-    if not (0 <= age < ttl) or not root_hash:
-        return None
-    return root_hash, revision
 
 
 def describe(run: CvmfsRun) -> Dict[str, Any]:

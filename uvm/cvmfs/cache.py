@@ -53,6 +53,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from uvm import log as uvm_log
 from uvm._native import Decoder
+from uvm.cvmfs.head import bootstrap_dir
 from uvm.cvmfs.hashing import ContentHash
 from uvm.cvmfs.quota import CATALOG, REGULAR, Quota, pid_alive
 from uvm.errors import CacheError, DecodeError, DecodeFailure
@@ -80,7 +81,7 @@ class Cache:
         self.root = os.path.join(self.base, "shared")
         self.txn_dir = os.path.join(self.root, "txn")
         self.quarantine_dir = os.path.join(self.root, "quarantaine")
-        self.manifest_dir = os.path.join(self.root, "manifests")
+        self.manifest_dir = bootstrap_dir(self.base)
         self._dir_mode, self._file_mode = self._modes()
         self._make_dirs()
         self.clean_transactions()

@@ -79,7 +79,7 @@ def open_repository(
     except BaseException:
         fetcher.close()
         raise
-    fetcher.remember_verified()
+    fetcher.remember_verified(keys)
     handle.owns = True  # from now on, closing the repository closes the fetcher
     return repository
 
@@ -181,7 +181,7 @@ class LiveRepository:
                 fqrn, keys=keys, tag=tag, date=date, root_hash=root_hash,
                 source=_SourceHandle(self.fetcher), state_dir=state_dir,
                 environ=self._config.environ))
-            self.fetcher.remember_verified()
+            self.fetcher.remember_verified(keys or ())
             return repository
 
         self._open_revision = open_revision

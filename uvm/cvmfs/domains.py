@@ -61,12 +61,16 @@ def builtin_settings(fqrn: str) -> Tuple[Optional[str], Mapping[str, Any]]:
     })
 
 
+SYSTEM_KEYS_DIR = "/etc/cvmfs/keys"
+
+
 def public_key_files(public_key: str, keys_directory: str, fqrn: Optional[str] = None) -> List[str]:
     """Master public key files in the stock client's order of preference.
 
     ``CVMFS_PUBLIC_KEY`` (``:``-separated files) beats ``CVMFS_KEYS_DIR``
     (every ``*.pub`` in it), as in the stock code; with neither, the shipped
-    keys of ``fqrn``'s domain are used.  Any one key that verifies is enough.
+    keys of ``fqrn``'s domain are used, and for other repositories the
+    system's ``/etc/cvmfs/keys``.  Any one key that verifies is enough.
     """
     if public_key:
         return [p for p in public_key.split(":") if p]
@@ -74,8 +78,7 @@ def public_key_files(public_key: str, keys_directory: str, fqrn: Optional[str] =
     if not directory and fqrn:
         domain = domain_of(fqrn)
         directory = keys_dir(domain) if domain else ""
-    if not directory:
-        return []
+    directory = directory or SYSTEM_KEYS_DIR
     import glob  # (here: the configuration imports this module on every template run)
 
     return sorted(glob.glob(os.path.join(directory, "*.pub")))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from uvm import log as uvm_log
-from uvm.cvmfs import servers
+from uvm.cvmfs import head, servers
 from uvm.cvmfs.cache import Cache
 from uvm.cvmfs.hashing import Algorithm, ContentHash, Suffix
 from uvm.cvmfs.quota import TOUCH_PRECISION
@@ -32,7 +32,7 @@ from uvm.errors import FetchError, FetchFailure
 
 log = uvm_log.get(__name__)
 
-BOOTSTRAP_FILES = (".cvmfspublished", ".cvmfswhitelist")
+BOOTSTRAP_FILES = (head.MANIFEST, head.WHITELIST)
 
 ObjectRequest = Tuple[ContentHash, Suffix, Optional[int], bool]
 """(hash, suffix, expected decompressed size or None, compressed) for :meth:`Fetcher.prefetch`."""
@@ -134,8 +134,7 @@ class Fetcher:
             first = self._offline_reason is None
             self._offline_reason = reason
         if first:
-            log.warning("offline: no server reachable for %s; using the last verified "
-                        "state from the cache (%s)", self.fqrn, reason)
+            log.warning(servers.offline_warning(self.fqrn, reason))
 
     # -- bootstrap files ----------------------------------------------------
 
@@ -175,12 +174,21 @@ class Fetcher:
             self._fetched[name] = data
         return data
 
-    def remember_verified(self, names: Sequence[str] = BOOTSTRAP_FILES) -> None:
-        """Keep the bootstrap files fetched so far; call once the reader verified them."""
+    def remember_verified(self, keys: Sequence[str] = ()) -> None:
+        """Keep the bootstrap files fetched so far; call once the reader
+        verified them with the master key files ``keys``.  Once both were
+        downloaded, what was verified is also recorded for
+        :func:`uvm.cvmfs.head.revalidate_head`, after the copies."""
         with self._lock:
-            items = [(n, self._fetched[n]) for n in names if n in self._fetched]
+            items = [(n, self._fetched[n]) for n in BOOTSTRAP_FILES if n in self._fetched]
         for name, data in items:
             self.cache.save_file(self.fqrn, name, data)
+        if keys and len(items) == len(BOOTSTRAP_FILES):
+            try:
+                record = head.verified_record(keys, items[0][1], items[1][1])
+            except OSError:
+                return  # a key file went away: no record, the next run verifies
+            self.cache.save_file(self.fqrn, head.VERIFIED_RECORD, record)
 
     def last_verified(self, name: str = ".cvmfspublished") -> Optional[bytes]:
         return self.cache.load_file(self.fqrn, name)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import json
 import os
 import posixpath
 import stat as _stat
@@ -27,18 +26,13 @@ from uvm.cvmfs.catalog import DirEntry
 from uvm.cvmfs.catalog_tree import CatalogTree
 from uvm.cvmfs.hashing import Algorithm, ContentHash, Suffix
 from uvm.cvmfs.history import History, Tag, parse_date
+from uvm.cvmfs.rollback import RollbackState, default_state_dir
 from uvm.cvmfs.source import ObjectSource
-from uvm.errors import CvmfsError, PathNotFoundError, RollbackError
+from uvm.errors import CvmfsError, PathNotFoundError
 
 log = uvm_log.get(__name__)
 
 Keys = Union[None, str, Sequence[str]]
-
-
-def default_state_dir() -> str:
-    base = (os.environ.get("XDG_STATE_HOME")
-            or os.path.join(os.path.expanduser("~"), ".local", "state"))
-    return os.path.join(base, "uvm")
 
 
 def normalize(path: str) -> str:
@@ -51,53 +45,6 @@ def normalize(path: str) -> str:
 
 def display(path: str) -> str:
     return path or "/"
-
-
-class RollbackState:
-    """Newest accepted manifest per repository, kept in ``state_dir/manifests``."""
-
-    def __init__(self, state_dir: str) -> None:
-        self.directory = os.path.join(state_dir, "manifests")
-
-    def _path(self, fqrn: str) -> str:
-        return os.path.join(self.directory, fqrn.replace("/", "_") + ".json")
-
-    def check_and_record(self, fqrn: str, manifest: manifest_mod.Manifest) -> None:
-        path = self._path(fqrn)
-        try:
-            with open(path) as handle:
-                seen = json.load(handle)
-        except (OSError, ValueError):
-            seen = None
-        if seen:
-            newest_ts, newest_rev = int(seen.get("timestamp", 0)), int(seen.get("revision", 0))
-            if manifest.timestamp is not None and manifest.timestamp < newest_ts:
-                raise RollbackError(
-                    f"manifest of {fqrn} (revision {manifest.revision}, published "
-                    f"{_when(manifest.timestamp)}) is older than revision {newest_rev} seen before "
-                    f"(published {_when(newest_ts)})",
-                    hint="a mirror serves stale or replayed data",
-                )
-            if manifest.timestamp is None and manifest.revision < newest_rev:
-                raise RollbackError(
-                    f"manifest of {fqrn} has revision {manifest.revision}, older than {newest_rev}"
-                )
-            if (manifest.timestamp or 0) <= newest_ts and manifest.revision <= newest_rev:
-                return
-        record = {"timestamp": manifest.timestamp or 0, "revision": manifest.revision,
-                  "root_hash": str(manifest.root_hash)}
-        try:
-            os.makedirs(self.directory, exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as handle:
-                json.dump(record, handle)
-            os.replace(tmp, path)
-        except OSError as err:
-            log.warning("cannot record the manifest state of %s in %s: %s", fqrn, path, err)
-
-
-def _when(timestamp: int) -> str:
-    return _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _ChunkedReader(io.RawIOBase):
@@ -255,7 +202,8 @@ class Repository:
 
         manifest = verify_bootstrap(source, fqrn, signature.load_master_keys(_key_paths(keys)),
                                     now, first_objects)
-        RollbackState(state_dir or default_state_dir()).check_and_record(fqrn, manifest)
+        RollbackState(state_dir or default_state_dir()).check_and_record(
+            fqrn, manifest.revision, manifest.timestamp, str(manifest.root_hash))
         history = None
         try:
             selected = None

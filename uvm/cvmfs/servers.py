@@ -224,6 +224,12 @@ def is_unavailable(failure: FetchFailure) -> bool:
     return is_network_failure(failure) or failure is FetchFailure.HOST_HTTP
 
 
+def offline_warning(fqrn: str, reason: str) -> str:
+    """What a reader says when it falls back to its last verified state."""
+    return (f"offline: no server reachable for {fqrn}; using the last verified state "
+            f"from the cache ({reason})")
+
+
 # --- backoff ---------------------------------------------------------------
 
 

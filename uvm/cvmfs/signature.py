@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from uvm.cvmfs.domains import SYSTEM_KEYS_DIR
 from uvm.cvmfs.hashing import Algorithm, ContentHash
 from uvm.errors import CvmfsError, SignatureError
 
@@ -218,7 +219,7 @@ def master_key_paths(
         if os.path.isfile(keys_dir):
             return [keys_dir]
         return sorted(glob.glob(os.path.join(glob.escape(keys_dir), "*.pub")))
-    return sorted(glob.glob("/etc/cvmfs/keys/*.pub"))
+    return sorted(glob.glob(os.path.join(SYSTEM_KEYS_DIR, "*.pub")))
 
 
 def load_master_keys(paths: Sequence[str]) -> List[rsa.RSAPublicKey]:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from uvm.cvmfs import signature
 from uvm.cvmfs.hashing import Algorithm, ContentHash
 from uvm.errors import SignatureError, WhitelistError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+# ``uvm.cvmfs.signature`` (and with it ``cryptography``, 40-60 ms of start-up)
+# is imported by the functions that verify or sign: :func:`expiry` is also
+# called where nothing is verified (``uvm.cvmfs.head``).
 
 DEFAULT_DAYS = 30
 _STAMP = "%Y%m%d%H%M%S"
@@ -38,8 +42,19 @@ def _parse_stamp(text: str, what: str) -> _dt.datetime:
         raise WhitelistError(f"whitelist {what} {text!r} is not YYYYMMDDhhmmss") from None
 
 
+def expiry(data: bytes) -> _dt.datetime:
+    """The expiry stamp alone (second line); nothing is verified."""
+    lines = data.split(b"\n", 2)
+    line = lines[1].decode("ascii", "replace") if len(lines) > 2 else ""
+    if len(line) != 15 or not line.startswith("E"):
+        raise WhitelistError(f"whitelist expiry line {line[:20]!r} is malformed")
+    return _parse_stamp(line[1:], "expiry")
+
+
 def parse(body: bytes) -> Whitelist:
     """Parse the text part (the signature block may follow; it is ignored here)."""
+    from uvm.cvmfs import signature
+
     text = body.split(b"\n--\n", 1)[0].decode("utf-8", "replace")
     lines = text.split("\n")
     if len(lines) < 3:
@@ -87,6 +102,8 @@ def verify(
     now: Optional[_dt.datetime] = None,
 ) -> Whitelist:
     """Hash line, master-key signature, name, expiry and (optionally) the certificate."""
+    from uvm.cvmfs import signature
+
     letter = signature.split_letter(data, "whitelist")
     signature.check_letter_hash(letter, "whitelist")
     hash_text = letter.hash_text.encode("ascii")
@@ -131,6 +148,8 @@ def render(fqrn: str, fingerprint: str, created: _dt.datetime, days: int) -> byt
 
 
 def sign(body: bytes, master_key: rsa.RSAPrivateKey, algorithm: Algorithm) -> bytes:
+    from uvm.cvmfs import signature
+
     hash_text = signature.letter_hash_text(body, algorithm)
     sig = signature.sign_raw_pkcs1(master_key, hash_text.encode("ascii"))
     return body + b"--\n" + hash_text.encode("ascii") + b"\n" + sig
