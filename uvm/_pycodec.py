@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zlib
-from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Iterable, NamedTuple, Optional, Union
 
 from uvm.cvmfs.hashing import Algorithm, ContentHash, new_hasher
 from uvm.errors import DecodeError, DecodeFailure
@@ -18,16 +17,14 @@ from uvm.errors import DecodeError, DecodeFailure
 _WRITE_CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class DecodeResult:
+class DecodeResult(NamedTuple):
     """What a finished decode produced: the hash of the input, the output size."""
 
     content_hash: ContentHash
     size: int
 
 
-@dataclass(frozen=True)
-class EncodeResult:
+class EncodeResult(NamedTuple):
     """What a finished encode produced: hash and size of the compressed output."""
 
     content_hash: ContentHash

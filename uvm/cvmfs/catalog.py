@@ -14,8 +14,7 @@ import hashlib
 import sqlite3
 import stat
 import urllib.parse
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from uvm.cvmfs.hashing import Algorithm, ContentHash
 from uvm.errors import CatalogError, CvmfsError
@@ -81,8 +80,7 @@ def parse_xattrs(blob: Optional[bytes]) -> Dict[str, bytes]:
     return result
 
 
-@dataclass(frozen=True)
-class DirEntry:
+class DirEntry(NamedTuple):
     """One catalog row, decoded.  ``path`` is the repository path ('' = root)."""
 
     path: str
@@ -164,15 +162,13 @@ class DirEntry:
         return self.mtime + (self.mtime_ns or 0) / 1e9
 
 
-@dataclass(frozen=True)
-class Chunk:
+class Chunk(NamedTuple):
     offset: int
     size: int
     content_hash: ContentHash
 
 
-@dataclass(frozen=True)
-class NestedRef:
+class NestedRef(NamedTuple):
     """A ``nested_catalogs`` row: mountpoint path, catalog hash and SQLite size."""
 
     path: str

@@ -20,7 +20,6 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from uvm import log as uvm_log
@@ -38,16 +37,19 @@ ObjectRequest = Tuple[ContentHash, Suffix, Optional[int], bool]
 """(hash, suffix, expected decompressed size or None, compressed) for :meth:`Fetcher.prefetch`."""
 
 
-@dataclass
 class Progress:
-    """Prefetch progress as passed to a callback."""
+    """Prefetch progress as passed to a callback, updated in place."""
 
-    done: int
-    total: int
-    bytes_done: int
-    bytes_total: int
-    failed: int
-    started: float
+    __slots__ = ("done", "total", "bytes_done", "bytes_total", "failed", "started")
+
+    def __init__(self, done: int, total: int, bytes_done: int, bytes_total: int, failed: int,
+                 started: float) -> None:
+        self.done = done
+        self.total = total
+        self.bytes_done = bytes_done
+        self.bytes_total = bytes_total
+        self.failed = failed
+        self.started = started
 
 
 ProgressCallback = Callable[[Progress], None]

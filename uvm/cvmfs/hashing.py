@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import NamedTuple, Optional, Protocol
 
 from uvm.errors import CvmfsError
 
@@ -99,8 +98,7 @@ def new_hasher(algorithm: Algorithm) -> Hasher:
         ) from err
 
 
-@dataclass(frozen=True)
-class ContentHash:
+class ContentHash(NamedTuple):
     """A content hash: algorithm plus raw 20-byte digest."""
 
     algorithm: Algorithm

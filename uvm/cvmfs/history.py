@@ -11,8 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import sqlite3
 import urllib.parse
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from uvm.cvmfs.hashing import ContentHash
 from uvm.errors import CatalogError, CvmfsError, TagNotFoundError
@@ -25,8 +24,7 @@ TRUNK_PREVIOUS = "trunk-previous"
 _FIELDS = "name, hash, revision, timestamp, channel, description, size, branch"
 
 
-@dataclass(frozen=True)
-class Tag:
+class Tag(NamedTuple):
     name: str
     root_hash: ContentHash
     revision: int

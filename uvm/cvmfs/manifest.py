@@ -8,8 +8,7 @@ its hash line matches and the certificate's key verifies the signature.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Union
 
 from uvm.cvmfs.hashing import Algorithm, ContentHash, Suffix
 from uvm.errors import CvmfsError, ManifestError, SignatureError
@@ -26,8 +25,7 @@ EMPTY_PATH_MD5 = hashlib.md5(b"").hexdigest()
 DEFAULT_TTL = 240
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(NamedTuple):
     """The fields of a manifest that uvm uses or writes."""
 
     root_hash: ContentHash

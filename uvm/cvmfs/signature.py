@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -32,8 +31,7 @@ from uvm.errors import CvmfsError, SignatureError
 SEPARATOR = b"\n--\n"
 
 
-@dataclass(frozen=True)
-class SignedLetter:
+class SignedLetter(NamedTuple):
     """A text signed the CernVM-FS way: body, hash line, signature bytes."""
 
     body: bytes

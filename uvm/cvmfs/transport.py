@@ -29,8 +29,7 @@ import re
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from uvm import __version__
 from uvm import log as uvm_log
@@ -80,8 +79,7 @@ class BytesSink:
         self._parts.clear()
 
 
-@dataclass(frozen=True)
-class TransportSettings:
+class TransportSettings(NamedTuple):
     """What the transport needs from the configuration, already parsed."""
 
     hosts: Tuple[str, ...]

@@ -8,8 +8,7 @@ certificate's fingerprint, names the repository and expires.
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence, Tuple
 
 from uvm.cvmfs.hashing import Algorithm, ContentHash
 from uvm.errors import SignatureError, WhitelistError
@@ -25,8 +24,7 @@ DEFAULT_DAYS = 30
 _STAMP = "%Y%m%d%H%M%S"
 
 
-@dataclass(frozen=True)
-class Whitelist:
+class Whitelist(NamedTuple):
     created: str
     expires: _dt.datetime
     fqrn: str
