@@ -14,6 +14,9 @@ while the root is unchanged), served by the loopback fault server of
 - cold, empty cache: the same on a cache that ``uvm cache info`` has just
   set up (directories, quota database) and that holds nothing;
 - warm: the same again on the filled cache and shadow tree;
+- past the TTL: the same with the cache's verified manifest made an hour
+  old first (``_age_manifest``), as a job started every few minutes meets
+  it: one round trip for manifest and whitelist, found unchanged;
 - root: ``uvm run --root ROOT -- CMD`` on the unpacked tree;
 - cold, no cache, with a prefetch list (``python3 -c pass`` only): the
   files a first cold start fetched (``uvm run --record-prefetch``, at 0 ms),
@@ -146,18 +149,22 @@ def main() -> int:
     parser.add_argument("--work", default="/var/tmp/uvm-bench-templates")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     args = parser.parse_args()
+    names = [n for n in args.workloads.split(",") if n]
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload {unknown[0]!r}; choose from: {', '.join(WORKLOADS)}")
     os.makedirs(args.work, exist_ok=True)
     root = str(roots.debian_root())
     www = publish_once(root, args.work)
     uvm = [sys.executable, "-m", "uvm"]
-    names = [n for n in args.workloads.split(",") if n]
     made = []
     print(f"load average {_load()}", file=sys.stderr)
     listed_www = {name: publish_listed(root, args.work, www, WORKLOADS[name], made)
                   for name in names if name in LISTED}
     print("| workload | latency | cold, no cache (requests, MB) | cold, empty cache "
-          "| warm | --root | warm / --root | cold, no cache, prefetch list (requests, MB) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| warm | past the TTL | --root | warm / --root "
+          "| cold, no cache, prefetch list (requests, MB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for latency in [float(x) for x in args.latency.split(",")]:
         server = FaultServer(www, latency=latency).start()
         try:
@@ -182,12 +189,14 @@ def main() -> int:
                     if warm_cache is None:
                         warm_cache = cache
                 env = env_for(args.work, url, warm_cache)
-                warms, plain = [], []
+                warms, stales, plain = [], [], []
                 for _ in range(args.repeat):
                     warms.append(timed(run, env))
+                    _age_manifest(warm_cache)
+                    stales.append(timed(run, env))
                     plain.append(timed(uvm + ["run", "--root", root, "--", *cmd], env))
-                cold, empty_cold, warm, base = (statistics.median(x)
-                                                for x in (colds, empties, warms, plain))
+                cold, empty_cold, warm, stale, base = (
+                    statistics.median(x) for x in (colds, empties, warms, stales, plain))
                 listed = "-"
                 if name in listed_www:
                     times, made_here, counts = _cold_listed(listed_www[name], args, latency,
@@ -200,11 +209,12 @@ def main() -> int:
                           f"round: {_list(times)}", file=sys.stderr)
                 print(f"| `{name}` | {latency * 1000:.0f} ms | {cold:.2f} s "
                       f"({statistics.median(requests):.0f}, {statistics.median(sizes) / 1e6:.1f}) "
-                      f"| {empty_cold:.2f} s | {warm * 1000:.0f} ms | {base * 1000:.0f} ms "
+                      f"| {empty_cold:.2f} s | {warm * 1000:.0f} ms | {stale * 1000:.0f} ms "
+                      f"| {base * 1000:.0f} ms "
                       f"| {warm / base:.2f} | {listed} |", flush=True)
                 print(f"  {name} at {latency * 1000:.0f} ms, every round: no cache "
                       f"{_list(colds)}; empty cache {_list(empties)}; warm {_list(warms)}; "
-                      f"--root {_list(plain)}", file=sys.stderr)
+                      f"past the TTL {_list(stales)}; --root {_list(plain)}", file=sys.stderr)
         finally:
             server.stop()
     print(f"load average {_load()}", file=sys.stderr)
@@ -243,6 +253,15 @@ def _fresh_dir(work: str) -> str:
         subprocess.run(["chattr", "+T", rounds], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False)
     return tempfile.mkdtemp(prefix="cache-", dir=rounds)
+
+
+def _age_manifest(cache: str) -> None:
+    """Make the verified manifest and whitelist in ``cache`` an hour old."""
+    old = time.time() - 3600
+    manifests = os.path.join(cache, "shared", "manifests")
+    for name in os.listdir(manifests):
+        if name.endswith((".cvmfspublished", ".cvmfswhitelist")):
+            os.utime(os.path.join(manifests, name), (old, old))
 
 
 def _load() -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from conftest import FQRN, fast_env
@@ -136,6 +138,28 @@ def test_preload_offline_names_the_problem_in_one_line(published, mirror, cache_
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert ".cvmfspublished" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_copy_file_writes_every_file_whole_on_the_same_and_on_another_file_system(
+        published, mirror, cache_dir, tmp_path):
+    """The shadow tree's copies: in the kernel next to the cache, through a
+    buffer onto another file system (here tmpfs); chunked files included."""
+    env = environment([mirror.url_for()], cache_dir, published, tmp_path)
+    cfg = config.load(environ=env, system_files=[])
+    other = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        with open_repository(FQRN, cfg, state_dir=str(tmp_path / "state")) as repo:
+            assert repo.stat("/lib/libbig.so").is_chunked
+            for directory in (str(tmp_path), other):
+                for name, data in FILES.items():
+                    target = os.path.join(directory, name.replace("/", "_"))
+                    with open(target, "wb") as out:
+                        out.write(b"head:")
+                        repo.copy_file("/" + name, out)
+                    with open(target, "rb") as handle:
+                        assert handle.read() == b"head:" + data, (directory, name)
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
 
 
 WARM_RUN = """

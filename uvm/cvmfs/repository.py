@@ -12,9 +12,11 @@ goes through an ``ObjectSource``; by default a :class:`SimpleSource` over
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import io
 import os
 import posixpath
+import shutil
 import stat as _stat
 from typing import Callable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -45,6 +47,23 @@ def normalize(path: str) -> str:
 
 def display(path: str) -> str:
     return path or "/"
+
+
+def _copy_all(src: io.BufferedIOBase, out: io.BufferedIOBase) -> None:
+    """The rest of ``src`` to ``out``: in the kernel (``copy_file_range``)
+    between files of one file system, else through a buffer."""
+    out.flush()  # what was written through ``out`` must land before, not after
+    try:
+        while os.copy_file_range(src.fileno(), out.fileno(), 1 << 30):
+            pass
+        return
+    except (AttributeError, io.UnsupportedOperation):
+        pass  # not a plain file
+    except OSError as err:
+        if err.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    shutil.copyfileobj(src, out, 1 << 20)
+    out.flush()  # the next piece may be copied in the kernel again
 
 
 class _ChunkedReader(io.RawIOBase):
@@ -300,8 +319,8 @@ class Repository:
             raise CvmfsError(f"{self.fqrn}:{display(entry.path)} is not a symbolic link")
         return variant.expand(entry.symlink, self.environ) if expand else entry.symlink
 
-    def open_file(self, path: str) -> io.BufferedIOBase:
-        """A binary, seekable file object; chunked files are fetched chunk by chunk."""
+    def _regular(self, path: str) -> Tuple[DirEntry, Optional[List]]:
+        """The entry of a regular file uvm can read, and its chunks (None: one object)."""
         entry = self.stat(path)
         if not entry.is_regular:
             raise CvmfsError(f"{self.fqrn}:{display(entry.path)} is not a regular file")
@@ -313,15 +332,40 @@ class Repository:
             if sum(chunk.size for chunk in chunks) != entry.size:
                 raise CvmfsError(f"chunk list of {self.fqrn}:{display(entry.path)} "
                                  "does not add up to the file size")
-            return io.BufferedReader(_ChunkedReader(self.source, entry, chunks,
-                                                     f"{self.fqrn}:{display(entry.path)}"), 1 << 20)
+            return entry, chunks
         if entry.content_hash is None:
             raise CvmfsError(f"{self.fqrn}:{display(entry.path)} has no content hash")
+        return entry, None
+
+    def open_file(self, path: str) -> io.BufferedIOBase:
+        """A binary, seekable file object; chunked files are fetched chunk by chunk."""
+        entry, chunks = self._regular(path)
+        where = f"{self.fqrn}:{display(entry.path)}"
+        if chunks is not None:
+            return io.BufferedReader(_ChunkedReader(self.source, entry, chunks, where), 1 << 20)
         try:
             return self.source.open_object(entry.content_hash, Suffix.NONE,
                                            expected_size=entry.size, compressed=entry.compressed)
         except CvmfsError as err:
-            raise _located(err, f"{self.fqrn}:{display(entry.path)}")
+            raise _located(err, where)
+
+    def copy_file(self, path: str, out: io.BufferedIOBase) -> None:
+        """Append a regular file's content to ``out``, a plain file open for
+        writing: object by object, in the kernel where it can
+        (``copy_file_range``), so that the bytes never pass through Python."""
+        entry, chunks = self._regular(path)
+        where = f"{self.fqrn}:{display(entry.path)}"
+        pieces = ([(c.content_hash, Suffix.PARTIAL, c.size, f"{where} (chunk at offset {c.offset})")
+                   for c in chunks] if chunks is not None
+                  else [(entry.content_hash, Suffix.NONE, entry.size, where)])
+        for content_hash, suffix, size, what in pieces:
+            try:
+                handle = self.source.open_object(content_hash, suffix, expected_size=size,
+                                                 compressed=entry.compressed)
+            except CvmfsError as err:
+                raise _located(err, what)
+            with handle:
+                _copy_all(handle, out)
 
     open = _ClassOrInstance(classmethod(_open_repository), open_file)
 

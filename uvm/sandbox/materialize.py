@@ -500,9 +500,8 @@ class ShadowTree:
                 self._fetch_all(repo, entry)  # every object verified before a byte is written
                 if executing:  # a cold start: what it loads is probably cold too
                     self._prefetch_deps(host)  # (from the cache, while the copy is made)
-                with self.repo.open_file(repo) as src, \
-                        open(tmp, "wb") as out:
-                    _copy(src, out)
+                with open(tmp, "wb") as out:
+                    self.repo.copy_file(repo, out)
             except CvmfsError as err:
                 log.error("%s", err.one_line())
                 raise _io_error(err)
@@ -789,14 +788,6 @@ def _io_error(err: CvmfsError) -> OSError:
     out = OSError(errno.EIO, err.one_line() if hasattr(err, "one_line") else str(err))
     out.__cause__ = err
     return out
-
-
-def _copy(src: Any, out: Any) -> None:
-    while True:
-        piece = src.read(1 << 20)
-        if not piece:
-            break
-        out.write(piece)
 
 
 @contextmanager
