@@ -268,6 +268,22 @@ def test_whitelist_expiry_has_hour_granularity():
     assert whitelist_mod.is_expired(expires, expires.replace(hour=13))
 
 
+@pytest.mark.parametrize("stamp", ["20261301000000", "2026010100000", "202601010000000",
+                                   "2026O101000000", "20260101000000 ", "２０２６0101000000"])
+def test_malformed_whitelist_expiry_is_a_whitelist_error(stamp):
+    body = f"20260101000000\nE{stamp}\nNsome.repo\n".encode()
+    with pytest.raises(WhitelistError) as err:
+        whitelist_mod.expiry(body)
+    assert "expiry" in str(err.value)
+
+
+def test_whitelist_expiry_is_read_as_utc():
+    body = b"20260101000000\nE20260228235959\nNsome.repo\n"
+    assert whitelist_mod.expiry(body) == _dt.datetime(2026, 2, 28, 23, 59, 59,
+                                                       tzinfo=_dt.timezone.utc)
+    assert whitelist_mod.parse(body).expires == whitelist_mod.expiry(body)
+
+
 def test_whitelist_for_another_repository(store, keydir, tmp_path):
     _write_whitelist(store, keydir, "other.uvm.local", _dt.datetime.now(_dt.timezone.utc), 30)
     with pytest.raises(WhitelistError):
