@@ -172,10 +172,9 @@ def revalidate_head(fqrn: str, settings: Any, state_dir: Optional[str] = None,
 
         uvm_log.get(__name__).warning(servers.offline_warning(fqrn, offline))
     else:
-        now = time.time()
         for name in (MANIFEST, WHITELIST):
-            try:
-                os.utime(os.path.join(directory, fqrn + name), (now, now))
+            try:  # "now" needs only write access: a shared cache's copies may be another user's
+                os.utime(os.path.join(directory, fqrn + name))
             except OSError:
                 pass
     return head
