@@ -227,6 +227,21 @@ def test_past_the_ttl_an_unchanged_template_costs_two_requests_and_a_new_one_is_
         assert _ok(run_uvm(uvm_runner, env, *marker)) == "revision two\n"
 
 
+def test_past_the_ttl_with_the_mirrors_down_the_run_says_offline_once(uvm_runner, published,
+                                                                         workdir):
+    srv = FaultServer(str(published.www)).start()
+    env = env_for(published, srv.url_for(), workdir)
+    assert _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--",
+                       "/bin/sh", "-c", "cat /etc/uvm-marker; ls /srv")) == "revision one\nempty\n"
+    srv.stop()
+    _age_manifest(workdir)
+    # /srv/empty is new to the shadow tree: the repository is opened, offline as well
+    res = run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--",
+                  "/bin/sh", "-c", "cat /etc/uvm-marker; ls -a /srv/empty")
+    assert _ok(res) == "revision one\n.\n..\n"
+    assert res.stderr.count("offline: no server reachable") == 1, res.stderr
+
+
 def test_record_on_a_full_disk_is_one_line_and_leaves_nothing(uvm_runner, published, server,
                                                              workdir):
     small = workdir / "small"

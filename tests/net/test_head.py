@@ -27,8 +27,8 @@ CONFIRM = """
 import sys
 from uvm import config
 from uvm.cvmfs.head import revalidate_head
-print(revalidate_head("%s", config.load().settings("%s"), state_dir=sys.argv[1]),
-      "cryptography" in sys.modules)
+known = revalidate_head("%s", config.load().settings("%s"), state_dir=sys.argv[1])
+print(known.root_hash, known.revision, known.offline, "cryptography" in sys.modules)
 """ % (FQRN, FQRN)
 
 
@@ -68,12 +68,12 @@ def test_an_unchanged_manifest_is_confirmed_with_one_request_and_no_signature_co
     child = subprocess.run([sys.executable, "-c", CONFIRM, state], env=env,
                            capture_output=True, text=True)
     assert child.returncode == 0, child.stderr
-    assert child.stdout.split() == [f"('{manifest_head(stratum)[0]}',",
-                                    f"{manifest_head(stratum)[1]})", "False"]
+    root_hash, revision = manifest_head(stratum)
+    assert child.stdout.split() == [root_hash, str(revision), "False", "False"]
     assert mirror.total() - before == 2  # manifest and whitelist, nothing else
     assert mirror.count(".cvmfspublished") == 2 and mirror.count(".cvmfswhitelist") == 2
     # confirmed now: the runs of the next TTL need no request at all
-    assert head.fresh_head(FQRN, settings) == manifest_head(stratum)
+    assert head.fresh_head(FQRN, settings)[:2] == manifest_head(stratum)
 
 
 def test_a_new_revision_is_left_to_the_full_verification(verified, stratum, tmp_path):
@@ -88,7 +88,7 @@ def test_a_new_revision_is_left_to_the_full_verification(verified, stratum, tmp_
                          state_dir=state) as repo:
         assert repo.read("/etc/conf") == b"key=newer\n"
     make_stale(settings)
-    assert head.revalidate_head(FQRN, settings, state_dir=state) == manifest_head(stratum)
+    assert head.revalidate_head(FQRN, settings, state_dir=state)[:2] == manifest_head(stratum)
     assert manifest_head(stratum)[1] == old[1] + 1
 
 
@@ -106,7 +106,7 @@ def test_a_re_signed_whitelist_is_left_to_the_full_verification(verified, stratu
     with open_repository(FQRN, config.load(environ=env, system_files=[]), state_dir=state):
         pass  # verifies the new whitelist and records it
     make_stale(settings)
-    assert head.revalidate_head(FQRN, settings, state_dir=state) == manifest_head(stratum)
+    assert head.revalidate_head(FQRN, settings, state_dir=state)[:2] == manifest_head(stratum)
 
 
 def test_other_master_keys_mean_a_full_verification(verified, tmp_path):
@@ -121,7 +121,7 @@ def test_an_expired_whitelist_is_not_confirmed(verified, stratum):
     later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=31)
     assert head.revalidate_head(FQRN, settings, state_dir=state, now=later) is None
     soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
-    assert head.revalidate_head(FQRN, settings, state_dir=state, now=soon) \
+    assert head.revalidate_head(FQRN, settings, state_dir=state, now=soon)[:2] \
         == manifest_head(stratum)
 
 
@@ -141,7 +141,8 @@ def test_with_the_mirrors_down_the_verified_copies_are_used_but_stay_stale(
         verified, stratum, mirror, caplog):
     env, settings, state = verified
     mirror.stop()
-    assert head.revalidate_head(FQRN, settings, state_dir=state) == manifest_head(stratum)
+    known = head.revalidate_head(FQRN, settings, state_dir=state)
+    assert known[:2] == manifest_head(stratum) and known.offline
     assert "offline: no server reachable for " + FQRN in caplog.text
     assert head.fresh_head(FQRN, settings) is None  # the next run asks the network again
 

@@ -89,27 +89,29 @@ class CvmfsRun:
             if repo.fqrn == fqrn and head and known_head:
                 return repo
         revision = None
+        offline = False
         if head:  # the manifest an earlier run verified, while fresh or served unchanged
             from uvm.cvmfs.head import fresh_head, revalidate_head
 
             settings = self.config.settings(fqrn)
             known = fresh_head(fqrn, settings) or revalidate_head(fqrn, settings)
             if known is not None:
-                root_hash, revision = known
+                root_hash, revision, offline = known
         if root_hash is not None:
-            repo = LazyRepository(fqrn, root_hash, self._opener(fqrn, root_hash),
-                                  self.config.environ, revision)
+            opener = self._opener(fqrn, root_hash, quiet_offline=offline)
+            repo = LazyRepository(fqrn, root_hash, opener, self.config.environ, revision)
         else:
             repo = self._opener(fqrn, None, tag, date)()
         self.repositories.append((head, repo))
         return repo
 
     def _opener(self, fqrn: str, root_hash: Optional[str], tag: Optional[str] = None,
-                date: Optional[str] = None) -> Any:
+                date: Optional[str] = None, quiet_offline: bool = False) -> Any:
         def opener() -> Any:
             from uvm.cvmfs.client import open_repository
 
-            return open_repository(fqrn, self.config, tag=tag, date=date, root_hash=root_hash)
+            return open_repository(fqrn, self.config, tag=tag, date=date, root_hash=root_hash,
+                                   quiet_offline=quiet_offline)
         return opener
 
     def _cvmfs_names(self) -> List[Tuple[str, Optional[str], Optional[str]]]:

@@ -44,12 +44,15 @@ def open_repository(
     root_hash: Optional[str] = None,
     cache: Optional[Cache] = None,
     state_dir: Optional[str] = None,
+    quiet_offline: bool = False,
 ) -> Any:
     """A verified :class:`uvm.cvmfs.repository.Repository` whose source is a :class:`Fetcher`.
 
     ``tag``/``date``/``root_hash`` default to ``CVMFS_REPOSITORY_TAG`` /
     ``CVMFS_REPOSITORY_DATE`` / ``CVMFS_ROOT_HASH``.  The repository's
     ``source`` attribute is the fetcher (for prefetching and statistics).
+    ``quiet_offline``: the caller has said already that no mirror answers,
+    so going offline is not announced again.
     """
     config = config or config_mod.load()
     settings = config.settings(fqrn)
@@ -58,6 +61,7 @@ def open_repository(
         date = settings.repository_date or None
         root_hash = settings.root_hash or None
     fetcher = Fetcher.from_settings(fqrn, settings, cache)
+    fetcher.quiet_offline = quiet_offline
     try:
         # The bootstrap files, then the certificate and catalog the manifest
         # names, are asked for before the reader is imported: their two

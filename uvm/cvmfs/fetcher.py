@@ -102,6 +102,7 @@ class Fetcher:
         self._max_ttl = max_ttl
         self._clock = clock
         self.fresh_from_cache = False
+        self.quiet_offline = False  # True: the caller has announced it (see open_repository)
         self._ahead_pool: Optional[ThreadPoolExecutor] = None
         self._ahead_files: Dict[str, "Future[bytes]"] = {}
 
@@ -135,7 +136,7 @@ class Fetcher:
         with self._lock:
             first = self._offline_reason is None
             self._offline_reason = reason
-        if first:
+        if first and not self.quiet_offline:
             log.warning(servers.offline_warning(self.fqrn, reason))
 
     # -- bootstrap files ----------------------------------------------------

@@ -60,6 +60,13 @@ class ManifestHead(namedtuple("ManifestHead", ("root_hash", "revision", "ttl", "
     __slots__ = ()
 
 
+class KnownHead(namedtuple("KnownHead", ("root_hash", "revision", "offline"))):
+    """A head revision taken from the verified copies; ``offline``: no mirror
+    answered, which the run has said already (once is enough)."""
+
+    __slots__ = ()
+
+
 def head_fields(data: bytes) -> Optional[ManifestHead]:
     """The :class:`ManifestHead` of a manifest's text, or None if malformed.
 
@@ -78,7 +85,7 @@ def head_fields(data: bytes) -> Optional[ManifestHead]:
         return None
 
 
-def fresh_head(fqrn: str, settings: Any) -> Optional[Tuple[str, int]]:
+def fresh_head(fqrn: str, settings: Any) -> Optional[KnownHead]:
     """(root hash, revision) of the newest revision as the last verified
     manifest in the cache names it, while that is younger than the TTL (the
     fetcher would not ask the network either); None otherwise."""
@@ -97,7 +104,7 @@ def fresh_head(fqrn: str, settings: Any) -> Optional[Tuple[str, int]]:
     age = time.time() - verified_at
     if not 0 <= age < effective_ttl(head.ttl, settings.max_ttl or 0):
         return None
-    return head.root_hash, head.revision
+    return KnownHead(head.root_hash, head.revision, False)
 
 
 def keys_digest(paths: Sequence[str]) -> str:
@@ -122,8 +129,8 @@ def verified_record(keys: Sequence[str], manifest: bytes, whitelist: bytes) -> b
 
 
 def revalidate_head(fqrn: str, settings: Any, state_dir: Optional[str] = None,
-                    now: Optional[datetime.datetime] = None) -> Optional[Tuple[str, int]]:
-    """(root hash, revision) when the mirrors still serve what was verified.
+                    now: Optional[datetime.datetime] = None) -> Optional[KnownHead]:
+    """The head revision when the mirrors still serve what was verified.
 
     One round trip for manifest and whitelist together.  On success the
     verified copies count as verified now (their mtime), so that the runs of
@@ -171,13 +178,13 @@ def revalidate_head(fqrn: str, settings: Any, state_dir: Optional[str] = None,
         from uvm import log as uvm_log
 
         uvm_log.get(__name__).warning(servers.offline_warning(fqrn, offline))
-    else:
-        for name in (MANIFEST, WHITELIST):
-            try:  # "now" needs only write access: a shared cache's copies may be another user's
-                os.utime(os.path.join(directory, fqrn + name))
-            except OSError:
-                pass
-    return head
+        return KnownHead(head[0], head[1], True)
+    for name in (MANIFEST, WHITELIST):
+        try:  # "now" needs only write access: a shared cache's copies may be another user's
+            os.utime(os.path.join(directory, fqrn + name))
+        except OSError:
+            pass
+    return KnownHead(head[0], head[1], False)
 
 
 def _read(directory: str, name: str) -> bytes:
