@@ -20,6 +20,7 @@ from uvm.cvmfs.cache import Cache
 from uvm.cvmfs.domains import public_key_files
 from uvm.cvmfs.fetcher import BOOTSTRAP_FILES, Fetcher, ObjectRequest
 from uvm.cvmfs.hashing import Suffix
+from uvm.cvmfs.head import effective_ttl
 from uvm.errors import (ManifestError, RollbackError, SignatureError, UvmError,
                         WhitelistError)
 
@@ -198,8 +199,7 @@ class LiveRepository:
         self._next_check = clock() + self.ttl()
 
     def ttl(self) -> float:
-        ttl = float(self.current.ttl)
-        return min(ttl, self._max_ttl) if self._max_ttl > 0 else ttl
+        return effective_ttl(float(self.current.ttl), self._max_ttl)
 
     def refresh(self, force: bool = False) -> bool:
         """Check for a new revision if the TTL passed (or ``force``); True if it moved."""

@@ -54,22 +54,6 @@ class Progress:
 
 ProgressCallback = Callable[[Progress], None]
 
-DEFAULT_TTL = 240  # seconds; the stock client's default catalog TTL
-
-
-def _manifest_ttl(data: Optional[bytes]) -> int:
-    """The ``D`` (TTL) line of a manifest, without parsing the rest."""
-    if not data:
-        return 0
-    for line in data.split(b"\n--\n", 1)[0].split(b"\n"):
-        if line.startswith(b"D"):
-            try:
-                return max(0, int(line[1:]))
-            except ValueError:
-                return DEFAULT_TTL
-    return DEFAULT_TTL
-
-
 class Fetcher:
     """An :class:`uvm.cvmfs.source.ObjectSource` backed by the shared cache and the mirrors.
 
@@ -198,8 +182,8 @@ class Fetcher:
 
     def ttl(self) -> float:
         """Seconds a verified manifest stays fresh: its ``D`` capped by ``max_ttl``."""
-        ttl = float(_manifest_ttl(self.cache.load_file(self.fqrn, ".cvmfspublished")))
-        return min(ttl, self._max_ttl) if self._max_ttl > 0 else ttl
+        known = head.head_fields(self.cache.load_file(self.fqrn, head.MANIFEST) or b"")
+        return head.effective_ttl(known.ttl if known else 0.0, self._max_ttl)
 
     def _fresh(self) -> bool:
         verified_at = self.cache.file_time(self.fqrn, ".cvmfspublished")

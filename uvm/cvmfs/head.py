@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 MANIFEST = ".cvmfspublished"
 WHITELIST = ".cvmfswhitelist"
 VERIFIED_RECORD = ".uvmverified"
-DEFAULT_TTL = 240.0
+DEFAULT_TTL = 240
 """Seconds a manifest without a ``D`` line stays fresh (the stock default)."""
 
 
@@ -47,9 +47,8 @@ def bootstrap_dir(cache_base: str) -> str:
     return os.path.join(os.path.abspath(os.path.expanduser(cache_base)), "shared", "manifests")
 
 
-def effective_ttl(manifest_ttl: float, max_ttl_minutes: int) -> float:
-    """The manifest's ``D`` capped by ``CVMFS_MAX_TTL`` (minutes; 0: no cap)."""
-    cap = 60.0 * max(0, max_ttl_minutes)
+def effective_ttl(manifest_ttl: float, cap: float) -> float:
+    """The manifest's ``D`` capped by ``cap`` seconds (``CVMFS_MAX_TTL``; 0: no cap)."""
     return min(manifest_ttl, cap) if cap > 0 else manifest_ttl
 
 
@@ -102,7 +101,7 @@ def fresh_head(fqrn: str, settings: Any) -> Optional[KnownHead]:
     if head is None or not head.root_hash:
         return None
     age = time.time() - verified_at
-    if not 0 <= age < effective_ttl(head.ttl, settings.max_ttl or 0):
+    if not 0 <= age < effective_ttl(head.ttl, 60.0 * max(0, settings.max_ttl or 0)):
         return None
     return KnownHead(head.root_hash, head.revision, False)
 

@@ -11,6 +11,7 @@ import hashlib
 from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Union
 
 from uvm.cvmfs.hashing import Algorithm, ContentHash, Suffix
+from uvm.cvmfs.head import DEFAULT_TTL
 from uvm.errors import CvmfsError, ManifestError, SignatureError
 
 # Parsing imports no signature code (``cryptography``): a cold start parses
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from uvm.cvmfs.signature import SignedLetter
 
 EMPTY_PATH_MD5 = hashlib.md5(b"").hexdigest()
-DEFAULT_TTL = 240
 
 
 class Manifest(NamedTuple):
