@@ -54,6 +54,7 @@ class Progress:
 
 ProgressCallback = Callable[[Progress], None]
 
+
 class Fetcher:
     """An :class:`uvm.cvmfs.source.ObjectSource` backed by the shared cache and the mirrors.
 
@@ -177,7 +178,7 @@ class Fetcher:
                 return  # a key file went away: no record, the next run verifies
             self.cache.save_file(self.fqrn, head.VERIFIED_RECORD, record)
 
-    def last_verified(self, name: str = ".cvmfspublished") -> Optional[bytes]:
+    def last_verified(self, name: str = head.MANIFEST) -> Optional[bytes]:
         return self.cache.load_file(self.fqrn, name)
 
     def ttl(self) -> float:
@@ -186,15 +187,15 @@ class Fetcher:
         return head.effective_ttl(known.ttl if known else 0.0, self._max_ttl)
 
     def _fresh(self) -> bool:
-        verified_at = self.cache.file_time(self.fqrn, ".cvmfspublished")
-        if verified_at is None or self.cache.file_time(self.fqrn, ".cvmfswhitelist") is None:
+        verified_at = self.cache.file_time(self.fqrn, head.MANIFEST)
+        if verified_at is None or self.cache.file_time(self.fqrn, head.WHITELIST) is None:
             return False
         age = self._clock() - verified_at
         return 0 <= age < self.ttl()
 
     def expire(self) -> None:
         """Forget freshness: the next ``fetch_file`` asks the mirrors."""
-        self.cache.touch_file(self.fqrn, ".cvmfspublished", 0.0)
+        self.cache.touch_file(self.fqrn, head.MANIFEST, 0.0)
         self.forget_ahead()
 
     # -- objects ------------------------------------------------------------
@@ -304,7 +305,7 @@ class Fetcher:
             )
         except FetchError as err:
             if servers.is_unavailable(err.failure) and (
-                    self.offline or self.cache.load_file(self.fqrn, ".cvmfspublished")):
+                    self.offline or self.cache.load_file(self.fqrn, head.MANIFEST)):
                 self._go_offline(str(err))
                 raise FetchError(
                     f"{what} is not in the cache and no server is reachable (offline)",
