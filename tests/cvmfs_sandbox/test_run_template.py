@@ -134,6 +134,21 @@ def test_offline_from_a_warm_cache(uvm_runner, published, workdir):
     assert _ok(run_uvm(uvm_runner, env, *cmd)).split() == ["42", "done"]
 
 
+def test_offline_a_file_not_in_the_cache_is_one_error_line(uvm_runner, published, workdir):
+    """The guest gets EIO for each try (dash tries /usr/bin/wc, then /bin/wc,
+    the same file); the user gets one line naming the file."""
+    srv = FaultServer(str(published.www)).start()
+    env = env_for(published, srv.url_for(), workdir)
+    assert _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--",
+                       "/bin/sh", "-c", "cat /etc/uvm-marker")) == "revision one\n"
+    srv.stop()
+    res = run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--", "/bin/sh", "-c",
+                  "PATH=/usr/bin:/bin; wc -c < /etc/uvm-marker; echo status $?")
+    assert res.stdout.splitlines()[-1:] == ["status 126"], (res.returncode, res.stdout, res.stderr)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("uvm: ERROR")]
+    assert len(errors) == 1 and "/usr/bin/wc" in errors[0], res.stderr
+
+
 @contextmanager
 def _private_store(published, workdir) -> Iterator[Tuple[Path, FaultServer]]:
     """A private copy of the store, to publish more revisions into, and a

@@ -185,6 +185,7 @@ class ShadowTree:
         self._done: Set[str] = set()         # host paths already ensured
         self._checked: Set[str] = set()      # host paths already completed if directories
         self._content: Set[str] = set()      # host paths whose content is there
+        self._reported: Set[str] = set()     # repo paths whose failure uvm has said (once each)
         self._counter = 0
         self._lock_fd = -1
         self._tmp_fd = -1
@@ -503,7 +504,9 @@ class ShadowTree:
                 with open(tmp, "wb") as out:
                     self.repo.copy_file(repo, out)
             except CvmfsError as err:
-                log.error("%s", err.one_line())
+                if repo not in self._reported:  # a shell tries /bin/x and /usr/bin/x alike
+                    self._reported.add(repo)
+                    log.error("%s", err.one_line())
                 raise _io_error(err)
             os.chmod(tmp, stat.S_IMODE(entry.mode))
             os.utime(tmp, ns=(_ns(entry), _ns(entry)))
