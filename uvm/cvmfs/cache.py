@@ -23,7 +23,9 @@ Download locks
     process's lock, so nobody waits for ever.
 ``manifests/``
     the last verified ``.cvmfspublished`` / ``.cvmfswhitelist`` per
-    repository, for offline runs.
+    repository, for offline runs and runs within the TTL, and
+    ``FQRN.uvmverified``, what they were verified with, for runs past it
+    (:mod:`uvm.cvmfs.head`).
 ``cachedb``
     the quota database (:mod:`uvm.cvmfs.quota`).
 ``generation``
