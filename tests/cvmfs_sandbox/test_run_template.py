@@ -134,6 +134,21 @@ def test_offline_from_a_warm_cache(uvm_runner, published, workdir):
     assert _ok(run_uvm(uvm_runner, env, *cmd)).split() == ["42", "done"]
 
 
+def test_a_missing_repository_among_several_is_one_error_line(uvm_runner, published, server,
+                                                              workdir):
+    """The template and the repositories under /cvmfs are opened side by side;
+    one that the mirror lacks stops the run with one line naming it."""
+    env = env_for(published, server.url_for(), workdir)
+    res = run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--cvmfs", MISC,
+                  "--cvmfs", "absent.uvm.test", "--", "/bin/true")
+    assert res.returncode != 0 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and "absent.uvm.test" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    res = run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--cvmfs", MISC, "--",
+                  "/bin/sh", "-c", "cat /etc/uvm-marker; ls /cvmfs")
+    assert _ok(res) == f"revision one\n{MISC}\n"
+
+
 def test_offline_a_file_not_in_the_cache_is_one_error_line(uvm_runner, published, workdir):
     """The guest gets EIO for each try (dash tries /usr/bin/wc, then /bin/wc,
     the same file); the user gets one line naming the file."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing (3 ms of start-up)
@@ -35,6 +36,8 @@ class CvmfsRun:
         self.args = args
         self.config = config_mod.load(getattr(args, "config", None))
         self.repositories: List[Any] = []
+        self._opened: Dict[Tuple[str, Optional[str], Optional[str], Optional[str]], Any] = {}
+        self._opening = threading.Lock()  # _open_all's threads
         self.trees: Any = None
         self.template: Any = None
         self.template_repo: Any = None
@@ -78,12 +81,33 @@ class CvmfsRun:
 
     # -- opening -----------------------------------------------------------------------
 
+    def _open_all(self, wanted: List[Tuple[str, Optional[str], Optional[str], Optional[str]]]
+                  ) -> None:
+        """Open the run's repositories (fqrn, tag, date, root hash) side by side:
+        each costs round trips (manifest, then catalog), which then overlap
+        instead of adding up.  The first failure is raised once all ended; what
+        did open is closed by :meth:`close`, as after a failure one by one."""
+        wanted = list(dict.fromkeys(wanted))
+        if len(wanted) < 2:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, len(wanted)),
+                                thread_name_prefix="uvm-open") as pool:
+            futures = [pool.submit(self._open, *request) for request in wanted]
+        for future in futures:
+            future.result()
+
     def _open(self, fqrn: str, tag: Optional[str] = None, date: Optional[str] = None,
               root_hash: Optional[str] = None) -> Any:
         from uvm.sandbox.materialize import LazyRepository
 
+        key = (fqrn, tag, date, root_hash)
+        with self._opening:
+            if key in self._opened:
+                return self._opened[key]
         head = tag is None and date is None and root_hash is None
-        for known_head, repo in self.repositories:
+        for known_head, repo in list(self.repositories):
             if repo.fqrn == fqrn and root_hash is not None and str(repo.root_hash) == root_hash:
                 return repo
             if repo.fqrn == fqrn and head and known_head:
@@ -102,7 +126,9 @@ class CvmfsRun:
             repo = LazyRepository(fqrn, root_hash, opener, self.config.environ, revision)
         else:
             repo = self._opener(fqrn, None, tag, date)()
-        self.repositories.append((head, repo))
+        with self._opening:
+            self.repositories.append((head, repo))
+            self._opened[key] = repo
         return repo
 
     def _opener(self, fqrn: str, root_hash: Optional[str], tag: Optional[str] = None,
@@ -160,11 +186,22 @@ class CvmfsRun:
         record = self.replayed
         root: Optional[str] = None
         pre_binds: List[Tuple[str, str]] = []
+        if record is not None:
+            mounts = [(r.repository, None, None, r.root_hash) for r in record.repositories]
+        else:
+            mounts = [(name, tag, date, None) for name, tag, date in self._cvmfs_names()]
+        spec = None
+        wanted = list(mounts)
+        if record is not None and record.template is not None:
+            wanted.insert(0, (record.template.repository, None, None, record.template.root_hash))
+        elif self.args.template:
+            spec = parse_spec(self.args.template, self.config.templates)
+            wanted.insert(0, (spec.repository, spec.tag, spec.date, None))
+        self._open_all(wanted)
         if record is not None and record.template is not None:
             t = record.template
             self._use_template(t.repository, t.path, None, None, t.root_hash, t.spec)
-        elif self.args.template:
-            spec = parse_spec(self.args.template, self.config.templates)
+        elif spec is not None:
             self.spec = spec
             self._use_template(spec.repository, spec.path, spec.tag, spec.date, None,
                                spec.text)
@@ -183,10 +220,6 @@ class CvmfsRun:
             root = self.args.root
         else:
             root = "/"
-        if record is not None:
-            mounts = [(r.repository, None, None, r.root_hash) for r in record.repositories]
-        else:
-            mounts = [(name, tag, date, None) for name, tag, date in self._cvmfs_names()]
         cvmfs_binds: List[Tuple[str, str]] = []
         if mounts:
             names = [m[0] for m in mounts]
