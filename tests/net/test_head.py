@@ -157,6 +157,17 @@ def test_a_tampered_record_is_not_trusted(verified):
     assert head.revalidate_head(FQRN, settings, state_dir=state) is None
 
 
+def test_copies_that_differ_from_what_the_mirror_serves_are_not_refreshed(verified):
+    """A damaged copy in the cache is never made fresh: the full open replaces it."""
+    env, settings, state = verified
+    path = os.path.join(head.bootstrap_dir(settings.cache_base), FQRN + head.MANIFEST)
+    with open(path, "ab") as handle:
+        handle.write(b"\n")
+    make_stale(settings)
+    assert head.revalidate_head(FQRN, settings, state_dir=state) is None
+    assert head.fresh_head(FQRN, settings) is None
+
+
 def test_a_run_past_the_ttl_reads_the_same_files(verified, stratum):
     env, settings, state = verified
     assert head.revalidate_head(FQRN, settings, state_dir=state) is not None

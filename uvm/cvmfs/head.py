@@ -169,6 +169,13 @@ def revalidate_head(fqrn: str, settings: Any, state_dir: Optional[str] = None,
         return None
     if verified_record(keys, manifest, whitelist) != record:
         return None
+    if offline is None:  # the copies that fresh_head will read must be these bytes
+        try:
+            if (_read(directory, fqrn + MANIFEST), _read(directory, fqrn + WHITELIST)) \
+                    != (manifest, whitelist):
+                return None
+        except OSError:
+            return None
     head = _checked(fqrn, manifest, whitelist, state_dir,
                     now or datetime.datetime.now(datetime.timezone.utc))
     if head is None:
