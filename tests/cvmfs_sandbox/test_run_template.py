@@ -384,6 +384,36 @@ def test_prefetch_list_recorded_published_and_fetched_by_a_cold_start(uvm_runner
     assert _ok(run_uvm(uvm_runner, cold, "run", "--template", TEMPLATE, *start)) == "[42]\n"
 
 
+def test_a_cold_python_start_is_given_its_modules_before_it_asks(uvm_runner, published,
+                                                                  workdir):
+    """Executing python3 cold fetches, in the background, what its start
+    reads (encodings, sitecustomize, the .pth files of its site directories
+    and what they import) and makes its module directories: `python3 -V`,
+    which reads none of them, leaves a cache from which a full start runs
+    with the server gone."""
+    def site_hook(top: Path) -> None:
+        site = top / "usr/lib/python3/dist-packages"
+        site.mkdir(parents=True)
+        (site / "hook.pth").write_text("import uvmhook\n")
+        (site / "uvmhook.py").write_text("print('hooked')\n")
+        # site reads .pth files in the locale's codec: ASCII, as the template has no locales
+        for codec in Path("/").glob("usr/lib/python3.*/encodings/**/ascii.*"):
+            shutil.copy2(codec, top / codec.relative_to("/"))
+
+    with _private_store(published, workdir) as (store, srv):
+        _publish_revision(published, workdir, store, "v2", 1_800_000_000, site_hook)
+        env = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c"))
+        assert _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--",
+                           "python3", "-V")).startswith("Python 3.")
+        (tree,) = (workdir / "c" / "shadow").glob(f"*/{FQRN}/*/tree")
+        encodings = next((tree / TEMPLATE_PATH.strip("/") / "usr/lib").glob("python3.*/encodings"))
+        published_v1 = published.source / encodings.relative_to(tree)
+        assert set(os.listdir(encodings)) == set(os.listdir(published_v1)) | {"ascii.py"}
+    res = run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--",
+                       "python3", "-c", "print(42)")
+    assert res.stdout == "hooked\n42\n", res.stderr
+
+
 _PROBE = r"""
 import os
 def show(label, fn):

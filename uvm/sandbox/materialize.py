@@ -190,12 +190,15 @@ class ShadowTree:
         self._lock_fd = -1
         self._tmp_fd = -1
         self._thread_lock = threading.RLock()
-        self._prefetched: Set[str] = set()
+        self._prefetched: Set[str] = set()   # programs (host paths) whose libraries were asked for
+        self._started: Set[str] = set()      # interpreters (repo paths) whose start set was
         self._pool: Any = None
         self._listed_log = os.path.join(self.dir, "prefetch-listed")
         self._list_jobs: List[threading.Thread] = []
         self._listing: Set[str] = set()         # sysroots whose list this run looks at
-        self._wave: Tuple[int, int] = (0, 0)  # objects and bytes the list asked for
+        self._list_read: Dict[str, threading.Event] = {}  # set once that list is read (or none)
+        self._listed: Dict[str, Set[str]] = {}  # the paths each list names
+        self._waved: Tuple[int, int] = (0, 0)  # objects and bytes the waves asked for
         # when asked (--record-prefetch): the repo paths whose content this run
         # fetched, and those of the directories it completed, ending in "/"
         self.fetched: Optional[List[str]] = None
@@ -258,9 +261,9 @@ class ShadowTree:
 
     def close(self) -> None:
         for job in self._list_jobs:  # the listed files are wanted by the next start
-            if job.is_alive() and self.fetch_log.show is not None and self._wave[0]:
-                self.fetch_log.show(f"finishing the prefetch list of {self.fqrn} "
-                                    f"({self._wave[0]} objects, {_human(self._wave[1])})")
+            if job.is_alive() and self.fetch_log.show is not None and self._waved[0]:
+                self.fetch_log.show(f"finishing the prefetch of {self.fqrn} "
+                                    f"({self._waved[0]} objects, {_human(self._waved[1])})")
             job.join()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -498,6 +501,8 @@ class ShadowTree:
         tmp = self._tmpname()
         try:
             try:
+                if executing:
+                    self._prefetch_start(repo)
                 self._fetch_all(repo, entry)  # every object verified before a byte is written
                 if executing:  # a cold start: what it loads is probably cold too
                     self._prefetch_deps(host)  # (from the cache, while the copy is made)
@@ -636,14 +641,13 @@ class ShadowTree:
         if sysroot in self._listing or sysroot in _read_log(self._listed_log):
             return
         self._listing.add(sysroot)
+        self._list_read[sysroot] = threading.Event()
         job = threading.Thread(target=self._fetch_listed, args=(sysroot,),
                                name="uvm-prefetch-list", daemon=True)
         job.start()
         self._list_jobs.append(job)
 
     def _fetch_listed(self, sysroot: str) -> None:
-        from uvm.cvmfs.hashing import Suffix
-
         try:
             listing = self._lookup_follow(sysroot + "/" + PREFETCH_LIST)
             if listing is None or listing.size > PREFETCH_LIST_MAX \
@@ -652,30 +656,90 @@ class ShadowTree:
                 return
             with self.repo.open_file(listing.path) as handle:
                 names = parse_prefetch_list(handle.read())
-            dirs = [name for name in names if name.endswith("/")]
-            if dirs:
-                job = threading.Thread(target=self._complete_listed, args=(sysroot, dirs),
-                                       name="uvm-prefetch-dirs", daemon=True)
-                job.start()
-                self._list_jobs.append(job)
-            requests = []
-            for name in names:
-                if name.endswith("/"):
-                    continue
-                entry = self._lookup_follow(sysroot + name)
-                if entry is None or entry.size == 0 or entry.is_external:
-                    continue
-                if entry.is_chunked:
-                    requests.extend((c.content_hash, Suffix.PARTIAL, c.size, entry.compressed)
-                                    for c in self.repo.tree.chunks(entry))
-                elif entry.content_hash is not None:
-                    requests.append((entry.content_hash, Suffix.NONE, entry.size,
-                                     entry.compressed))
-            self._wave = (len(requests), sum(r[2] or 0 for r in requests))
-            self.repo.source.prefetch(requests)
+            self._listed[sysroot] = set(names)
+            self._list_read[sysroot].set()  # before the wave: a start set waits for this
+            self._wave(sysroot, [(name,) for name in names if not name.endswith("/")],
+                       [name for name in names if name.endswith("/")])
             self._note(set(), self._listed_log, sysroot)
         except Exception as err:  # best effort: the guest fetches what it opens
             log.debug("prefetch list of %s:%s stopped: %s", self.fqrn, sysroot or "/", err)
+        finally:
+            self._list_read[sysroot].set()
+
+    def _prefetch_start(self, repo: str) -> None:
+        """Fetch, in the background and in one parallel wave, what the
+        interpreter at ``repo`` reads when it starts (:mod:`startsets`), while
+        the interpreter itself downloads."""
+        from uvm.sandbox.startsets import start_set
+
+        sysroot = self.sysroot_of(repo)
+        known = start_set(sysroot_strip(repo, sysroot))
+        if known is None or repo in self._started \
+                or getattr(self.repo.source, "prefetch", None) is None:
+            return
+        self._started.add(repo)
+        job = threading.Thread(target=self._fetch_start,
+                               args=(sysroot, sysroot_strip(repo, sysroot), known),
+                               name="uvm-prefetch-start", daemon=True)
+        job.start()
+        self._list_jobs.append(job)
+
+    def _fetch_start(self, sysroot: str, program: str, known: Any) -> None:
+        from uvm.sandbox.startsets import module_files, pth_imports
+
+        try:
+            if sysroot in self._list_read:  # a list recorded from a real start knows better
+                self._list_read[sysroot].wait()
+            if program in self._listed.get(sysroot, ()):
+                return
+            pth = [entry for site in known.site_dirs for entry in self._scandir(sysroot + site)
+                   if entry.name.endswith(".pth") and entry.is_regular]
+            self._wave(sysroot, known.files + [(sysroot_strip(e.path, sysroot),) for e in pth],
+                       known.dirs)
+            imported = [known.pth_codec] if pth else []  # and what they import, once here
+            for entry in pth:
+                with self.repo.open_file(entry.path) as handle:
+                    site = sysroot_strip(entry.path, sysroot).rpartition("/")[0]
+                    imported.extend(module_files(site, name, known.cache_tag)
+                                    for name in pth_imports(handle.read(PREFETCH_LIST_MAX)))
+            if imported:
+                self._wave(sysroot, imported, ())
+        except Exception as err:  # best effort: the guest fetches what it opens
+            log.debug("start set in %s:%s stopped: %s", self.fqrn, sysroot or "/", err)
+
+    def _scandir(self, repo_path: str) -> List[Any]:
+        try:
+            return self.repo.scandir(repo_path)
+        except CvmfsError:
+            return []
+
+    def _wave(self, sysroot: str, files: Sequence[Sequence[str]], dirs: Sequence[str]) -> None:
+        """Fetch the objects of ``files`` in one parallel wave while another
+        thread completes ``dirs`` (paths below ``sysroot``).  Each of ``files``
+        is a list of alternatives: the first the revision has as a regular
+        file (symlinks followed) is fetched, and none if it has none."""
+        from uvm.cvmfs.hashing import Suffix
+
+        if dirs:
+            job = threading.Thread(target=self._complete_listed, args=(sysroot, list(dirs)),
+                                   name="uvm-prefetch-dirs", daemon=True)
+            job.start()
+            self._list_jobs.append(job)
+        requests = []
+        for alternatives in files:
+            entry = next((found for found in (self._lookup_follow(sysroot + name)
+                                              for name in alternatives) if found), None)
+            if entry is None or entry.size == 0 or entry.is_external:
+                continue
+            if entry.is_chunked:
+                requests.extend((c.content_hash, Suffix.PARTIAL, c.size, entry.compressed)
+                                for c in self.repo.tree.chunks(entry))
+            elif entry.content_hash is not None:
+                requests.append((entry.content_hash, Suffix.NONE, entry.size, entry.compressed))
+        with self._thread_lock:
+            objects, size = self._waved
+            self._waved = (objects + len(requests), size + sum(r[2] or 0 for r in requests))
+        self.repo.source.prefetch(requests)
 
     def _complete_listed(self, sysroot: str, dirs: List[str]) -> None:
         """Complete the directories a prefetch list names, while the files'

@@ -1,0 +1,79 @@
+"""Interpreter start sets: what a cold CPython start is given before it asks.
+
+The set is checked against what the machine's own CPython really opens when
+it starts (strace), so that it stays true to the interpreter the template
+tests run; the other versions' layouts are checked by their paths.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from uvm.sandbox.startsets import module_files, pth_imports, start_set
+
+PYTHON = os.path.realpath("/usr/bin/python3")  # Debian's, as in the templates the tests publish
+
+
+def _opened_by_a_start(program: str, tmp_path) -> set:
+    trace = tmp_path / "trace"
+    subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,open", "-e", "status=successful",
+                    "-o", str(trace), program, "-c", "pass"],
+                   check=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    return set(re.findall(r'open(?:at)?\((?:AT_FDCWD, )?"([^"]+)"', trace.read_text()))
+
+
+def test_every_module_a_real_start_reads_is_in_its_set(tmp_path):
+    """Its modules, its .pth files and what they import (here setuptools'
+    distutils-precedence.pth), the time zone, its module directories."""
+    known = start_set(PYTHON)
+    assert known is not None
+    candidates = {name for alternatives in known.files for name in alternatives}
+    for site in known.site_dirs:
+        for pth in (Path(site).glob("*.pth") if os.path.isdir(site) else ()):
+            candidates.add(str(pth))
+            candidates.update(name for module in pth_imports(pth.read_bytes())
+                              for name in module_files(site, module, known.cache_tag))
+    opened = _opened_by_a_start(PYTHON, tmp_path)
+    read = {p for p in opened if p.endswith((".pyc", ".py", ".pth"))}
+    assert any(p.endswith(".pyc") for p in read), opened  # compiled modules, from files
+    assert read <= candidates, read - candidates
+    assert "/etc/localtime" in opened and ("/etc/localtime",) in known.files
+    prefix = os.path.dirname(os.path.dirname(PYTHON))
+    version = os.path.basename(PYTHON)[len("python"):]
+    assert f"{prefix}/lib/python{version}/" in known.dirs
+    assert f"{prefix}/lib/python{version}/encodings/" in known.dirs
+
+
+def test_older_versions_read_their_own_layouts():
+    py310 = start_set("/opt/py/bin/python3.10")
+    assert py310 is not None
+    first = {alternatives[0] for alternatives in py310.files}
+    assert "/opt/py/lib/python3.10/__pycache__/os.cpython-310.pyc" in first
+    assert "/opt/py/lib/python3.10/encodings/__pycache__/utf_8.cpython-310.pyc" in first
+    assert "/opt/py/lib/python3.10/encodings/" in py310.dirs
+    py311 = start_set("/usr/bin/python3.11")
+    assert py311 is not None and not any("/os." in p for a in py311.files for p in a)  # frozen
+    py23 = start_set("/usr/bin/python2.3")  # Scientific Linux 4
+    assert py23 is not None and py23.cache_tag is None
+    assert ("/usr/lib/python2.3/os.pyc", "/usr/lib/python2.3/os.py") == py23.files[5][:2]
+    assert "/usr/lib/python2.3/encodings/__init__.pyc" in {a[0] for a in py23.files}
+    assert not any("__pycache__" in p for a in py23.files for p in a)
+
+
+def test_pth_import_lines_name_their_modules():
+    pth = (b"# a comment\n/opt/extra/lib\nimport os; var = 'X'; enabled = True; "
+           b"enabled and __import__('_distutils_hack').add_shim(); \n"
+           b"import a.b, c\nimportant/path\n")
+    assert pth_imports(pth) == ["os", "_distutils_hack", "a", "c"]
+    assert pth_imports(b"\xff\xfe not text\n") == []
+
+
+@pytest.mark.parametrize("program", ["/usr/bin/python3", "/usr/bin/bash", "/usr/bin/python3.11-config",
+                                     "/srv/python3.11", "python3.11", "/usr/bin/xpython3.11"])
+def test_other_programs_have_no_set(program):
+    assert start_set(program) is None

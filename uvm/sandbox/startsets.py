@@ -1,0 +1,105 @@
+"""What an interpreter reads when it starts, known from its name alone.
+
+A cold start waits one round trip per file it opens one after another.  The
+ELF loader's files are known from the program (``elfdeps``); an
+interpreter's are not: CPython imports ``encodings``, then its aliases, then
+the codec of the locale, then ``sitecustomize``, then what the ``.pth``
+files of its site directories import, each module only once the one before
+has run.  No tracer can see these coming, but they are the same on every
+start of a given CPython version, so uvm knows them: when a program named
+``pythonX.Y`` is executed cold, its start set is fetched in parallel while
+the program itself downloads, and the module directories it lists are made
+meanwhile (``materialize``).
+
+Everything here is a candidate: what the revision does not have is skipped,
+so a name some build lacks costs a catalog lookup, nothing more.  A
+template's own ``.uvm-prefetch`` list (``docs/templates.md``) covers what
+this does not know.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import List, NamedTuple, Optional, Tuple
+
+# Modules CPython 3 imports from files on every start (measured on 3.11);
+# before 3.11, os, site, codecs and the others below were not yet frozen into
+# the interpreter and were read from files too.
+_PY3_ALWAYS = ("encodings/__init__", "encodings/aliases", "encodings/utf_8", "sitecustomize")
+_PY3_BEFORE_311 = ("abc", "codecs", "io", "os", "stat", "posixpath", "genericpath",
+                   "_collections_abc", "_sitebuiltins", "site", "_bootlocale",
+                   "encodings/latin_1")
+_PY2 = ("encodings/__init__", "encodings/aliases", "encodings/utf_8", "encodings/ascii",
+        "codecs", "os", "posixpath", "stat", "genericpath", "UserDict", "copy_reg", "types",
+        "warnings", "linecache", "abc", "_abcoll", "_weakrefset", "site", "sysconfig",
+        "sitecustomize")
+
+_PYTHON = re.compile(r"python([23])\.([0-9]+)")
+_PTH_IMPORT = re.compile(r"import\s+([\w.]+(?:\s*,\s*[\w.]+)*)")
+_PTH_DUNDER = re.compile(r"""__import__\(\s*['"]([\w.]+)['"]""")
+
+Alternatives = Tuple[str, ...]  # the first of these the revision has is the one read
+
+
+class StartSet(NamedTuple):
+    """Paths from the program's root."""
+
+    files: List[Alternatives]   # to fetch
+    dirs: List[str]             # to make whole (the interpreter lists them)
+    site_dirs: List[str]        # whose ``.pth`` files are read, and what they import
+    pth_codec: Alternatives     # read with them: their codec in the C locale (ASCII)
+    cache_tag: Optional[str]    # ``cpython-311``; None where compiled modules sit by their source
+
+
+def start_set(program: str) -> Optional[StartSet]:
+    """The start set of the program at ``program`` (a path from its root,
+    symlinks resolved: ``/usr/bin/python3.11``), or None when uvm knows none."""
+    head, _, name = program.rpartition("/")
+    match = _PYTHON.fullmatch(name)
+    if match is None or not head.endswith("/bin"):
+        return None
+    major, minor = int(match.group(1)), int(match.group(2))
+    prefix = head[:-len("/bin")]
+    version = f"{major}.{minor}"
+    lib = f"{prefix}/lib/python{version}"
+    tag = f"cpython-{major}{minor}" if major == 3 else None
+    if major == 3:
+        modules = _PY3_ALWAYS + (_PY3_BEFORE_311 if minor < 11 else ())
+    else:
+        modules = _PY2
+    files = [module_files(lib, module, tag) for module in modules]
+    files.append(("/etc/localtime",))  # the time zone, read by the interpreter's start
+    site_dirs = [f"{lib}/site-packages", f"{prefix}/local/lib/python{version}/dist-packages",
+                 f"{prefix}/lib/python{major}/dist-packages"]
+    dirs = [f"{prefix}/lib/", f"{lib}/", f"{lib}/encodings/", f"{lib}/lib-dynload/"]
+    return StartSet(files, dirs + [d + "/" for d in site_dirs], site_dirs,
+                    module_files(lib, "encodings/ascii", tag), tag)
+
+
+def module_files(where: str, module: str, cache_tag: Optional[str]) -> Alternatives:
+    """Where the start reads ``module`` (``encodings/utf_8``, or a package's
+    name) below ``where``: its compiled form, else its source."""
+    package, _, name = module.rpartition("/")
+    base = f"{where}/{package}" if package else where
+    if cache_tag is None:
+        return (f"{base}/{name}.pyc", f"{base}/{name}.py",
+                f"{base}/{name}/__init__.pyc", f"{base}/{name}/__init__.py")
+    return (f"{base}/__pycache__/{name}.{cache_tag}.pyc", f"{base}/{name}.py",
+            f"{base}/{name}/__pycache__/__init__.{cache_tag}.pyc", f"{base}/{name}/__init__.py")
+
+
+def pth_imports(data: bytes) -> List[str]:
+    """The top-level modules the import lines of a ``.pth`` file import, as
+    far as they can be read without running them (``site`` executes a line
+    that starts with ``import``; other lines are paths)."""
+    names: List[str] = []
+    for raw in data.decode("utf-8", "replace").splitlines():
+        line = raw.strip()
+        if not (line.startswith("import ") or line.startswith("import\t")):
+            continue
+        for statement in line.split(";"):
+            found = _PTH_IMPORT.fullmatch(statement.strip())
+            if found:
+                names.extend(n.strip().split(".")[0] for n in found.group(1).split(","))
+        names.extend(n.split(".")[0] for n in _PTH_DUNDER.findall(line))
+    return list(dict.fromkeys(names))
