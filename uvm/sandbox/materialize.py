@@ -56,6 +56,10 @@ revision.
   Python's module directories took a cold start 60-90 ms of creations).
   Nothing is fetched that the catalog does not list; the first run of a
   revision notes that it looked (``prefetch-listed``).
+- **A start set** (:meth:`ShadowTree._prefetch_start`): when a CPython
+  interpreter is executed cold, what its start reads (``startsets``) is
+  fetched the same way while the interpreter downloads, unless the
+  template's list names the interpreter.
 
 Everything is idempotent and safe with several uvm processes on the same
 tree: entries and contents are built privately and renamed in under the
