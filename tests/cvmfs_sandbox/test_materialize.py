@@ -214,8 +214,9 @@ def test_two_processes_fill_one_tree(published, server, tmp_path):
 
 
 def test_lookups_make_single_entries_listings_complete(published, server, tmp_path):
-    """A path lookup creates that entry only; a stat or an open of a directory
-    completes it; what is complete and what is absent is known to later runs."""
+    """A path lookup creates that entry only; a stat of a directory gives it
+    its subdirectories (st_nlink counts them), an open every entry; what is
+    complete and what is absent is known to later runs."""
     repo, _config = _open(published, server, tmp_path, fqrn=FQRN)
     base = shadow_base(str(tmp_path / "cache"))
     with repo:
@@ -229,14 +230,19 @@ def test_lookups_make_single_entries_listings_complete(published, server, tmp_pa
         missing = tree.host_path("/os/demo/etc/nope/deeper")
         trees.ensure(missing)
         assert not os.path.lexists(os.path.dirname(missing))
-        trees.before("newfstatat", etc, 0)  # st_nlink counts subdirectories: complete it
-        assert sorted(os.listdir(etc)) == sorted(repo.listdir("/os/demo/etc"))
+        trees.before("newfstatat", etc, 0)
+        subdirs = {e.name for e in repo.scandir("/os/demo/etc") if e.is_dir}
+        assert subdirs and set(os.listdir(etc)) == subdirs | {"uvm-marker"}
         assert os.lstat(etc).st_nlink == repo.stat("/os/demo/etc").linkcount
+        trees.before("openat", etc, os.O_RDONLY | os.O_DIRECTORY)
+        assert sorted(os.listdir(etc)) == sorted(repo.listdir("/os/demo/etc"))
         trees.before("openat", tree.host_path("/os/demo"), os.O_RDONLY | os.O_DIRECTORY)
         assert sorted(os.listdir(tree.host_path("/os/demo"))) == sorted(repo.listdir("/os/demo"))
+        trees.before("statx", tree.host_path("/os/demo/usr"), 0)
         trees.close()
         again = ShadowTree(repo, base)
         assert "/os/demo/etc" in again._complete and "/os/demo/etc/nope" in again._absent
+        assert "/os/demo/usr" in again._subdirs and "/os/demo/usr" not in again._complete
         again.close()
 
 

@@ -414,6 +414,33 @@ def test_a_cold_python_start_is_given_its_modules_before_it_asks(uvm_runner, pub
     assert res.stdout == "hooked\n42\n", res.stderr
 
 
+def test_a_cold_link_is_given_what_its_command_line_names(uvm_runner, published, workdir):
+    """A linker's inputs (absolute paths, -l searched in the -L directories
+    as ld does: .so before .a) are fetched while it starts; a file named to
+    any other program is not.  The "linker" is `true` under the name ld: it
+    reads nothing, so what is there offline afterwards was fetched by uvm."""
+    def link_inputs(top: Path) -> None:
+        shutil.copy2(shutil.which("true"), top / "usr/bin/ld")
+        lib = top / "usr/lib/uvmlink"
+        lib.mkdir(parents=True)
+        for name in ("start.o", "libuvm.so", "libuvm.a", "unread.o"):
+            (lib / name).write_text(f"contents of {name}\n")
+
+    lib = "/usr/lib/uvmlink"
+    with _private_store(published, workdir) as (store, srv):
+        _publish_revision(published, workdir, store, "v2", 1_800_000_000, link_inputs)
+        env = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c"))
+        assert _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--", "/bin/sh", "-c",
+                           f"cat /etc/uvm-marker && ld -o /tmp/x {lib}/start.o -L{lib} -luvm "
+                           f"&& true {lib}/unread.o")) == "revision one\n"
+    assert _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--", "cat",
+                       f"{lib}/start.o", f"{lib}/libuvm.so")) == \
+        "contents of start.o\ncontents of libuvm.so\n"
+    for unread in ("libuvm.a", "unread.o"):
+        res = run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--", "cat", f"{lib}/{unread}")
+        assert res.returncode != 0 and "not in the cache" in res.stderr, res.stderr
+
+
 _PROBE = r"""
 import os
 def show(label, fn):

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from uvm.sandbox.startsets import module_files, pth_imports, start_set
+from uvm.sandbox.startsets import is_linker, linker_inputs, module_files, pth_imports, start_set
 
 PYTHON = os.path.realpath("/usr/bin/python3")  # Debian's, as in the templates the tests publish
 
@@ -77,3 +78,47 @@ def test_pth_import_lines_name_their_modules():
                                      "/srv/python3.11", "python3.11", "/usr/bin/xpython3.11"])
 def test_other_programs_have_no_set(program):
     assert start_set(program) is None
+
+
+def _first_existing(alternatives) -> str:
+    return next((p for p in map(os.path.normpath, alternatives) if os.path.isfile(p)), "")
+
+
+def test_a_real_link_reads_what_its_command_line_names(tmp_path):
+    """gcc's link, as collect2 is given it: what uvm would fetch is read by
+    the link (nothing more), and covers the start files, libgcc and libc."""
+    src = tmp_path / "hello.c"
+    src.write_text("int main(void) { return 0; }\n")
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    plan = subprocess.run(["gcc", "-###", "-o", str(tmp_path / "hello"), str(src)], env=env,
+                          stderr=subprocess.PIPE, text=True, check=True).stderr
+    (link,) = [shlex.split(line) for line in plan.splitlines() if "collect2" in line]
+    assert is_linker(link[0])
+    predicted = {p for p in map(_first_existing, linker_inputs(link)) if p}
+    trace = tmp_path / "trace"
+    subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,open", "-e", "status=successful",
+                    "-o", str(trace), "gcc", "-o", str(tmp_path / "hello"), str(src)],
+                   check=True, cwd=tmp_path, env=env)
+    opened = {os.path.normpath(p) for p in
+              re.findall(r'open(?:at)?\((?:AT_FDCWD, )?"([^"]+)"', trace.read_text())}
+    assert predicted <= opened, predicted - opened
+    names = {os.path.basename(p) for p in predicted}
+    assert {"Scrt1.o", "crti.o", "crtbeginS.o", "crtendS.o", "crtn.o", "libgcc.a",
+            "libc.so", "liblto_plugin.so"} <= names, names
+    assert (str(tmp_path / "hello"),) not in linker_inputs(link)  # the output is not read
+
+
+def test_linker_command_lines():
+    argv = ["ld", "-plugin", "/p.so", "-o", "/out", "-L/a", "-L", "/b", "/crt1.o", "-lgcc",
+            "-Bstatic", "-lm", "-l:libx.a", "-Bdynamic", "-lc", "-lgcc", "-dynamic-linker",
+            "/lib64/ld.so", "rel.o", "-T", "/script.ld"]
+    assert linker_inputs(argv) == [
+        ("/p.so",), ("/crt1.o",),
+        ("/a/libgcc.so", "/a/libgcc.a", "/b/libgcc.so", "/b/libgcc.a"),
+        ("/a/libm.a", "/b/libm.a"), ("/a/libx.a", "/b/libx.a"),
+        ("/a/libc.so", "/a/libc.a", "/b/libc.so", "/b/libc.a"), ("/script.ld",)]
+    for program in ("/usr/bin/ld", "/usr/bin/x86_64-linux-gnu-ld.bfd", "/opt/ld.gold",
+                    "/usr/lib/gcc/x86_64-linux-gnu/12/collect2"):
+        assert is_linker(program), program
+    for program in ("/usr/bin/ldd", "/usr/bin/ldconfig", "/usr/bin/gold", "/usr/bin/old"):
+        assert not is_linker(program), program

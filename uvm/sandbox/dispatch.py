@@ -23,6 +23,7 @@ from uvm.sandbox import fastpath as _fastpath
 from uvm.sandbox import memory as mem
 from uvm.sandbox import placement as _placement
 from uvm.sandbox import preload as _preload
+from uvm.sandbox import startsets as _startsets
 from uvm.sandbox.arch import ABI_I386, ABI_NAMES, ARG_REGS, RED_ZONE, WORD_SIZE
 from uvm.sandbox.handlers import (
     AT_EMPTY_PATH,
@@ -986,6 +987,17 @@ class Tracer:
 
     # -- exec ------------------------------------------------------------------------------
 
+    def _prefetch_link(self, tid: int, argv: List[int]) -> None:
+        """A cold link opens the files its command line names one after
+        another: have the shadow trees fetch them in parallel meanwhile."""
+        try:
+            heads = mem.read_heads(tid, [ptr for ptr in argv if ptr], 512)
+        except OSError:
+            return
+        args = [os.fsdecode(head.partition(b"\0")[0]) for head in heads if b"\0" in head]
+        self._lazy.prefetch([tuple(self.ns.host_of_unmade(canonical_lexical(p)) for p in names)
+                             for names in _startsets.linker_inputs(args)])
+
     def _k_exec(self, tid, regs, abi, row):
         _fn, name, dirfd_i, path_i, argv_i, envp_i, flags_i = row
         args = ARG_REGS[abi]
@@ -1031,6 +1043,8 @@ class Tracer:
             return _named_library(self.preload.names[is_64], path)
 
         host, new_argv, guest_prog, changed = _execve.plan_exec(path, argv, resolve, preload)
+        if self._lazy is not None and _startsets.is_linker(guest_prog):
+            self._prefetch_link(tid, argv)
         if self.verbose:
             self.logfn(f"[{tid}] {name}({path!r}) -> {host}" + (
                 f" argv {[a if isinstance(a, bytes) else '…' for a in new_argv]}" if changed else ""))

@@ -157,6 +157,10 @@ class _NoLazy:
     def before(name, host, flags=0):
         return None
 
+    @staticmethod
+    def prefetch(wanted):
+        return None
+
 
 class LayerTracer(Tracer):
     """Tracer for a :class:`LayerNamespace` (see the module docstring)."""

@@ -8,6 +8,7 @@ root catalog hash) is presented as a directory of the user's cache::
         tmp/           entries being made (<pid>.<thread>.<n>), same file system as tree/
         lock           flock: entries are added and contents swapped one at a time
         complete-dirs  directories that hold every entry (NUL-separated paths)
+        subdirs-made   directories that hold every subdirectory (stat'ed, not listed)
         absent         paths known not to exist in the revision
         prefetch-listed  template paths whose .uvm-prefetch was looked for (and fetched)
 
@@ -27,9 +28,10 @@ revision.
   published.  Each is made in ``tmp/`` and renamed in, so nobody sees a
   half-made entry, and the directory's mtime is set back.  A path the
   catalog does not have is noted as absent.
-- **Directories complete on listing or stat** (:meth:`complete_if_dir`,
-  called by the tracer before an open or a stat of a directory): every
-  missing entry is added, and the directory noted complete.  Most
+- **Directories complete on listing** (:meth:`complete_if_dir`, called by
+  the tracer before an open of a directory): every missing entry is added,
+  and the directory noted complete.  Before a stat, only its missing
+  subdirectories are, which ``st_nlink`` counts.  Most
   directories a program walks through (``/usr/bin`` to reach one program,
   ``/usr/lib/x86_64-linux-gnu`` to load five libraries) are never listed,
   so a cold start creates tens of entries, not thousands.  Nested catalogs
@@ -188,6 +190,9 @@ class ShadowTree:
         self.fetch_log = fetch_log or FetchLog()
         self._done: Set[str] = set()         # host paths already ensured
         self._checked: Set[str] = set()      # host paths already completed if directories
+        self._stat_checked: Set[str] = set()  # ... given their subdirectories if directories
+        self._subdirs_log = os.path.join(self.dir, "subdirs-made")
+        self._subdirs: Set[str] = set()      # repo paths of directories with every subdirectory
         self._content: Set[str] = set()      # host paths whose content is there
         self._reported: Set[str] = set()     # repo paths whose failure uvm has said (once each)
         self._counter = 0
@@ -224,6 +229,7 @@ class ShadowTree:
                 os.utime(self.top, ns=(_ns(root), _ns(root)))
         self._done.add(os.path.dirname(self.top))
         self._complete = _read_log(self._complete_log)
+        self._subdirs = _read_log(self._subdirs_log)
         self._absent = _read_log(self._absent_log)
 
     def _clean_tmp(self) -> None:
@@ -341,10 +347,13 @@ class ShadowTree:
         with self._locked():
             self._add_entries(parent_repo, members)
 
-    def complete_if_dir(self, host: str) -> None:
-        """If ``host`` is a directory of the tree, give it every entry (before
-        a listing, or a stat: ``st_nlink`` counts subdirectories)."""
-        if host in self._checked:
+    def complete_if_dir(self, host: str, listing: bool = True) -> None:
+        """If ``host`` is a directory of the tree, give it every entry before
+        a listing (an open); before a stat, its subdirectories alone, which
+        are what ``st_nlink`` counts (a compiler stats ``/usr/include``, a
+        linker its library directories: thousands of entries nobody lists)."""
+        checked = self._checked if listing else self._stat_checked
+        if host in checked:
             return
         host = host.rstrip("/") or "/"
         if self.owns(host):
@@ -353,10 +362,26 @@ class ShadowTree:
             except OSError:
                 mode = 0
             if stat.S_ISDIR(mode):
-                self._complete_dir(host[len(self.top):])
-        if len(self._checked) > 500_000:
-            self._checked.clear()
-        self._checked.add(host)
+                if listing:
+                    self._complete_dir(host[len(self.top):])
+                else:
+                    self._make_subdirs(host[len(self.top):])
+        if len(checked) > 500_000:
+            checked.clear()
+        checked.add(host)
+
+    def _make_subdirs(self, repo: str) -> None:
+        if repo in self._complete or repo in self._subdirs:
+            return
+        try:
+            entries = self.repo.scandir(repo or "/")
+        except CvmfsError as err:
+            if isinstance(err, FileNotFoundError):
+                return
+            raise _io_error(err)
+        with self._locked():
+            self._add_entries(repo, [entry for entry in entries if entry.is_dir])
+        self._note(self._subdirs, self._subdirs_log, repo)
 
     def _complete_dir(self, repo: str) -> None:
         if repo in self._complete:
@@ -722,18 +747,31 @@ class ShadowTree:
         thread completes ``dirs`` (paths below ``sysroot``).  Each of ``files``
         is a list of alternatives: the first the revision has as a regular
         file (symlinks followed) is fetched, and none if it has none."""
-        from uvm.cvmfs.hashing import Suffix
-
         if dirs:
             job = threading.Thread(target=self._complete_listed, args=(sysroot, list(dirs)),
                                    name="uvm-prefetch-dirs", daemon=True)
             job.start()
             self._list_jobs.append(job)
+        entries = []
+        for names in files:
+            entry = next(filter(None, (self._lookup_follow(sysroot + n) for n in names)), None)
+            if entry is not None:
+                entries.append(entry)
+        self.fetch_entries(entries)
+
+    def find(self, host: str) -> Optional[Any]:
+        """The regular-file entry at ``host`` (a path in this tree, not made), symlinks followed."""
+        return self._lookup_follow(host[len(self.top):])
+
+    def fetch_entries(self, entries: Sequence[Any]) -> None:
+        """Fetch the objects of regular-file ``entries`` in one parallel wave
+        into the cache (the shadow tree's files stay as they are: their first
+        open copies them from there)."""
+        from uvm.cvmfs.hashing import Suffix
+
         requests = []
-        for alternatives in files:
-            entry = next((found for found in (self._lookup_follow(sysroot + name)
-                                              for name in alternatives) if found), None)
-            if entry is None or entry.size == 0 or entry.is_external:
+        for entry in entries:
+            if entry.size == 0 or entry.is_external:
                 continue
             if entry.is_chunked:
                 requests.extend((c.content_hash, Suffix.PARTIAL, c.size, entry.compressed)
@@ -959,6 +997,7 @@ class CvmfsTrees:
         self.fetch_log = fetch_log or FetchLog()
         self.trees: List[ShadowTree] = []
         self._prefix = self.base + "/"
+        self._jobs: List[threading.Thread] = []
 
     def add(self, repository: Any, sysroot: Optional[str] = None) -> ShadowTree:
         for tree in self.trees:
@@ -971,6 +1010,34 @@ class CvmfsTrees:
             tree.sysroots = tree.sysroots + (sysroot,)
         tree.prefetch_listed(sysroot or "")
         return tree
+
+    def prefetch(self, wanted: Sequence[Sequence[str]]) -> None:
+        """Fetch, in the background, the first of each list of host paths
+        that exists (what a program's command line says it will read: a
+        linker's inputs): those in a shadow tree in one wave per tree; a list
+        whose first existing path is outside every tree is the host's."""
+        if wanted and any(getattr(tree.repo.source, "prefetch", None) for tree in self.trees):
+            job = threading.Thread(target=self._prefetch, args=(wanted,),
+                                   name="uvm-prefetch-args", daemon=True)
+            job.start()
+            self._jobs.append(job)
+
+    def _prefetch(self, wanted: Sequence[Sequence[str]]) -> None:
+        by_tree: Dict[ShadowTree, List[Any]] = {}
+        try:
+            for alternatives in wanted:
+                for host in alternatives:
+                    tree = self._tree(host)
+                    entry = tree.find(host) if tree is not None else None
+                    if entry is not None:
+                        by_tree.setdefault(tree, []).append(entry)
+                        break
+                    if tree is None and os.path.exists(host):
+                        break
+            for tree, entries in by_tree.items():
+                tree.fetch_entries(entries)
+        except Exception as err:  # best effort: the program fetches what it opens
+            log.debug("prefetch of %d files stopped: %s", len(wanted), err)
 
     def _tree(self, host: str) -> Optional[ShadowTree]:
         if not host.startswith(self._prefix):
@@ -999,8 +1066,10 @@ class CvmfsTrees:
         tree = self._tree(host.rstrip("/"))
         if tree is None:
             return
-        if name in OPEN_CALLS or name in STAT_CALLS:
+        if name in OPEN_CALLS:
             tree.complete_if_dir(host)
+        elif name in STAT_CALLS:
+            tree.complete_if_dir(host, listing=False)
         if name in OPEN_CALLS:
             if flags & O_ACCMODE or flags & _WRITE_FLAGS:
                 if flags & O_CREAT and not os.path.lexists(host):
@@ -1019,6 +1088,8 @@ class CvmfsTrees:
             raise _err(errno.EXDEV)
 
     def close(self) -> None:
+        for job in self._jobs:
+            job.join()
         for tree in self.trees:
             tree.close()
 

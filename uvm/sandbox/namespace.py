@@ -150,6 +150,7 @@ class Namespace:
         # Trees filled on first touch (CernVM-FS, materialize.py): every host
         # path handed out is made to exist first; ``lazy.before`` is for the tracer.
         self.lazy = lazy
+        self.host_of_unmade = self.host_of  # the same, without making the path (hints)
         if lazy is not None:
             plain, ensure = self.host_of, lazy.ensure
 

@@ -20,7 +20,7 @@ this does not know.
 from __future__ import annotations
 
 import re
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 # Modules CPython 3 imports from files on every start (measured on 3.11);
 # before 3.11, os, site, codecs and the others below were not yet frozen into
@@ -35,6 +35,10 @@ _PY2 = ("encodings/__init__", "encodings/aliases", "encodings/utf_8", "encodings
         "sitecustomize")
 
 _PYTHON = re.compile(r"python([23])\.([0-9]+)")
+_LINKER = re.compile(r"(?:[\w.-]+-)?(?:ld(?:\.(?:bfd|gold))?|collect2)")
+# options whose next argument is no file the link reads
+_NOT_INPUTS = frozenset({"-o", "--output", "-L", "-rpath", "-rpath-link", "-dynamic-linker",
+                         "--dynamic-linker", "-soname", "-h", "-Map", "-z", "-m", "-e"})
 _PTH_IMPORT = re.compile(r"import\s+([\w.]+(?:\s*,\s*[\w.]+)*)")
 _PTH_DUNDER = re.compile(r"""__import__\(\s*['"]([\w.]+)['"]""")
 
@@ -103,3 +107,40 @@ def pth_imports(data: bytes) -> List[str]:
                 names.extend(n.strip().split(".")[0] for n in found.group(1).split(","))
         names.extend(n.split(".")[0] for n in _PTH_DUNDER.findall(line))
     return list(dict.fromkeys(names))
+
+
+def is_linker(program: str) -> bool:
+    """Whether ``program`` (a path) is a GNU-style linker or gcc's collect2."""
+    return _LINKER.fullmatch(program.rpartition("/")[2]) is not None
+
+
+def linker_inputs(argv: Sequence[str]) -> List[Alternatives]:
+    """The files a linker's command line makes it read, in its order: every
+    absolute path that is not the output or a script, and each ``-lNAME``
+    as ld searches it, ``libNAME.so`` then ``libNAME.a`` (``.a`` alone after
+    ``-Bstatic``) in each ``-L`` directory in turn.  A cold link opens them
+    one after another (gcc's start files, ``libgcc``, ``libc``, and every
+    ``-l`` of a build against a software repository)."""
+    dirs: List[str] = [arg[2:] for arg in argv if arg.startswith("-L/")]
+    dirs += [value for option, value in zip(argv, argv[1:]) if option == "-L"
+             and value.startswith("/")]
+    wanted: List[Alternatives] = []
+    static = False
+    skip = True  # argv[0], the program
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _NOT_INPUTS:
+            skip = True
+        elif arg in ("-Bstatic", "-static", "-dn", "-non_shared"):
+            static = True
+        elif arg in ("-Bdynamic", "-dy", "-call_shared"):
+            static = False
+        elif arg.startswith("-l:") and len(arg) > 3:
+            wanted.append(tuple(f"{d}/{arg[3:]}" for d in dirs))
+        elif arg.startswith("-l") and len(arg) > 2:
+            names = ("a",) if static else ("so", "a")
+            wanted.append(tuple(f"{d}/lib{arg[2:]}.{ext}" for d in dirs for ext in names))
+        elif arg.startswith("/"):
+            wanted.append((arg,))
+    return [alternatives for alternatives in dict.fromkeys(wanted) if alternatives]
