@@ -8,7 +8,6 @@ root catalog hash) is presented as a directory of the user's cache::
         tmp/           entries being made (<pid>.<thread>.<n>), same file system as tree/
         lock           flock: entries are added and contents swapped one at a time
         complete-dirs  directories that hold every entry (NUL-separated paths)
-        subdirs-made   directories that hold every subdirectory (stat'ed, not listed)
         absent         paths known not to exist in the revision
         prefetch-listed  template paths whose .uvm-prefetch was looked for (and fetched)
 
@@ -28,10 +27,9 @@ revision.
   published.  Each is made in ``tmp/`` and renamed in, so nobody sees a
   half-made entry, and the directory's mtime is set back.  A path the
   catalog does not have is noted as absent.
-- **Directories complete on listing** (:meth:`complete_if_dir`, called by
-  the tracer before an open of a directory): every missing entry is added,
-  and the directory noted complete.  Before a stat, only its missing
-  subdirectories are, which ``st_nlink`` counts.  Most
+- **Directories complete on listing or stat** (:meth:`complete_if_dir`,
+  called by the tracer before an open or a stat of a directory): every
+  missing entry is added, and the directory noted complete.  Most
   directories a program walks through (``/usr/bin`` to reach one program,
   ``/usr/lib/x86_64-linux-gnu`` to load five libraries) are never listed,
   so a cold start creates tens of entries, not thousands.  Nested catalogs
@@ -190,9 +188,6 @@ class ShadowTree:
         self.fetch_log = fetch_log or FetchLog()
         self._done: Set[str] = set()         # host paths already ensured
         self._checked: Set[str] = set()      # host paths already completed if directories
-        self._stat_checked: Set[str] = set()  # ... given their subdirectories if directories
-        self._subdirs_log = os.path.join(self.dir, "subdirs-made")
-        self._subdirs: Set[str] = set()      # repo paths of directories with every subdirectory
         self._content: Set[str] = set()      # host paths whose content is there
         self._reported: Set[str] = set()     # repo paths whose failure uvm has said (once each)
         self._counter = 0
@@ -229,7 +224,6 @@ class ShadowTree:
                 os.utime(self.top, ns=(_ns(root), _ns(root)))
         self._done.add(os.path.dirname(self.top))
         self._complete = _read_log(self._complete_log)
-        self._subdirs = _read_log(self._subdirs_log)
         self._absent = _read_log(self._absent_log)
 
     def _clean_tmp(self) -> None:
@@ -347,13 +341,10 @@ class ShadowTree:
         with self._locked():
             self._add_entries(parent_repo, members)
 
-    def complete_if_dir(self, host: str, listing: bool = True) -> None:
-        """If ``host`` is a directory of the tree, give it every entry before
-        a listing (an open); before a stat, its subdirectories alone, which
-        are what ``st_nlink`` counts (a compiler stats ``/usr/include``, a
-        linker its library directories: thousands of entries nobody lists)."""
-        checked = self._checked if listing else self._stat_checked
-        if host in checked:
+    def complete_if_dir(self, host: str) -> None:
+        """If ``host`` is a directory of the tree, give it every entry (before
+        a listing, or a stat: ``st_nlink`` counts subdirectories)."""
+        if host in self._checked:
             return
         host = host.rstrip("/") or "/"
         if self.owns(host):
@@ -362,26 +353,10 @@ class ShadowTree:
             except OSError:
                 mode = 0
             if stat.S_ISDIR(mode):
-                if listing:
-                    self._complete_dir(host[len(self.top):])
-                else:
-                    self._make_subdirs(host[len(self.top):])
-        if len(checked) > 500_000:
-            checked.clear()
-        checked.add(host)
-
-    def _make_subdirs(self, repo: str) -> None:
-        if repo in self._complete or repo in self._subdirs:
-            return
-        try:
-            entries = self.repo.scandir(repo or "/")
-        except CvmfsError as err:
-            if isinstance(err, FileNotFoundError):
-                return
-            raise _io_error(err)
-        with self._locked():
-            self._add_entries(repo, [entry for entry in entries if entry.is_dir])
-        self._note(self._subdirs, self._subdirs_log, repo)
+                self._complete_dir(host[len(self.top):])
+        if len(self._checked) > 500_000:
+            self._checked.clear()
+        self._checked.add(host)
 
     def _complete_dir(self, repo: str) -> None:
         if repo in self._complete:
@@ -1015,19 +990,24 @@ class CvmfsTrees:
         """Fetch, in the background, the first of each list of host paths
         that exists (what a program's command line says it will read: a
         linker's inputs): those in a shadow tree in one wave per tree; a list
-        whose first existing path is outside every tree is the host's."""
-        if wanted and any(getattr(tree.repo.source, "prefetch", None) for tree in self.trees):
-            job = threading.Thread(target=self._prefetch, args=(wanted,),
+        whose first existing path is outside every tree is the host's.  Only
+        trees whose repository this run has opened take part: a warm run
+        does not open one for a hint."""
+        opened = [tree for tree in self.trees if getattr(tree.repo, "opened", True)]
+        if wanted and opened:
+            job = threading.Thread(target=self._prefetch, args=(wanted, opened),
                                    name="uvm-prefetch-args", daemon=True)
             job.start()
             self._jobs.append(job)
 
-    def _prefetch(self, wanted: Sequence[Sequence[str]]) -> None:
+    def _prefetch(self, wanted: Sequence[Sequence[str]], opened: List[ShadowTree]) -> None:
         by_tree: Dict[ShadowTree, List[Any]] = {}
         try:
             for alternatives in wanted:
                 for host in alternatives:
                     tree = self._tree(host)
+                    if tree is not None and tree not in opened:
+                        break  # cannot know without its catalog
                     entry = tree.find(host) if tree is not None else None
                     if entry is not None:
                         by_tree.setdefault(tree, []).append(entry)
@@ -1066,10 +1046,8 @@ class CvmfsTrees:
         tree = self._tree(host.rstrip("/"))
         if tree is None:
             return
-        if name in OPEN_CALLS:
+        if name in OPEN_CALLS or name in STAT_CALLS:
             tree.complete_if_dir(host)
-        elif name in STAT_CALLS:
-            tree.complete_if_dir(host, listing=False)
         if name in OPEN_CALLS:
             if flags & O_ACCMODE or flags & _WRITE_FLAGS:
                 if flags & O_CREAT and not os.path.lexists(host):
