@@ -20,7 +20,13 @@ this does not know.
 from __future__ import annotations
 
 import re
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from collections import namedtuple
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the tracer imports this module, not typing
+if TYPE_CHECKING:
+    from typing import List, Optional, Sequence, Tuple
+
+    Alternatives = Tuple[str, ...]  # the first of these the revision has is the one read
 
 # Modules CPython 3 imports from files on every start (measured on 3.11);
 # before 3.11, os, site, codecs and the others below were not yet frozen into
@@ -34,32 +40,24 @@ _PY2 = ("encodings/__init__", "encodings/aliases", "encodings/utf_8", "encodings
         "warnings", "linecache", "abc", "_abcoll", "_weakrefset", "site", "sysconfig",
         "sitecustomize")
 
-_PYTHON = re.compile(r"python([23])\.([0-9]+)")
-_LINKER = re.compile(r"(?:[\w.-]+-)?(?:ld(?:\.(?:bfd|gold))?|collect2)")
+_LINKERS = frozenset({"ld", "ld.bfd", "ld.gold", "collect2"})  # also with a target prefix
 # options whose next argument is no file the link reads
 _NOT_INPUTS = frozenset({"-o", "--output", "-L", "-rpath", "-rpath-link", "-dynamic-linker",
                          "--dynamic-linker", "-soname", "-h", "-Map", "-z", "-m", "-e"})
-_PTH_IMPORT = re.compile(r"import\s+([\w.]+(?:\s*,\s*[\w.]+)*)")
-_PTH_DUNDER = re.compile(r"""__import__\(\s*['"]([\w.]+)['"]""")
 
-Alternatives = Tuple[str, ...]  # the first of these the revision has is the one read
-
-
-class StartSet(NamedTuple):
-    """Paths from the program's root."""
-
-    files: List[Alternatives]   # to fetch
-    dirs: List[str]             # to make whole (the interpreter lists them)
-    site_dirs: List[str]        # whose ``.pth`` files are read, and what they import
-    pth_codec: Alternatives     # read with them: their codec in the C locale (ASCII)
-    cache_tag: Optional[str]    # ``cpython-311``; None where compiled modules sit by their source
+StartSet = namedtuple("StartSet", "files dirs site_dirs pth_codec cache_tag")
+StartSet.__doc__ = """Paths from the program's root: ``files`` to fetch (lists of
+alternatives), ``dirs`` to make whole (the interpreter lists them),
+``site_dirs`` whose ``.pth`` files are read with ``pth_codec`` (their codec
+in the C locale, ASCII) and what they import fetched, ``cache_tag``
+(``cpython-311``; None where compiled modules sit by their source)."""
 
 
 def start_set(program: str) -> Optional[StartSet]:
     """The start set of the program at ``program`` (a path from its root,
     symlinks resolved: ``/usr/bin/python3.11``), or None when uvm knows none."""
     head, _, name = program.rpartition("/")
-    match = _PYTHON.fullmatch(name)
+    match = re.fullmatch(r"python([23])\.([0-9]+)", name)
     if match is None or not head.endswith("/bin"):
         return None
     major, minor = int(match.group(1)), int(match.group(2))
@@ -102,16 +100,17 @@ def pth_imports(data: bytes) -> List[str]:
         if not (line.startswith("import ") or line.startswith("import\t")):
             continue
         for statement in line.split(";"):
-            found = _PTH_IMPORT.fullmatch(statement.strip())
+            found = re.fullmatch(r"import\s+([\w.]+(?:\s*,\s*[\w.]+)*)", statement.strip())
             if found:
                 names.extend(n.strip().split(".")[0] for n in found.group(1).split(","))
-        names.extend(n.split(".")[0] for n in _PTH_DUNDER.findall(line))
+        names.extend(n.split(".")[0]
+                     for n in re.findall(r"""__import__\(\s*['"]([\w.]+)['"]""", line))
     return list(dict.fromkeys(names))
 
 
 def is_linker(program: str) -> bool:
     """Whether ``program`` (a path) is a GNU-style linker or gcc's collect2."""
-    return _LINKER.fullmatch(program.rpartition("/")[2]) is not None
+    return program.rpartition("/")[2].rpartition("-")[2] in _LINKERS
 
 
 def linker_inputs(argv: Sequence[str]) -> List[Alternatives]:
