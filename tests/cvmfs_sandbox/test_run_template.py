@@ -416,15 +416,21 @@ def test_a_cold_python_start_is_given_its_modules_before_it_asks(uvm_runner, pub
 
 def test_a_cold_link_is_given_what_its_command_line_names(uvm_runner, published, workdir):
     """A linker's inputs (absolute paths, -l searched in the -L directories
-    as ld does: .so before .a) are fetched while it starts; a file named to
-    any other program is not.  The "linker" is `true` under the name ld: it
-    reads nothing, so what is there offline afterwards was fetched by uvm."""
+    as ld does: .so before .a, and what a linker script among them names)
+    are fetched while it starts; a file named to any other program is not.
+    The "linker" is `true` under the name ld: it reads nothing, so what is
+    there offline afterwards was fetched by uvm."""
+    script = "/* GNU ld script */\nGROUP ( libuvm.so.1 AS_NEEDED ( /usr/lib/uvmlink/libuvmdep.so ) " \
+             "-luvmextra )\n"
+
     def link_inputs(top: Path) -> None:
         shutil.copy2(shutil.which("true"), top / "usr/bin/ld")
         lib = top / "usr/lib/uvmlink"
         lib.mkdir(parents=True)
-        for name in ("start.o", "libuvm.so", "libuvm.a", "unread.o"):
+        for name in ("start.o", "libuvm.a", "unread.o", "libuvm.so.1", "libuvmdep.so",
+                     "libuvmextra.a"):
             (lib / name).write_text(f"contents of {name}\n")
+        (lib / "libuvm.so").write_text(script)
 
     lib = "/usr/lib/uvmlink"
     with _private_store(published, workdir) as (store, srv):
@@ -433,9 +439,10 @@ def test_a_cold_link_is_given_what_its_command_line_names(uvm_runner, published,
         assert _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--", "/bin/sh", "-c",
                            f"cat /etc/uvm-marker && ld -o /tmp/x {lib}/start.o -L{lib} -luvm "
                            f"&& true {lib}/unread.o")) == "revision one\n"
+    fetched = ("start.o", "libuvm.so.1", "libuvmdep.so", "libuvmextra.a")
     assert _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--", "cat",
-                       f"{lib}/start.o", f"{lib}/libuvm.so")) == \
-        "contents of start.o\ncontents of libuvm.so\n"
+                       f"{lib}/libuvm.so", *(f"{lib}/{name}" for name in fetched))) == \
+        script + "".join(f"contents of {name}\n" for name in fetched)
     for unread in ("libuvm.a", "unread.o"):
         res = run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--", "cat", f"{lib}/{unread}")
         assert res.returncode != 0 and "not in the cache" in res.stderr, res.stderr

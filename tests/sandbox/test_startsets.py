@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from uvm.sandbox.startsets import is_linker, linker_inputs, module_files, pth_imports, start_set
+from uvm.sandbox.startsets import (is_linker, linker_dirs, linker_inputs, linker_script_inputs,
+                                   module_files, pth_imports, start_set)
 
 PYTHON = os.path.realpath("/usr/bin/python3")  # Debian's, as in the templates the tests publish
 
@@ -95,6 +96,10 @@ def test_a_real_link_reads_what_its_command_line_names(tmp_path):
     (link,) = [shlex.split(line) for line in plan.splitlines() if "collect2" in line]
     assert is_linker(link[0])
     predicted = {p for p in map(_first_existing, linker_inputs(link)) if p}
+    for script in [p for p in predicted if os.path.getsize(p) <= 4096]:  # libc.so, libgcc_s.so
+        with open(script, "rb") as handle:
+            named = linker_script_inputs(handle.read(), os.path.dirname(script), linker_dirs(link))
+        predicted |= {p for p in map(_first_existing, named) if p}
     trace = tmp_path / "trace"
     subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,open", "-e", "status=successful",
                     "-o", str(trace), "gcc", "-o", str(tmp_path / "hello"), str(src)],
@@ -104,7 +109,7 @@ def test_a_real_link_reads_what_its_command_line_names(tmp_path):
     assert predicted <= opened, predicted - opened
     names = {os.path.basename(p) for p in predicted}
     assert {"Scrt1.o", "crti.o", "crtbeginS.o", "crtendS.o", "crtn.o", "libgcc.a",
-            "libc.so", "liblto_plugin.so"} <= names, names
+            "libc.so", "liblto_plugin.so", "libc_nonshared.a", "libgcc_s.so.1"} <= names, names
     assert (str(tmp_path / "hello"),) not in linker_inputs(link)  # the output is not read
 
 
@@ -122,3 +127,19 @@ def test_linker_command_lines():
         assert is_linker(program), program
     for program in ("/usr/bin/ldd", "/usr/bin/ldconfig", "/usr/bin/gold", "/usr/bin/old"):
         assert not is_linker(program), program
+
+
+def test_linker_scripts():
+    libc = (b"/* GNU ld script\n   Use the shared library.  */\nOUTPUT_FORMAT(elf64-x86-64)\n"
+            b"GROUP ( /lib/libc.so.6 /usr/lib/libc_nonshared.a  AS_NEEDED ( /lib64/ld.so.2 ) )\n")
+    assert linker_script_inputs(libc, "/usr/lib", ["/L"]) == [
+        ("/lib/libc.so.6",), ("/usr/lib/libc_nonshared.a",), ("/lib64/ld.so.2",)]
+    assert linker_script_inputs(b"GROUP ( libgcc_s.so.1 -lgcc )\nINPUT(-l:x.a)", "/gcc",
+                                ["/L1", "/L2"]) == [
+        ("/gcc/libgcc_s.so.1", "/L1/libgcc_s.so.1", "/L2/libgcc_s.so.1"),
+        ("/L1/libgcc.so", "/L1/libgcc.a", "/L2/libgcc.so", "/L2/libgcc.a"),
+        ("/L1/x.a", "/L2/x.a")]
+    for not_a_script in (b"\x7fELF\x02\x01GROUP(/x)", b"!<arch>\nGROUP(/x)", b"\xffGROUP(/x)",
+                         b"/* GROUP ( /commented ) */", b"int main(void) { return 0; }"):
+        assert linker_script_inputs(not_a_script, "/d", ["/L"]) == [], not_a_script
+    assert linker_dirs(["ld", "-L/a", "-L", "/b", "-L", "rel", "-L/c", "-L"]) == ["/a", "/b", "/c"]

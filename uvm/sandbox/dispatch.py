@@ -995,8 +995,10 @@ class Tracer:
         except OSError:
             return
         args = [os.fsdecode(head.partition(b"\0")[0]) for head in heads if b"\0" in head]
-        self._lazy.prefetch([tuple(self.ns.host_of_unmade(canonical_lexical(p)) for p in names)
-                             for names in _startsets.linker_inputs(args)])
+        dirs = _startsets.linker_dirs(args)
+        self._lazy.prefetch(_startsets.linker_inputs(args), self.ns.host_of_unmade,
+                            lambda path, data: _startsets.linker_script_inputs(
+                                data, path.rpartition("/")[0], dirs))
 
     def _k_exec(self, tid, regs, abi, row):
         _fn, name, dirfd_i, path_i, argv_i, envp_i, flags_i = row

@@ -158,7 +158,7 @@ class _NoLazy:
         return None
 
     @staticmethod
-    def prefetch(wanted):
+    def prefetch(wanted, host_of, follow=None):
         return None
 
 

@@ -116,6 +116,7 @@ LD_SO_CACHE = "/etc/ld.so.cache"
 LD_SO_CACHE_NAME = "ld.so.cache"
 PREFETCH_LIST = ".uvm-prefetch"
 PREFETCH_LIST_MAX = 1 << 20  # bytes: a list is a few kB; anything bigger is not one
+_FOLLOW_MAX = 4096  # bytes: a linker script (libc.so) is a few hundred
 
 
 def _ns(entry: Any) -> int:
@@ -986,38 +987,64 @@ class CvmfsTrees:
         tree.prefetch_listed(sysroot or "")
         return tree
 
-    def prefetch(self, wanted: Sequence[Sequence[str]]) -> None:
-        """Fetch, in the background, the first of each list of host paths
+    def prefetch(self, wanted: Sequence[Sequence[str]], host_of: Callable[[str], str],
+                 follow: Optional[Callable[[str, bytes], List[Sequence[str]]]] = None) -> None:
+        """Fetch, in the background, the first of each list of guest paths
         that exists (what a program's command line says it will read: a
-        linker's inputs): those in a shadow tree in one wave per tree; a list
-        whose first existing path is outside every tree is the host's.  Only
+        linker's inputs), ``host_of`` mapping them to host paths; those in a
+        shadow tree in one wave per tree, a list whose first existing path
+        is outside every tree is the host's.  ``follow(path, content)``
+        names what a small fetched file makes the program read next (a
+        linker script's files): fetched in a next wave, two at most.  Only
         trees whose repository this run has opened take part: a warm run
         does not open one for a hint."""
         opened = [tree for tree in self.trees if getattr(tree.repo, "opened", True)]
         if wanted and opened:
-            job = threading.Thread(target=self._prefetch, args=(wanted, opened),
+            job = threading.Thread(target=self._prefetch, args=(wanted, host_of, follow, opened),
                                    name="uvm-prefetch-args", daemon=True)
             job.start()
             self._jobs.append(job)
 
-    def _prefetch(self, wanted: Sequence[Sequence[str]], opened: List[ShadowTree]) -> None:
-        by_tree: Dict[ShadowTree, List[Any]] = {}
+    def _prefetch(self, wanted: Sequence[Sequence[str]], host_of: Callable[[str], str],
+                  follow: Optional[Callable[[str, bytes], List[Sequence[str]]]],
+                  opened: List[ShadowTree]) -> None:
         try:
-            for alternatives in wanted:
-                for host in alternatives:
-                    tree = self._tree(host)
-                    if tree is not None and tree not in opened:
-                        break  # cannot know without its catalog
-                    entry = tree.find(host) if tree is not None else None
-                    if entry is not None:
-                        by_tree.setdefault(tree, []).append(entry)
-                        break
-                    if tree is None and os.path.exists(host):
-                        break
-            for tree, entries in by_tree.items():
-                tree.fetch_entries(entries)
+            for _wave in range(3):
+                found = [hit for hit in (self._first(names, host_of, opened) for names in wanted)
+                         if hit is not None]
+                by_tree: Dict[ShadowTree, List[Any]] = {}
+                for _guest, tree, entry in found:
+                    by_tree.setdefault(tree, []).append(entry)
+                for tree, entries in by_tree.items():
+                    tree.fetch_entries(entries)
+                if follow is None:
+                    return
+                wanted = []
+                for guest, tree, entry in found:
+                    if 0 < entry.size <= _FOLLOW_MAX:
+                        with tree.repo.open_file(entry.path) as handle:
+                            wanted.extend(follow(guest, handle.read(_FOLLOW_MAX)))
+                if not wanted:
+                    return
         except Exception as err:  # best effort: the program fetches what it opens
-            log.debug("prefetch of %d files stopped: %s", len(wanted), err)
+            log.debug("prefetch of a command line's files stopped: %s", err)
+
+    def _first(self, names: Sequence[str], host_of: Callable[[str], str],
+               opened: List[ShadowTree]) -> Optional[Tuple[str, ShadowTree, Any]]:
+        """The first of guest paths ``names`` that exists, if in an opened tree."""
+        for guest in names:
+            host = host_of(canonical_lexical(guest))
+            tree = self._tree(host)
+            if tree is None:
+                if os.path.exists(host):
+                    return None  # the host's
+                continue
+            if tree not in opened:
+                return None  # cannot know without its catalog
+            entry = tree.find(host)
+            if entry is not None:
+                return guest, tree, entry
+        return None
 
     def _tree(self, host: str) -> Optional[ShadowTree]:
         if not host.startswith(self._prefix):

@@ -113,16 +113,25 @@ def is_linker(program: str) -> bool:
     return program.rpartition("/")[2].rpartition("-")[2] in _LINKERS
 
 
+def linker_dirs(argv: Sequence[str]) -> List[str]:
+    """The ``-L`` directories of a linker's command line, in order (absolute ones)."""
+    dirs = []
+    for option, value in zip(argv, list(argv[1:]) + [""]):
+        if option.startswith("-L/"):
+            dirs.append(option[2:])
+        elif option == "-L" and value.startswith("/"):
+            dirs.append(value)
+    return dirs
+
+
 def linker_inputs(argv: Sequence[str]) -> List[Alternatives]:
     """The files a linker's command line makes it read, in its order: every
-    absolute path that is not the output or a script, and each ``-lNAME``
-    as ld searches it, ``libNAME.so`` then ``libNAME.a`` (``.a`` alone after
-    ``-Bstatic``) in each ``-L`` directory in turn.  A cold link opens them
-    one after another (gcc's start files, ``libgcc``, ``libc``, and every
-    ``-l`` of a build against a software repository)."""
-    dirs: List[str] = [arg[2:] for arg in argv if arg.startswith("-L/")]
-    dirs += [value for option, value in zip(argv, argv[1:]) if option == "-L"
-             and value.startswith("/")]
+    absolute path that is not an output, and each ``-lNAME`` as ld searches
+    it, ``libNAME.so`` then ``libNAME.a`` (``.a`` alone after ``-Bstatic``)
+    in each ``-L`` directory in turn.  A cold link opens them one after
+    another (gcc's start files, ``libgcc``, ``libc``, and every ``-l`` of a
+    build against a software repository)."""
+    dirs = linker_dirs(argv)
     wanted: List[Alternatives] = []
     static = False
     skip = True  # argv[0], the program
@@ -135,11 +144,41 @@ def linker_inputs(argv: Sequence[str]) -> List[Alternatives]:
             static = True
         elif arg in ("-Bdynamic", "-dy", "-call_shared"):
             static = False
-        elif arg.startswith("-l:") and len(arg) > 3:
-            wanted.append(tuple(f"{d}/{arg[3:]}" for d in dirs))
         elif arg.startswith("-l") and len(arg) > 2:
-            names = ("a",) if static else ("so", "a")
-            wanted.append(tuple(f"{d}/lib{arg[2:]}.{ext}" for d in dirs for ext in names))
+            wanted.append(_library(arg[2:], dirs, static))
         elif arg.startswith("/"):
             wanted.append((arg,))
     return [alternatives for alternatives in dict.fromkeys(wanted) if alternatives]
+
+
+def linker_script_inputs(data: bytes, script_dir: str, dirs: Sequence[str]) -> List[Alternatives]:
+    """What a GNU ld script makes the link read next (``libc.so`` is one,
+    naming ``libc.so.6`` and ``libc_nonshared.a``): the files of its
+    ``GROUP`` and ``INPUT`` commands, a bare name looked for next to the
+    script, then in the ``-L`` directories; none if ``data`` is no script."""
+    if data[:4] == b"\x7fELF" or data[:8] == b"!<arch>\n":
+        return []
+    try:
+        text = re.sub(r"/\*.*?\*/", " ", data.decode("ascii"), flags=re.S)
+    except UnicodeDecodeError:
+        return []
+    wanted: List[Alternatives] = []
+    for body in re.findall(r"\b(?:GROUP|INPUT)\s*\(((?:[^()]|\([^()]*\))*)\)", text):
+        for token in re.split(r"[\s(),]+", body):
+            if not token or token == "AS_NEEDED":
+                continue
+            if token.startswith("-l") and len(token) > 2:
+                wanted.append(_library(token[2:], dirs, False))
+            elif token.startswith("/"):
+                wanted.append((token,))
+            else:
+                wanted.append((f"{script_dir}/{token}",) + tuple(f"{d}/{token}" for d in dirs))
+    return [alternatives for alternatives in dict.fromkeys(wanted) if alternatives]
+
+
+def _library(name: str, dirs: Sequence[str], static: bool) -> Alternatives:
+    """Where ld finds ``-lNAME`` (``-l:FILE`` names the file itself)."""
+    if name.startswith(":"):
+        return tuple(f"{d}/{name[1:]}" for d in dirs)
+    kinds = ("a",) if static else ("so", "a")
+    return tuple(f"{d}/lib{name}.{kind}" for d in dirs for kind in kinds)
