@@ -448,6 +448,41 @@ def test_a_cold_link_is_given_what_its_command_line_names(uvm_runner, published,
         assert res.returncode != 0 and "not in the cache" in res.stderr, res.stderr
 
 
+def test_a_cold_compile_is_given_the_headers_its_source_includes(uvm_runner, published,
+                                                                   workdir):
+    """gcc's compiler proper reads its source, then each header one include
+    after another: uvm follows the #include lines through the search path
+    and fetches each level in one wave.  The "compiler" is `true` under the
+    name cc1: what is there offline afterwards was fetched by uvm."""
+    cc1 = "/usr/lib/gcc/x86_64-linux-gnu/12/cc1"
+    headers = {"usr/src/uvm/main.c": '#include <uvma.h>\n#include "near.h"\nint main;\n',
+               "usr/src/uvm/near.h": "int near;\n",
+               "usr/include/uvma.h": '#include "uvmb.h"\n',
+               "usr/include/uvmb.h": "#include <sys/uvmc.h>\n",
+               "usr/include/sys/uvmc.h": "int deepest;\n",
+               "usr/include/uvmunused.h": "int unused;\n"}
+
+    def sources(top: Path) -> None:
+        (top / cc1.lstrip("/")).parent.mkdir(parents=True)
+        shutil.copy2(shutil.which("true"), top / cc1.lstrip("/"))
+        for name, text in headers.items():
+            (top / name).parent.mkdir(parents=True, exist_ok=True)
+            (top / name).write_text(text)
+
+    with _private_store(published, workdir) as (store, srv):
+        _publish_revision(published, workdir, store, "v2", 1_800_000_000, sources)
+        env = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c"))
+        assert _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--", "/bin/sh", "-c",
+                           f"cat /etc/uvm-marker && {cc1} -quiet /usr/src/uvm/main.c "
+                           "-o /tmp/main.s")) == "revision one\n"
+    read = [name for name in headers if name != "usr/include/uvmunused.h"]
+    assert _ok(run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--", "cat",
+                       *("/" + name for name in read))) == "".join(headers[n] for n in read)
+    res = run_uvm(uvm_runner, env, "run", "--template", TEMPLATE, "--", "cat",
+                  "/usr/include/uvmunused.h")
+    assert res.returncode != 0 and "not in the cache" in res.stderr, res.stderr
+
+
 _PROBE = r"""
 import os
 def show(label, fn):

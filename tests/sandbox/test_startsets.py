@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from uvm.sandbox.startsets import (is_linker, linker_dirs, linker_inputs, linker_script_inputs,
-                                   module_files, pth_imports, start_set)
+from uvm.sandbox.startsets import (compile_plan, include_candidates, is_compiler, is_linker,
+                                   linker_dirs, linker_inputs, linker_script_inputs, module_files,
+                                   pth_imports, start_set)
 
 PYTHON = os.path.realpath("/usr/bin/python3")  # Debian's, as in the templates the tests publish
 
@@ -143,3 +144,74 @@ def test_linker_scripts():
                          b"/* GROUP ( /commented ) */", b"int main(void) { return 0; }"):
         assert linker_script_inputs(not_a_script, "/d", ["/L"]) == [], not_a_script
     assert linker_dirs(["ld", "-L/a", "-L", "/b", "-L", "rel", "-L/c", "-L"]) == ["/a", "/b", "/c"]
+
+
+def _followed(plan) -> set:
+    """What uvm fetches for a compile, following includes as materialize does."""
+    seen: set = set()
+    wanted = [(source,) for source in plan.sources]
+    while wanted:
+        found = [_first_existing(alternatives) for alternatives in wanted]
+        wanted = []
+        for path in found:
+            if path and path not in seen:
+                seen.add(path)
+                with open(path, "rb") as handle:
+                    wanted.extend(include_candidates(plan, path, handle.read()))
+    return seen
+
+
+@pytest.mark.parametrize("driver, source", [
+    ("gcc", '#include <stdio.h>\n#include <math.h>\n#include "local.h"\n'
+            'int main(void) { printf("%f\\n", sqrt(2.0)); return half(); }\n'),
+    ("g++", "#include <vector>\n#include <iostream>\n#include <string>\n"
+            "int main() { std::vector<std::string> v{\"a\"}; std::cout << v[0]; }\n"),
+])
+def test_a_real_compile_reads_only_headers_its_includes_name(tmp_path, driver, source):
+    """Every header gcc's compiler proper opens is among what uvm fetches by
+    following #include lines from the source through the search path the
+    command line and the compiler's place give."""
+    src = tmp_path / ("hello.c" if driver == "gcc" else "hello.cpp")
+    src.write_text(source)
+    (tmp_path / "local.h").write_text("#include <stdlib.h>\nstatic int half(void) { return 0; }\n")
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    plan_text = subprocess.run([driver, "-###", "-c", src.name], env=env, cwd=tmp_path,
+                               stderr=subprocess.PIPE, text=True, check=True).stderr
+    (argv,) = [words for words in map(shlex.split, plan_text.splitlines())
+               if words and words[0].endswith(("/cc1", "/cc1plus"))]
+    assert is_compiler(argv[0]) and not is_linker(argv[0])
+    plan = compile_plan(argv[0], argv, str(tmp_path))
+    assert plan.sources == [str(src)]
+    followed = _followed(plan)
+    trace = tmp_path / "trace"
+    subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,open", "-e", "status=successful",
+                    "-o", str(trace), driver, "-c", src.name, "-o", "hello.o"],
+                   check=True, cwd=tmp_path, env=env)
+    opened = {os.path.normpath(os.path.join(tmp_path, p)) for p in
+              re.findall(r'open(?:at)?\((?:AT_FDCWD, )?"([^"]+)"', trace.read_text())}
+    headers = {p for p in opened if p.endswith(".h") or "/c++/" in p}
+    assert len(headers) > 20 and headers <= followed, headers - followed
+    assert len(followed) < 2 * len(headers)  # lines under conditionals cost some, not all
+
+
+def test_include_lines_and_search_order():
+    plan = compile_plan("/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus",
+                        ["cc1plus", "-quiet", "-I", "inc", "-Iabs/../x", "-isystem", "/sys",
+                         "-idirafter", "/late", "-iquote", "/q", "-imultiarch", "x86_64-linux-gnu",
+                         "-include", "/pre.h", "main.cpp", "-o", "/tmp/out.s", "-dumpbase",
+                         "main.cpp"], "/work")
+    assert plan.sources == ["/pre.h", "/work/main.cpp"]
+    assert plan.quote_dirs == ["/q"]
+    assert plan.dirs == ["/work/inc", "/work/abs/../x", "/sys", "/usr/include/c++/12",
+                         "/usr/include/x86_64-linux-gnu/c++/12", "/usr/include/c++/12/backward",
+                         "/usr/lib/gcc/x86_64-linux-gnu/12/include", "/usr/local/include",
+                         "/usr/lib/gcc/x86_64-linux-gnu/12/include-fixed",
+                         "/usr/include/x86_64-linux-gnu", "/usr/include", "/late"]
+    bare = compile_plan("/opt/gcc/lib/gcc/t/9/cc1", ["cc1", "-nostdinc", "-I/i", "a.c"], "/")
+    assert bare.dirs == ["/i"] and bare.sources == ["/a.c"]
+    source = (b'#include <a.h>\n  #  include "b.h"\n#if 0\n#include_next <c.h>\n#endif\n'
+              b'#include MACRO\n#include </abs.h>\n// #include <not.h> is text\n')
+    assert include_candidates(bare, "/i/sub/x.h", source) == [  # include_next: no dir after /i
+        ("/i/a.h",), ("/i/sub/b.h", "/i/b.h"), ("/abs.h",)]
+    assert include_candidates(plan, "/usr/include/c++/12/cstdlib", b"#include_next <stdlib.h>") \
+        == [tuple(f"{d}/stdlib.h" for d in plan.dirs[4:])]

@@ -987,18 +987,28 @@ class Tracer:
 
     # -- exec ------------------------------------------------------------------------------
 
-    def _prefetch_link(self, tid: int, argv: List[int]) -> None:
-        """A cold link opens the files its command line names one after
-        another: have the shadow trees fetch them in parallel meanwhile."""
+    def _prefetch_named(self, tid: int, program: str, argv: List[int]) -> None:
+        """A cold link or compile opens the files its command line names, and
+        those the files name (linker scripts, headers), one after another:
+        have the shadow trees fetch them in waves meanwhile."""
+        linker = _startsets.is_linker(program)
+        if not linker and not _startsets.is_compiler(program):
+            return
         try:
-            heads = mem.read_heads(tid, [ptr for ptr in argv if ptr], 512)
+            heads = mem.read_heads(tid, [ptr for ptr in argv if ptr], 1024)
         except OSError:
             return
         args = [os.fsdecode(head.partition(b"\0")[0]) for head in heads if b"\0" in head]
-        dirs = _startsets.linker_dirs(args)
-        self._lazy.prefetch(_startsets.linker_inputs(args), self.ns.host_of_unmade,
-                            lambda path, data: _startsets.linker_script_inputs(
-                                data, path.rpartition("/")[0], dirs))
+        if linker:
+            dirs = _startsets.linker_dirs(args)
+            self._lazy.prefetch(_startsets.linker_inputs(args), self.ns.host_of_unmade,
+                                lambda path, data: _startsets.linker_script_inputs(
+                                    data, path.rpartition("/")[0], dirs))
+        else:
+            plan = _startsets.compile_plan(program, args, self._base(tid, ".", _AT_FDCWD32))
+            self._lazy.prefetch([(source,) for source in plan.sources], self.ns.host_of_unmade,
+                                lambda path, data: _startsets.include_candidates(plan, path, data),
+                                follow_max=1 << 20)
 
     def _k_exec(self, tid, regs, abi, row):
         _fn, name, dirfd_i, path_i, argv_i, envp_i, flags_i = row
@@ -1045,8 +1055,8 @@ class Tracer:
             return _named_library(self.preload.names[is_64], path)
 
         host, new_argv, guest_prog, changed = _execve.plan_exec(path, argv, resolve, preload)
-        if self._lazy is not None and _startsets.is_linker(guest_prog):
-            self._prefetch_link(tid, argv)
+        if self._lazy is not None:
+            self._prefetch_named(tid, guest_prog, argv)
         if self.verbose:
             self.logfn(f"[{tid}] {name}({path!r}) -> {host}" + (
                 f" argv {[a if isinstance(a, bytes) else '…' for a in new_argv]}" if changed else ""))

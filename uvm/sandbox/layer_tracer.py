@@ -158,7 +158,7 @@ class _NoLazy:
         return None
 
     @staticmethod
-    def prefetch(wanted, host_of, follow=None):
+    def prefetch(wanted, host_of, follow=None, follow_max=0):
         return None
 
 

@@ -116,7 +116,8 @@ LD_SO_CACHE = "/etc/ld.so.cache"
 LD_SO_CACHE_NAME = "ld.so.cache"
 PREFETCH_LIST = ".uvm-prefetch"
 PREFETCH_LIST_MAX = 1 << 20  # bytes: a list is a few kB; anything bigger is not one
-_FOLLOW_MAX = 4096  # bytes: a linker script (libc.so) is a few hundred
+_FOLLOW_WAVES = 64    # waves of files a command line's files name (headers: 8-11 for a hello)
+_FOLLOW_FILES = 5000  # files followed at most (a C++ hello: 262)
 
 
 def _ns(entry: Any) -> int:
@@ -988,62 +989,71 @@ class CvmfsTrees:
         return tree
 
     def prefetch(self, wanted: Sequence[Sequence[str]], host_of: Callable[[str], str],
-                 follow: Optional[Callable[[str, bytes], List[Sequence[str]]]] = None) -> None:
+                 follow: Optional[Callable[[str, bytes], List[Sequence[str]]]] = None,
+                 follow_max: int = 4096) -> None:
         """Fetch, in the background, the first of each list of guest paths
         that exists (what a program's command line says it will read: a
-        linker's inputs), ``host_of`` mapping them to host paths; those in a
-        shadow tree in one wave per tree, a list whose first existing path
-        is outside every tree is the host's.  ``follow(path, content)``
-        names what a small fetched file makes the program read next (a
-        linker script's files): fetched in a next wave, two at most.  Only
-        trees whose repository this run has opened take part: a warm run
-        does not open one for a hint."""
+        linker's inputs, a compiler's sources), ``host_of`` mapping them to
+        host paths; those in a shadow tree in one wave per tree, a list
+        whose first existing path is outside every tree is the host's.
+        ``follow(path, content)`` names what a file of at most
+        ``follow_max`` bytes makes the program read next (a linker script's
+        files, a source's headers): fetched in the next wave, and so on,
+        each file followed once.  Only trees whose repository this run has
+        opened take part: a warm run does not open one for a hint."""
         opened = [tree for tree in self.trees if getattr(tree.repo, "opened", True)]
         if wanted and opened:
-            job = threading.Thread(target=self._prefetch, args=(wanted, host_of, follow, opened),
+            job = threading.Thread(target=self._prefetch,
+                                   args=(wanted, host_of, follow, follow_max, opened),
                                    name="uvm-prefetch-args", daemon=True)
             job.start()
             self._jobs.append(job)
 
     def _prefetch(self, wanted: Sequence[Sequence[str]], host_of: Callable[[str], str],
                   follow: Optional[Callable[[str, bytes], List[Sequence[str]]]],
-                  opened: List[ShadowTree]) -> None:
+                  follow_max: int, opened: List[ShadowTree]) -> None:
+        seen: Set[str] = set()
         try:
-            for _wave in range(3):
-                found = [hit for hit in (self._first(names, host_of, opened) for names in wanted)
-                         if hit is not None]
+            for _wave in range(_FOLLOW_WAVES):
+                found = []
+                for names in dict.fromkeys(tuple(names) for names in wanted):
+                    hit = self._first(names, host_of, opened)
+                    if hit is not None and hit[1] not in seen and len(seen) < _FOLLOW_FILES:
+                        seen.add(hit[1])
+                        found.append(hit)
                 by_tree: Dict[ShadowTree, List[Any]] = {}
-                for _guest, tree, entry in found:
-                    by_tree.setdefault(tree, []).append(entry)
+                for _guest, _host, tree, entry in found:
+                    if tree is not None:
+                        by_tree.setdefault(tree, []).append(entry)
                 for tree, entries in by_tree.items():
                     tree.fetch_entries(entries)
                 if follow is None:
                     return
                 wanted = []
-                for guest, tree, entry in found:
-                    if 0 < entry.size <= _FOLLOW_MAX:
-                        with tree.repo.open_file(entry.path) as handle:
-                            wanted.extend(follow(guest, handle.read(_FOLLOW_MAX)))
+                for guest, host, tree, entry in found:
+                    wanted.extend(follow(guest, _head(host, tree, entry, follow_max)))
                 if not wanted:
                     return
         except Exception as err:  # best effort: the program fetches what it opens
             log.debug("prefetch of a command line's files stopped: %s", err)
 
     def _first(self, names: Sequence[str], host_of: Callable[[str], str],
-               opened: List[ShadowTree]) -> Optional[Tuple[str, ShadowTree, Any]]:
-        """The first of guest paths ``names`` that exists, if in an opened tree."""
+               opened: List[ShadowTree]) -> Optional[Tuple[str, str, Optional[ShadowTree], Any]]:
+        """The first of guest paths ``names`` that exists: (guest path, host
+        path, its tree and entry, or None and None on the host), or None
+        (also when it lies in a tree not opened: no catalog to ask)."""
         for guest in names:
             host = host_of(canonical_lexical(guest))
             tree = self._tree(host)
             if tree is None:
-                if os.path.exists(host):
-                    return None  # the host's
+                if os.path.isfile(host):
+                    return guest, host, None, None
                 continue
             if tree not in opened:
-                return None  # cannot know without its catalog
+                return None
             entry = tree.find(host)
             if entry is not None:
-                return guest, tree, entry
+                return guest, host, tree, entry
         return None
 
     def _tree(self, host: str) -> Optional[ShadowTree]:
@@ -1097,6 +1107,20 @@ class CvmfsTrees:
             job.join()
         for tree in self.trees:
             tree.close()
+
+
+def _head(host: str, tree: Optional[ShadowTree], entry: Any, limit: int) -> bytes:
+    """The first ``limit`` bytes of a file found by :meth:`CvmfsTrees._first`
+    (from the cache for a tree's: just fetched), or none if it is larger."""
+    if tree is None:
+        with open(host, "rb") as handle:
+            data = handle.read(limit + 1)
+    elif entry.size > limit:
+        return b""
+    else:
+        with tree.repo.open_file(entry.path) as handle:
+            data = handle.read(limit + 1)
+    return b"" if len(data) > limit else data
 
 
 def shadow_base(cache_base: str) -> str:

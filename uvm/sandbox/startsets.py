@@ -1,20 +1,28 @@
-"""What an interpreter reads when it starts, known from its name alone.
+"""What a program will read next, known before it asks.
 
 A cold start waits one round trip per file it opens one after another.  The
-ELF loader's files are known from the program (``elfdeps``); an
-interpreter's are not: CPython imports ``encodings``, then its aliases, then
-the codec of the locale, then ``sitecustomize``, then what the ``.pth``
-files of its site directories import, each module only once the one before
-has run.  No tracer can see these coming, but they are the same on every
-start of a given CPython version, so uvm knows them: when a program named
-``pythonX.Y`` is executed cold, its start set is fetched in parallel while
-the program itself downloads, and the module directories it lists are made
-meanwhile (``materialize``).
+ELF loader's files are known from the program (``elfdeps``); these are the
+other programs whose next files uvm can tell in advance (pure functions;
+``materialize`` fetches, ``dispatch`` reads a command line at exec):
+
+- **CPython's start** (:func:`start_set`), from the program's name alone:
+  it imports ``encodings``, then its aliases, then the codec of the locale,
+  then ``sitecustomize``, then what the ``.pth`` files of its site
+  directories import, each module only once the one before has run; the
+  same on every start of a given version.  Fetched while the interpreter
+  itself downloads, its module directories made meanwhile.
+- **A link** (:func:`linker_inputs`): ld opens the files its command line
+  names, and then those its linker scripts (``libc.so``) name.
+- **A compile** (:func:`compile_plan`, :func:`include_candidates`): gcc's
+  compiler proper reads its source, then each header its ``#include``
+  lines name, level after level; one wave per level instead of one round
+  trip per header.
 
 Everything here is a candidate: what the revision does not have is skipped,
-so a name some build lacks costs a catalog lookup, nothing more.  A
-template's own ``.uvm-prefetch`` list (``docs/templates.md``) covers what
-this does not know.
+so a name some build lacks costs a catalog lookup, nothing more; an
+``#include`` under a false conditional costs a small download.  A template's
+own ``.uvm-prefetch`` list (``docs/templates.md``) covers what this does
+not know.
 """
 
 from __future__ import annotations
@@ -182,3 +190,103 @@ def _library(name: str, dirs: Sequence[str], static: bool) -> Alternatives:
         return tuple(f"{d}/{name[1:]}" for d in dirs)
     kinds = ("a",) if static else ("so", "a")
     return tuple(f"{d}/lib{name}.{kind}" for d in dirs for kind in kinds)
+
+
+_COMPILERS = frozenset({"cc1", "cc1plus", "cc1obj", "cc1objplus"})  # gcc's compilers proper
+_CXX = frozenset({"cc1plus", "cc1objplus"})
+_SOURCE_SUFFIXES = (".c", ".cc", ".cp", ".cpp", ".cxx", ".c++", ".C", ".m", ".mm", ".h", ".hh",
+                    ".hpp", ".hxx", ".i", ".ii")
+# options of cc1 whose next argument is a value (the ones naming directories apart)
+_COMPILER_VALUES = frozenset({"-o", "-dumpdir", "-dumpbase", "-dumpbase-ext", "-auxbase",
+                              "-auxbase-strip", "-imultiarch", "-iprefix", "-isysroot", "-D", "-U",
+                              "-MF", "-MT", "-MQ", "-MD", "-MMD", "-main-file-name", "-imacros",
+                              "-iwithprefix", "-iwithprefixbefore", "-x", "-A"})
+
+CompilePlan = namedtuple("CompilePlan", "sources quote_dirs dirs")
+CompilePlan.__doc__ = """A compile's ``sources`` (and ``-include`` files), the
+``-iquote`` directories, and the search path of ``#include <...>`` in
+order (``-I``, ``-isystem``, the compiler's standard directories,
+``-idirafter``)."""
+
+
+def is_compiler(program: str) -> bool:
+    """Whether ``program`` (a path) is gcc's compiler proper (``cc1``, ``cc1plus``)."""
+    return program.rpartition("/")[2] in _COMPILERS
+
+
+def compile_plan(program: str, argv: Sequence[str], cwd: str) -> CompilePlan:
+    """What the command line of gcc's compiler proper at ``program`` says
+    about the files it reads (relative paths from guest directory ``cwd``).
+    The standard directories are where Debian's and Red Hat's gcc look:
+    ``<gcc>/include`` and ``include-fixed`` next to the compiler,
+    ``/usr/local/include``, ``<prefix>/include/<multiarch>`` and
+    ``<prefix>/include``; for C++, ``<prefix>/include/c++/<version>`` (and
+    its ``<multiarch>`` and ``backward`` variants) first."""
+    def absolute(path: str) -> str:
+        return path if path.startswith("/") else f"{cwd.rstrip('/')}/{path}"
+
+    gcc_dir = program.rpartition("/")[0]
+    version = gcc_dir.rpartition("/")[2]
+    prefix = gcc_dir.rsplit("/", 4)[0] if gcc_dir.count("/") >= 4 else "/usr"
+    sources: List[str] = []
+    quote: List[str] = []
+    first: List[str] = []
+    system: List[str] = []
+    after: List[str] = []
+    multiarch = ""
+    standard = True
+    value_of = ""
+    for arg in argv[1:]:
+        if value_of:
+            if value_of == "-imultiarch":
+                multiarch = arg
+            elif value_of in ("-I", "-iquote", "-isystem", "-idirafter"):
+                {"-I": first, "-iquote": quote, "-isystem": system,
+                 "-idirafter": after}[value_of].append(absolute(arg))
+            elif value_of == "-include":
+                sources.append(absolute(arg))
+            value_of = ""
+        elif arg in _COMPILER_VALUES or arg in ("-I", "-iquote", "-isystem", "-idirafter",
+                                                 "-include"):
+            value_of = arg
+        elif arg.startswith("-I") and len(arg) > 2:
+            first.append(absolute(arg[2:]))
+        elif arg == "-nostdinc":
+            standard = False
+        elif not arg.startswith("-") and arg.endswith(_SOURCE_SUFFIXES):
+            sources.append(absolute(arg))
+    dirs = first + system
+    if standard:
+        arch = [f"{prefix}/include/{multiarch}"] if multiarch else []
+        if program.rpartition("/")[2] in _CXX:
+            cxx = f"{prefix}/include/c++/{version}"
+            dirs += [cxx] + [f"{d}/c++/{version}" for d in arch] + [f"{cxx}/backward"]
+        dirs += [f"{gcc_dir}/include", "/usr/local/include", f"{gcc_dir}/include-fixed",
+                 *arch, f"{prefix}/include"]
+    return CompilePlan(sources, quote, list(dict.fromkeys(dirs + after)))
+
+
+def include_candidates(plan: CompilePlan, path: str, data: bytes) -> List[Alternatives]:
+    """Where each ``#include`` of the file at ``path`` may be found, in the
+    compiler's order (a quoted name first next to the file, then in the
+    ``-iquote`` directories; ``#include_next`` in the directories after the
+    one holding the file).  Every ``#include`` line counts, whatever
+    conditional it stands in: some of these are never read."""
+    here = path.rpartition("/")[0]
+    wanted: List[Alternatives] = []
+    for directive, quote, name in re.findall(
+            rb'^[ \t]*#[ \t]*(include|include_next|import)[ \t]*([<"])([^>"\n]+)[>"]', data,
+            flags=re.M):
+        name = name.decode("utf-8", "surrogateescape").strip()
+        if name.startswith("/"):
+            wanted.append((name,))
+            continue
+        dirs = plan.dirs
+        if directive == b"include_next":
+            holding = [i for i, d in enumerate(dirs) if path.startswith(d + "/")]
+            if holding:  # the longest directory holding the file is the one it was found in
+                dirs = dirs[max(holding, key=lambda i: len(dirs[i])) + 1:]
+        elif quote == b'"':
+            dirs = [here] + plan.quote_dirs + dirs
+        wanted.append(tuple(f"{d}/{name}" for d in dirs))
+    return [alternatives for alternatives in dict.fromkeys(wanted) if alternatives]
