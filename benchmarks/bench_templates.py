@@ -64,6 +64,9 @@ WORKLOADS = {
     "sh -c true": ["/bin/sh", "-c", "true"],
     "gcc hello": ["/bin/sh", "-c", "cd /tmp && printf 'int main(){return 0;}' > b$$.c && "
                   "gcc -o b$$ b$$.c && ./b$$ && rm -f b$$ b$$.c"],
+    "gcc stdio": ["/bin/sh", "-c", "cd /tmp && printf '#include <stdio.h>\\nint main(void)"
+                  "{puts(\"hi\");return 0;}\\n' > s$$.c && gcc -o s$$ s$$.c && ./s$$ >/dev/null "
+                  "&& rm -f s$$ s$$.c"],
 }
 
 
