@@ -483,6 +483,33 @@ def test_a_cold_compile_is_given_the_headers_its_source_includes(uvm_runner, pub
     assert res.returncode != 0 and "not in the cache" in res.stderr, res.stderr
 
 
+def test_a_host_compile_against_cvmfs_headers_fetches_them_ahead(uvm_runner, published,
+                                                                   workdir):
+    """A worker node's own gcc compiling a source of the user's with
+    -I/cvmfs/...: the headers are followed from the source on the host.
+    One stands under `#if 0`, so the compiler never opens it: that it is
+    there offline afterwards shows uvm fetched it ahead."""
+    def headers(top: Path) -> None:
+        include = top / "usr/include/uvm"
+        include.mkdir(parents=True)
+        (include / "top.h").write_text('#include "next.h"\n#if 0\n#include <unreached.h>\n'
+                                       "#endif\n")
+        (include / "next.h").write_text("int next;\n")
+        (include / "unreached.h").write_text("int unreached;\n")
+
+    include = f"/cvmfs/{FQRN}{TEMPLATE_PATH}/usr/include/uvm"
+    source = workdir / "job.c"
+    source.write_text("#include <top.h>\nint main(void) { return next; }\n")
+    os.chmod(source, 0o644)
+    with _private_store(published, workdir) as (store, srv):
+        _publish_revision(published, workdir, store, "v2", 1_800_000_000, headers)
+        env = env_for(published, srv.url_for(), workdir, CVMFS_CACHE_BASE=str(workdir / "c"))
+        _ok(run_uvm(uvm_runner, env, "run", "--cvmfs", FQRN, "-w", str(workdir), "--",
+                    "gcc", "-fsyntax-only", f"-I{include}", "job.c"))
+    assert _ok(run_uvm(uvm_runner, env, "run", "--cvmfs", FQRN, "--", "cat",
+                       f"{include}/unreached.h")) == "int unreached;\n"
+
+
 _PROBE = r"""
 import os
 def show(label, fn):

@@ -207,8 +207,11 @@ def test_include_lines_and_search_order():
                          "/usr/lib/gcc/x86_64-linux-gnu/12/include", "/usr/local/include",
                          "/usr/lib/gcc/x86_64-linux-gnu/12/include-fixed",
                          "/usr/include/x86_64-linux-gnu", "/usr/include", "/late"]
+    assert plan.standard == plan.dirs[3:-1]
+    assert include_candidates(plan, "/usr/include/stdio.h", b"#include <x.h>", on_host=True) == []
+    assert include_candidates(plan, "/work/inc/a.h", b"#include <x.h>", on_host=True) != []
     bare = compile_plan("/opt/gcc/lib/gcc/t/9/cc1", ["cc1", "-nostdinc", "-I/i", "a.c"], "/")
-    assert bare.dirs == ["/i"] and bare.sources == ["/a.c"]
+    assert bare.dirs == ["/i"] and bare.sources == ["/a.c"] and bare.standard == []
     source = (b'#include <a.h>\n  #  include "b.h"\n#if 0\n#include_next <c.h>\n#endif\n'
               b'#include MACRO\n#include </abs.h>\n// #include <not.h> is text\n')
     assert include_candidates(bare, "/i/sub/x.h", source) == [  # include_next: no dir after /i

@@ -1002,12 +1002,13 @@ class Tracer:
         if linker:
             dirs = _startsets.linker_dirs(args)
             self._lazy.prefetch(_startsets.linker_inputs(args), self.ns.host_of_unmade,
-                                lambda path, data: _startsets.linker_script_inputs(
+                                lambda path, data, _on_host: _startsets.linker_script_inputs(
                                     data, path.rpartition("/")[0], dirs))
         else:
             plan = _startsets.compile_plan(program, args, self._base(tid, ".", _AT_FDCWD32))
             self._lazy.prefetch([(source,) for source in plan.sources], self.ns.host_of_unmade,
-                                lambda path, data: _startsets.include_candidates(plan, path, data),
+                                lambda path, data, on_host: _startsets.include_candidates(
+                                    plan, path, data, on_host),
                                 follow_max=1 << 20)
 
     def _k_exec(self, tid, regs, abi, row):

@@ -989,14 +989,14 @@ class CvmfsTrees:
         return tree
 
     def prefetch(self, wanted: Sequence[Sequence[str]], host_of: Callable[[str], str],
-                 follow: Optional[Callable[[str, bytes], List[Sequence[str]]]] = None,
+                 follow: Optional[Callable[[str, bytes, bool], List[Sequence[str]]]] = None,
                  follow_max: int = 4096) -> None:
         """Fetch, in the background, the first of each list of guest paths
         that exists (what a program's command line says it will read: a
         linker's inputs, a compiler's sources), ``host_of`` mapping them to
         host paths; those in a shadow tree in one wave per tree, a list
         whose first existing path is outside every tree is the host's.
-        ``follow(path, content)`` names what a file of at most
+        ``follow(path, content, on_host)`` names what a file of at most
         ``follow_max`` bytes makes the program read next (a linker script's
         files, a source's headers): fetched in the next wave, and so on,
         each file followed once.  Only trees whose repository this run has
@@ -1010,7 +1010,7 @@ class CvmfsTrees:
             self._jobs.append(job)
 
     def _prefetch(self, wanted: Sequence[Sequence[str]], host_of: Callable[[str], str],
-                  follow: Optional[Callable[[str, bytes], List[Sequence[str]]]],
+                  follow: Optional[Callable[[str, bytes, bool], List[Sequence[str]]]],
                   follow_max: int, opened: List[ShadowTree]) -> None:
         seen: Set[str] = set()
         try:
@@ -1031,7 +1031,7 @@ class CvmfsTrees:
                     return
                 wanted = []
                 for guest, host, tree, entry in found:
-                    wanted.extend(follow(guest, _head(host, tree, entry, follow_max)))
+                    wanted.extend(follow(guest, _head(host, tree, entry, follow_max), tree is None))
                 if not wanted:
                     return
         except Exception as err:  # best effort: the program fetches what it opens

@@ -202,11 +202,11 @@ _COMPILER_VALUES = frozenset({"-o", "-dumpdir", "-dumpbase", "-dumpbase-ext", "-
                               "-MF", "-MT", "-MQ", "-MD", "-MMD", "-main-file-name", "-imacros",
                               "-iwithprefix", "-iwithprefixbefore", "-x", "-A"})
 
-CompilePlan = namedtuple("CompilePlan", "sources quote_dirs dirs")
+CompilePlan = namedtuple("CompilePlan", "sources quote_dirs dirs standard")
 CompilePlan.__doc__ = """A compile's ``sources`` (and ``-include`` files), the
-``-iquote`` directories, and the search path of ``#include <...>`` in
-order (``-I``, ``-isystem``, the compiler's standard directories,
-``-idirafter``)."""
+``-iquote`` directories, the search path of ``#include <...>`` in order
+(``-I``, ``-isystem``, the compiler's standard directories, ``-idirafter``)
+and those ``standard`` directories alone."""
 
 
 def is_compiler(program: str) -> bool:
@@ -255,23 +255,29 @@ def compile_plan(program: str, argv: Sequence[str], cwd: str) -> CompilePlan:
             standard = False
         elif not arg.startswith("-") and arg.endswith(_SOURCE_SUFFIXES):
             sources.append(absolute(arg))
-    dirs = first + system
+    builtin: List[str] = []
     if standard:
         arch = [f"{prefix}/include/{multiarch}"] if multiarch else []
         if program.rpartition("/")[2] in _CXX:
             cxx = f"{prefix}/include/c++/{version}"
-            dirs += [cxx] + [f"{d}/c++/{version}" for d in arch] + [f"{cxx}/backward"]
-        dirs += [f"{gcc_dir}/include", "/usr/local/include", f"{gcc_dir}/include-fixed",
-                 *arch, f"{prefix}/include"]
-    return CompilePlan(sources, quote, list(dict.fromkeys(dirs + after)))
+            builtin += [cxx] + [f"{d}/c++/{version}" for d in arch] + [f"{cxx}/backward"]
+        builtin += [f"{gcc_dir}/include", "/usr/local/include", f"{gcc_dir}/include-fixed",
+                    *arch, f"{prefix}/include"]
+    return CompilePlan(sources, quote, list(dict.fromkeys(first + system + builtin + after)),
+                       builtin)
 
 
-def include_candidates(plan: CompilePlan, path: str, data: bytes) -> List[Alternatives]:
+def include_candidates(plan: CompilePlan, path: str, data: bytes,
+                       on_host: bool = False) -> List[Alternatives]:
     """Where each ``#include`` of the file at ``path`` may be found, in the
     compiler's order (a quoted name first next to the file, then in the
     ``-iquote`` directories; ``#include_next`` in the directories after the
     one holding the file).  Every ``#include`` line counts, whatever
-    conditional it stands in: some of these are never read."""
+    conditional it stands in: some of these are never read.  A system
+    header of the host (``on_host``, in a standard directory: a compile on
+    a worker node's own gcc) leads to no repository and is not followed."""
+    if on_host and any(path.startswith(d + "/") for d in plan.standard):
+        return []
     here = path.rpartition("/")[0]
     wanted: List[Alternatives] = []
     for directive, quote, name in re.findall(
