@@ -994,22 +994,23 @@ class Tracer:
         linker = _startsets.is_linker(program)
         if not linker and not _startsets.is_compiler(program):
             return
-        try:
+        try:  # a hint: whatever goes wrong, the exec goes on
             heads = mem.read_heads(tid, [ptr for ptr in argv if ptr], 1024)
-        except OSError:
-            return
-        args = [os.fsdecode(head.partition(b"\0")[0]) for head in heads if b"\0" in head]
-        if linker:
-            dirs = _startsets.linker_dirs(args)
-            self._lazy.prefetch(_startsets.linker_inputs(args), self.ns.host_of_unmade,
-                                lambda path, data, _on_host: _startsets.linker_script_inputs(
-                                    data, path.rpartition("/")[0], dirs))
-        else:
-            plan = _startsets.compile_plan(program, args, self._base(tid, ".", _AT_FDCWD32))
-            self._lazy.prefetch([(source,) for source in plan.sources], self.ns.host_of_unmade,
-                                lambda path, data, on_host: _startsets.include_candidates(
-                                    plan, path, data, on_host),
-                                follow_max=1 << 20)
+            args = [os.fsdecode(head.partition(b"\0")[0]) for head in heads if b"\0" in head]
+            if linker:
+                dirs = _startsets.linker_dirs(args)
+                self._lazy.prefetch(_startsets.linker_inputs(args), self.ns.host_of_unmade,
+                                    lambda path, data, _on_host: _startsets.linker_script_inputs(
+                                        data, path.rpartition("/")[0], dirs))
+            else:
+                plan = _startsets.compile_plan(program, args, self._base(tid, ".", _AT_FDCWD32))
+                self._lazy.prefetch([(source,) for source in plan.sources],
+                                    self.ns.host_of_unmade,
+                                    lambda path, data, on_host: _startsets.include_candidates(
+                                        plan, path, data, on_host),
+                                    follow_max=1 << 20)
+        except Exception as err:
+            log.debug("no prefetch for %s: %s", program, err)
 
     def _k_exec(self, tid, regs, abi, row):
         _fn, name, dirfd_i, path_i, argv_i, envp_i, flags_i = row

@@ -229,10 +229,7 @@ def compile_plan(program: str, argv: Sequence[str], cwd: str) -> CompilePlan:
     version = gcc_dir.rpartition("/")[2]
     prefix = gcc_dir.rsplit("/", 4)[0] if gcc_dir.count("/") >= 4 else "/usr"
     sources: List[str] = []
-    quote: List[str] = []
-    first: List[str] = []
-    system: List[str] = []
-    after: List[str] = []
+    named = {"-I": [], "-iquote": [], "-isystem": [], "-idirafter": [], "-include": sources}
     multiarch = ""
     standard = True
     value_of = ""
@@ -240,17 +237,13 @@ def compile_plan(program: str, argv: Sequence[str], cwd: str) -> CompilePlan:
         if value_of:
             if value_of == "-imultiarch":
                 multiarch = arg
-            elif value_of in ("-I", "-iquote", "-isystem", "-idirafter"):
-                {"-I": first, "-iquote": quote, "-isystem": system,
-                 "-idirafter": after}[value_of].append(absolute(arg))
-            elif value_of == "-include":
-                sources.append(absolute(arg))
+            elif value_of in named:
+                named[value_of].append(absolute(arg))
             value_of = ""
-        elif arg in _COMPILER_VALUES or arg in ("-I", "-iquote", "-isystem", "-idirafter",
-                                                 "-include"):
+        elif arg in _COMPILER_VALUES or arg in named:
             value_of = arg
         elif arg.startswith("-I") and len(arg) > 2:
-            first.append(absolute(arg[2:]))
+            named["-I"].append(absolute(arg[2:]))
         elif arg == "-nostdinc":
             standard = False
         elif not arg.startswith("-") and arg.endswith(_SOURCE_SUFFIXES):
@@ -263,8 +256,8 @@ def compile_plan(program: str, argv: Sequence[str], cwd: str) -> CompilePlan:
             builtin += [cxx] + [f"{d}/c++/{version}" for d in arch] + [f"{cxx}/backward"]
         builtin += [f"{gcc_dir}/include", "/usr/local/include", f"{gcc_dir}/include-fixed",
                     *arch, f"{prefix}/include"]
-    return CompilePlan(sources, quote, list(dict.fromkeys(first + system + builtin + after)),
-                       builtin)
+    searched = named["-I"] + named["-isystem"] + builtin + named["-idirafter"]
+    return CompilePlan(sources, named["-iquote"], list(dict.fromkeys(searched)), builtin)
 
 
 def include_candidates(plan: CompilePlan, path: str, data: bytes,
