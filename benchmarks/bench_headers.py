@@ -27,15 +27,15 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "net"))
+sys.path.insert(0, HERE)
 
+from bench_templates import timed  # noqa: E402
 from faultserver import FaultServer  # noqa: E402
 
 FQRN = "headers.bench.uvm.local"
@@ -70,16 +70,6 @@ def publish_once(work: str, count: int) -> str:
             create_keys(FQRN, keys)
         publish(src, FQRN, os.path.join(www, "cvmfs", FQRN), keys)
     return www
-
-
-def timed(cmd, env, cwd: str) -> float:
-    started = time.monotonic()
-    res = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
-    elapsed = time.monotonic() - started
-    if res.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {res.stderr[-2000:]}")
-    return elapsed
 
 
 def main() -> int:

@@ -135,10 +135,11 @@ def env_for(work: str, url: str, cache: str) -> dict:
     return env
 
 
-def timed(cmd, env) -> float:
+def timed(cmd, env, cwd=None) -> float:
+    """Wall-clock seconds of ``cmd``; a failure ends the benchmark with its stderr."""
     started = time.monotonic()
-    res = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True)
+    res = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
     elapsed = time.monotonic() - started
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed: {res.stderr[-2000:]}")
